@@ -1,0 +1,104 @@
+//! The statement at the heart of a tick, and the capture trigger functions.
+//!
+//! A tick must read the capture queue and the source tables in **one**
+//! snapshot: in READ COMMITTED every statement takes a new snapshot, so a tick
+//! spread over several statements could see a writer's changed rows without
+//! its queue entries (or the reverse) and publish half a transaction. All reads
+//! of user tables therefore happen in this single statement, whose
+//! data-modifying CTEs park the results in `outpost.work_*` tables. The rest of
+//! the tick only touches tables that the tick lock protects.
+//!
+//! Queue entries (`outpost.changes.kind`): `k` a row key changed, `t` the table
+//! was truncated (re-check every row it had), `f` re-evaluate the whole table
+//! (a rules deploy).
+
+use crate::compile::{CaptureTable, CompiledRules, ParamQuery};
+
+pub fn tick_statement(rules: &CompiledRules) -> String {
+    let mut data = Vec::new();
+    let mut params = Vec::new();
+    for b in &rules.buckets {
+        for q in &b.data_queries {
+            data.push(q.sql_keyed.clone());
+            data.push(q.sql_full.clone());
+        }
+        for q in &b.parameter_queries {
+            if let ParamQuery::Table { sql_keyed, sql_full, .. } = q {
+                params.push(sql_keyed.clone());
+                params.push(sql_full.clone());
+            }
+        }
+    }
+    let mut s = String::from(
+        "WITH _changes AS (DELETE FROM outpost.changes RETURNING relid, pk, kind),
+_full AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 'f'),
+_trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind IN ('t', 'f')),
+_keys AS MATERIALIZED (
+  SELECT relid, pk FROM _changes WHERE kind = 'k'
+  UNION SELECT b.relid, b.pk FROM outpost.bucket_rows b WHERE b.relid IN (SELECT relid FROM _trunc)
+  UNION SELECT p.relid, p.pk FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)),
+_wk AS (INSERT INTO outpost.work_keys (relid, pk) SELECT relid, pk FROM _keys),
+_wf AS (INSERT INTO outpost.work_full (relid) SELECT relid FROM _trunc),
+_wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client_id, seq),
+_wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
+  SELECT user_id, client_id, max(seq) FROM _wcr GROUP BY user_id, client_id)",
+    );
+    if !data.is_empty() {
+        s.push_str(",\n_wr AS (INSERT INTO outpost.work_rows (bucket, object_type, object_id, subkey, relid, pk, data)\n  SELECT DISTINCT ON (bucket, object_type, object_id, subkey) bucket, object_type, object_id, subkey, relid, pk, data FROM (\n    ");
+        s.push_str(&data.join("\n    UNION ALL "));
+        s.push_str("\n  ) _r)");
+    }
+    if !params.is_empty() {
+        s.push_str(",\n_wp AS (INSERT INTO outpost.work_params (query_id, relid, pk, lookup, bucket)\n  SELECT DISTINCT query_id, relid, pk, lookup, bucket FROM (\n    ");
+        s.push_str(&params.join("\n    UNION ALL "));
+        s.push_str("\n  ) _p)");
+    }
+    s.push_str("\nSELECT count(*) FROM _changes");
+    s
+}
+
+/// Name of the capture trigger function for a table.
+pub fn capture_function_name(t: &CaptureTable) -> String {
+    format!("outpost.\"capture_{}\"", t.oid)
+}
+
+/// One statement-level trigger function per table: it writes only
+/// (table, key) rows, set-based from the transition tables, so the writer's
+/// cost stays close to a plain write; the tick does the fan-out later.
+pub fn capture_function_sql(t: &CaptureTable) -> String {
+    let new_keys = t.pk_json.clone();
+    format!(
+        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost AS $fn$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO outpost.changes (relid, pk, kind) SELECT {oid}, {new_keys}, 'k' FROM outpost_new r;
+  ELSIF TG_OP = 'UPDATE' THEN
+    INSERT INTO outpost.changes (relid, pk, kind)
+      SELECT {oid}, {new_keys}, 'k' FROM outpost_new r
+      UNION SELECT {oid}, {new_keys}, 'k' FROM outpost_old r;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO outpost.changes (relid, pk, kind) SELECT {oid}, {new_keys}, 'k' FROM outpost_old r;
+  ELSE
+    INSERT INTO outpost.changes (relid, pk, kind) VALUES ({oid}, NULL, 't');
+  END IF;
+  PERFORM pg_notify('outpost_changes', '');
+  RETURN NULL;
+END
+$fn$",
+        name = capture_function_name(t),
+        oid = t.oid,
+    )
+}
+
+/// The triggers that call [`capture_function_sql`] on a table.
+pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
+    let f = capture_function_name(t);
+    let tbl = &t.qualified;
+    vec![
+        format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
+        format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
+        format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
+        format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
+    ]
+}

@@ -1,0 +1,154 @@
+//! The rules document as PowerSync writes it.
+
+use crate::RuleError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesYaml {
+    #[serde(default)]
+    pub bucket_definitions: BTreeMap<String, BucketYaml>,
+}
+
+/// `parameters:` and `data:` take one query or a list of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketYaml {
+    #[serde(default)]
+    pub parameters: Option<OneOrMany>,
+    #[serde(default)]
+    pub data: Option<OneOrMany>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Accepted for compatibility with PowerSync documents; it changes nothing here.
+    #[serde(default)]
+    pub accept_potentially_dangerous_queries: Option<bool>,
+}
+
+/// A bucket definition after YAML parsing: name, queries as text, priority.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BucketSource {
+    pub name: String,
+    pub parameters: Vec<String>,
+    pub data: Vec<String>,
+    pub priority: i32,
+}
+
+pub fn parse_yaml(text: &str) -> Result<Vec<BucketSource>, RuleError> {
+    if text.trim().is_empty() {
+        return Err(RuleError::document(
+            "the rules are empty: expected a `bucket_definitions:` mapping",
+        ));
+    }
+    let doc: RulesYaml = serde_saphyr::from_str(text)
+        .map_err(|e| RuleError::document(format!("invalid YAML: {e}")))?;
+    if doc.bucket_definitions.is_empty() {
+        return Err(RuleError::document(
+            "`bucket_definitions` is missing or empty: define at least one bucket",
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, b) in doc.bucket_definitions {
+        out.push(bucket_source(name, b)?);
+    }
+    Ok(out)
+}
+
+/// Checks a bucket's name and priority and flattens its queries.
+pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleError> {
+    check_bucket_name(&name)?;
+    let priority = match b.priority {
+        None => 3,
+        Some(p) if (0..=3).contains(&p) => p as i32,
+        Some(p) => {
+            return Err(RuleError::bucket(
+                &name,
+                format!("priority must be between 0 (highest) and 3, got {p}"),
+            ))
+        }
+    };
+    let data = b.data.map(OneOrMany::into_vec).unwrap_or_default();
+    if data.is_empty() {
+        return Err(RuleError::bucket(
+            &name,
+            "`data` is missing: a bucket needs at least one data query",
+        ));
+    }
+    Ok(BucketSource {
+        name,
+        parameters: b.parameters.map(OneOrMany::into_vec).unwrap_or_default(),
+        data,
+        priority,
+    })
+}
+
+/// Bucket names become part of bucket ids and of generated SQL literals, so
+/// they are restricted to identifier characters.
+pub fn check_bucket_name(name: &str) -> Result<(), RuleError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::bucket(
+            name,
+            "invalid bucket name: use 1-63 letters, digits and underscores, not starting with a digit",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_or_many_queries_and_default_priority() {
+        let b = parse_yaml(
+            "bucket_definitions:\n  g:\n    data: SELECT * FROM t\n  u:\n    priority: 1\n    parameters:\n      - SELECT request.user_id() AS uid\n    data:\n      - SELECT * FROM t WHERE owner = bucket.uid\n      - SELECT * FROM s WHERE owner = bucket.uid\n",
+        )
+        .unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].name, "g");
+        assert_eq!(b[0].priority, 3);
+        assert!(b[0].parameters.is_empty());
+        assert_eq!(b[1].priority, 1);
+        assert_eq!(b[1].data.len(), 2);
+    }
+
+    #[test]
+    fn document_errors() {
+        let e = parse_yaml("").unwrap_err();
+        assert!(e.message.contains("empty"), "{e}");
+        let e = parse_yaml("bucket_definitions: {}\n").unwrap_err();
+        assert!(e.message.contains("at least one bucket"), "{e}");
+        let e = parse_yaml("bucket_definitions:\n  a:\n    data: [\n").unwrap_err();
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+        let e = parse_yaml("bucket_definitions:\n  a:\n    dta: SELECT 1\n").unwrap_err();
+        assert!(e.message.contains("dta"), "{e}");
+        let e = parse_yaml("bucket_definitions:\n  a:\n    parameters: SELECT 1 AS x\n").unwrap_err();
+        assert_eq!(e.to_string(), "bucket \"a\": `data` is missing: a bucket needs at least one data query");
+        let e = parse_yaml("bucket_definitions:\n  a:\n    priority: 7\n    data: SELECT * FROM t\n").unwrap_err();
+        assert!(e.message.contains("priority must be between 0"), "{e}");
+        let e = parse_yaml("bucket_definitions:\n  \"a'b\":\n    data: SELECT * FROM t\n").unwrap_err();
+        assert!(e.message.contains("invalid bucket name"), "{e}");
+    }
+}

@@ -1,0 +1,149 @@
+//! `outpost`: the Postgres side of Outpost, as a thin pgrx shell.
+//!
+//! Layout:
+//! - this file: the few functions that need Rust (rules compilation, checksums,
+//!   value conversion), each a wrapper over a Postgres-free crate
+//!   (`outpost-rules`, `outpost-protocol`);
+//! - `sql/outpost.sql` (repository root): the schema (op log and shadow tables),
+//!   capture installation, the tick, and the functions the relay calls — plain
+//!   SQL and PL/pgSQL, because they are set-based work Postgres plans best.
+//!
+//! Errors in rules are raised with SQLSTATE 22023 (invalid_parameter_value) and
+//! a message naming the bucket, the query and the problem.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::Value;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../../sql/outpost.sql", name = "outpost_core", finalize);
+
+fn rules_error(message: String) -> ! {
+    ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message
+    );
+    unreachable!("ereport(ERROR) does not return")
+}
+
+fn sources_from(sources: JsonB) -> Vec<outpost_rules::BucketSource> {
+    serde_json::from_value(sources.0)
+        .unwrap_or_else(|e| rules_error(format!("invalid bucket sources: {e}")))
+}
+
+fn catalog_from(catalog: JsonB) -> outpost_rules::Catalog {
+    serde_json::from_value(catalog.0)
+        .unwrap_or_else(|e| rules_error(format!("invalid catalog snapshot: {e}")))
+}
+
+/// PowerSync YAML → bucket sources (`[{name, parameters, data, priority}]`).
+#[pg_extern(immutable, parallel_safe)]
+fn _parse_yaml(rules: &str) -> JsonB {
+    match outpost_rules::parse_yaml(rules) {
+        Ok(sources) => JsonB(serde_json::to_value(sources).expect("sources serialize")),
+        Err(e) => rules_error(e.to_string()),
+    }
+}
+
+/// Bucket sources + catalog snapshot → deployment plan (compiled SQL).
+#[pg_extern(immutable, parallel_safe)]
+fn _plan(sources: JsonB, catalog: JsonB) -> JsonB {
+    let sources = sources_from(sources);
+    let catalog = catalog_from(catalog);
+    match outpost_rules::plan(&sources, &catalog) {
+        Ok(p) => JsonB(serde_json::to_value(p).expect("plans serialize")),
+        Err(e) => rules_error(e.to_string()),
+    }
+}
+
+/// Like `_parse_yaml` + `_plan`, but returns the problems instead of raising:
+/// `{"problems": [{level, message, location}], "plan": …|null}`.
+#[pg_extern(immutable, parallel_safe)]
+fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
+    let catalog = catalog_from(catalog);
+    let problem = |e: &outpost_rules::RuleError| {
+        serde_json::json!({"level": "error", "message": e.message, "location": e.location()})
+    };
+    let out = match outpost_rules::parse_yaml(rules) {
+        Err(e) => serde_json::json!({"problems": [problem(&e)], "plan": null}),
+        Ok(sources) => match outpost_rules::plan(&sources, &catalog) {
+            Ok(p) => serde_json::json!({"problems": [], "plan": p}),
+            Err(errs) => serde_json::json!({
+                "problems": errs.0.iter().map(problem).collect::<Vec<_>>(),
+                "plan": null
+            }),
+        },
+    };
+    JsonB(out)
+}
+
+/// The tick statement when no rules are deployed (write checkpoints still flow).
+#[pg_extern(immutable, parallel_safe)]
+fn _empty_tick_sql() -> String {
+    outpost_rules::tick_sql::tick_statement(&outpost_rules::CompiledRules {
+        buckets: vec![],
+        tables: vec![],
+    })
+}
+
+/// A row object → the JSON text a SQLite client stores: booleans become 1/0,
+/// nested objects and arrays become JSON text; numbers, strings and nulls stay.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _sqlite_json(row: JsonB) -> String {
+    sqlite_json(row.0)
+}
+
+fn sqlite_json(row: Value) -> String {
+    let Value::Object(map) = row else {
+        return row.to_string();
+    };
+    let converted: serde_json::Map<String, Value> = map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Bool(b) => Value::from(b as i64),
+                Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
+                other => other,
+            };
+            (k, v)
+        })
+        .collect();
+    Value::Object(converted).to_string()
+}
+
+/// The op's checksum (u32 as bigint); see `outpost_protocol::op_checksum`.
+#[pg_extern(immutable, parallel_safe)]
+fn _op_checksum(
+    op: &str,
+    object_type: &str,
+    object_id: &str,
+    subkey: &str,
+    data: Option<&str>,
+) -> i64 {
+    outpost_protocol::op_checksum(op, object_type, object_id, subkey, data).0 as i64
+}
+
+/// 64-bit fingerprint of a row's data, to detect unchanged rows without
+/// keeping a second copy of the data.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _fingerprint(data: &str) -> i64 {
+    let h = blake3::hash(data.as_bytes());
+    let b = h.as_bytes();
+    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_json;
+    use serde_json::json;
+
+    #[test]
+    fn sqlite_values() {
+        assert_eq!(
+            sqlite_json(json!({"a": true, "b": false, "c": {"x": [1]}, "d": [1, 2], "e": 1.5, "f": null, "g": "s"})),
+            r#"{"a":1,"b":0,"c":"{\"x\":[1]}","d":"[1,2]","e":1.5,"f":null,"g":"s"}"#
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! The `outpost` command line.
+//!
+//! Views: `sync --schema FILE` installs the app schema (PowerSync's schema JSON:
+//! `{"tables":[{"name":"todos","columns":[{"name":"title","type":"text"}]}]}`).
+//! Without it, views are inferred from the synced rows: one per synced type, one
+//! column per JSON key seen (refreshed after every applied checkpoint). `query` and
+//! `exec` use whatever views the database has.
+
+use crate::connector::StaticConnector;
+use crate::db::Database;
+use crate::driver::SyncOptions;
+use crate::error::{Error, Result};
+use crate::schema::Schema;
+use crate::store::SchemaMode;
+use crate::transport::Credentials;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost client: sync Postgres to a local SQLite database"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync the database with a relay (and upload queued local writes).
+    Sync {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        token: String,
+        /// Exit after the first complete checkpoint, printing a JSON summary.
+        #[arg(long)]
+        once: bool,
+        /// App schema (JSON); views are inferred from the data when absent.
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Client parameter `KEY=VALUE` (value parsed as JSON, else taken as text).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Give up after this many consecutive failed attempts (default: 3 with --once, never otherwise).
+        #[arg(long)]
+        attempts: Option<u32>,
+    },
+    /// Run a query; prints a JSON array of row objects.
+    Query {
+        #[arg(long)]
+        db: PathBuf,
+        sql: String,
+    },
+    /// Run a local write through the views; it is queued for upload.
+    Exec {
+        #[arg(long)]
+        db: PathBuf,
+        sql: String,
+    },
+    /// Print the local sync state as JSON.
+    Status {
+        #[arg(long)]
+        db: PathBuf,
+    },
+}
+
+/// Runs a parsed command, printing its JSON result to stdout.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sync {
+            db,
+            endpoint,
+            token,
+            once,
+            schema,
+            params,
+            attempts,
+        } => {
+            let mode = match schema {
+                Some(p) => SchemaMode::Fixed(Schema::from_json(
+                    &std::fs::read_to_string(&p)
+                        .map_err(|e| Error::Schema(format!("{}: {e}", p.display())))?,
+                )?),
+                None => SchemaMode::Inferred,
+            };
+            let database = Database::open(&db, mode)?;
+            let mut parameters = Map::new();
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| Error::Schema(format!("--param {p:?}: expected KEY=VALUE")))?;
+                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+                parameters.insert(k.to_string(), v);
+            }
+            let options = SyncOptions {
+                parameters,
+                once,
+                max_attempts: attempts.or(once.then_some(3)),
+                ..SyncOptions::default()
+            };
+            let connector = Arc::new(StaticConnector(Credentials { endpoint, token }));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            rt.block_on(async {
+                let reporter = tokio::spawn(report_progress(database.clone(), once));
+                let result = database.connect(connector, options).await;
+                reporter.abort();
+                result
+            })
+            .map(|cp| {
+                if let Some(cp) = cp {
+                    let tables = database
+                        .with_store(|s| s.table_counts())
+                        .unwrap_or_default();
+                    println!("{}", json!({"checkpoint": cp, "tables": tables}));
+                }
+            })
+        }
+        Command::Query { db, sql } => {
+            let database = Database::open(&db, SchemaMode::Existing)?;
+            println!(
+                "{}",
+                Value::Array(
+                    database
+                        .query(&sql, &[])?
+                        .into_iter()
+                        .map(Value::Object)
+                        .collect()
+                )
+            );
+            Ok(())
+        }
+        Command::Exec { db, sql } => {
+            let database = Database::open(&db, SchemaMode::Existing)?;
+            let changes = database.execute_batch(&sql)?;
+            let queued = database.with_store(|s| s.crud_count())?;
+            println!("{}", json!({"changes": changes, "upload_queue": queued}));
+            Ok(())
+        }
+        Command::Status { db } => {
+            let database = Database::open(&db, SchemaMode::Existing)?;
+            println!("{}", database.with_store(|s| s.status_json())?);
+            Ok(())
+        }
+    }
+}
+
+/// A progress bar on a terminal; one log line per applied checkpoint otherwise.
+async fn report_progress(db: Database, once: bool) {
+    let mut rx = db.status();
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ops")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last_cp = rx.borrow().last_checkpoint.clone();
+    while rx.changed().await.is_ok() {
+        let s = rx.borrow_and_update().clone();
+        if let (Some(b), Some(p)) = (&bar, s.progress) {
+            b.set_length(p.total.max(p.downloaded));
+            b.set_position(p.downloaded);
+            b.set_message(if s.downloading {
+                "downloading"
+            } else {
+                "synced"
+            });
+        }
+        if s.last_checkpoint != last_cp {
+            last_cp = s.last_checkpoint.clone();
+            if !once {
+                let msg = format!("synced checkpoint {}", last_cp.as_deref().unwrap_or("?"));
+                match &bar {
+                    Some(b) => b.println(msg),
+                    None => eprintln!("{msg}"),
+                }
+            }
+        }
+        if let Some(e) = &s.last_error {
+            if !tty {
+                eprintln!("error: {e}");
+            }
+        }
+    }
+}

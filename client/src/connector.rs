@@ -1,0 +1,112 @@
+//! The app's side of syncing: where to connect with which token, and how local
+//! writes reach the backend.
+
+use crate::db::Database;
+use crate::error::Result;
+use crate::transport::{Credentials, Http};
+use hyper::Method;
+use outpost_protocol::http::{CrudBatch, DataEnvelope, WriteCheckpoint};
+use std::future::Future;
+
+/// Write checkpoint target meaning "a local write is pending, none requested yet".
+pub const PENDING_TARGET: &str = "9223372036854775807";
+
+pub trait Connector: Send + Sync + 'static {
+    /// The endpoint and a fresh token. Called before every connection attempt and
+    /// when the server says the token expires.
+    fn fetch_credentials(&self) -> impl Future<Output = Result<Credentials>> + Send;
+
+    /// Uploads the queued local writes. The default sends them to the relay's
+    /// `POST /crud`; apps with their own backend API override it and call
+    /// [`Database::upload_batches`] with their own sender.
+    fn upload_data(&self, db: &Database) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let creds = self.fetch_credentials().await?;
+            upload_to_relay(db, &Http::new(), &creds).await
+        }
+    }
+}
+
+/// A connector with fixed credentials (CLI, tests).
+#[derive(Clone, Debug)]
+pub struct StaticConnector(pub Credentials);
+
+impl Connector for StaticConnector {
+    async fn fetch_credentials(&self) -> Result<Credentials> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Entries per `/crud` request (whole local transactions are never split).
+const BATCH: usize = 1000;
+
+/// The default upload: every queued transaction to `POST /crud`, then a write
+/// checkpoint request so the client waits for the server to reflect the writes.
+pub async fn upload_to_relay(db: &Database, http: &Http, creds: &Credentials) -> Result<()> {
+    db.upload_batches(|batch| async move {
+        http.json(
+            Method::POST,
+            creds,
+            "/crud",
+            Some(&serde_json::to_value(&batch)?),
+        )
+        .await
+        .map(|_| ())
+    })
+    .await?;
+    request_write_checkpoint(db, http, creds).await
+}
+
+/// If a write is pending a write checkpoint (the queue drained since the last
+/// request), asks the relay for one and stores it as the apply gate's target.
+pub async fn request_write_checkpoint(
+    db: &Database,
+    http: &Http,
+    creds: &Credentials,
+) -> Result<()> {
+    let (pending, client_id) = db.with_store(|s| Ok((s.kv("target_op")?, s.client_id()?)))?;
+    if pending.as_deref() != Some(PENDING_TARGET) {
+        return Ok(());
+    }
+    let path = format!(
+        "/write-checkpoint2.json?client_id={}",
+        urlencode(&client_id)
+    );
+    let v = http.json(Method::GET, creds, &path, None).await?;
+    let wc: DataEnvelope<WriteCheckpoint> = serde_json::from_value(v)?;
+    db.with_store(|s| s.set_write_target(wc.data.write_checkpoint))?;
+    Ok(())
+}
+
+impl Database {
+    /// Sends the upload queue batch by batch through `send`, removing each batch
+    /// once `send` succeeds. A failed batch stays queued, in order.
+    pub async fn upload_batches<F, Fut>(&self, mut send: F) -> Result<()>
+    where
+        F: FnMut(CrudBatch) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        loop {
+            let items = self.with_store(|s| s.crud_batch(BATCH))?;
+            let Some(last) = items.last().map(|i| i.id) else {
+                return Ok(());
+            };
+            send(CrudBatch {
+                batch: items.into_iter().map(|i| i.entry).collect(),
+            })
+            .await?;
+            self.with_store(|s| s.complete_crud(last))?;
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

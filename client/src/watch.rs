@@ -1,0 +1,96 @@
+//! Live queries: re-run a query when a table it reads changes.
+//!
+//! An SQLite update hook records which tables each write touched; after every
+//! write through [`Database`] the touched tables' change counters are bumped on a
+//! `tokio::sync::watch` channel. A channel holds only its latest value, so a burst
+//! of writes wakes a watcher once. Which tables a query reads is found by an
+//! authorizer while preparing it, which sees through views to `ps_data__` tables.
+
+use crate::db::Database;
+use crate::error::Result;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+/// Change counters per table.
+pub type Counters = BTreeMap<String, u64>;
+
+/// The tables a statement reads (through views too).
+pub fn tables_read(conn: &mut Connection, sql: &str) -> Result<BTreeSet<String>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let sink = seen.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        if let AuthAction::Read { table_name, .. } = ctx.action {
+            sink.lock().unwrap().insert(table_name.to_string());
+        }
+        Authorization::Allow
+    }))?;
+    let prepared = conn.prepare(sql).map(|_| ());
+    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
+    prepared?;
+    let out = std::mem::take(&mut *seen.lock().unwrap());
+    Ok(out)
+}
+
+/// A live query. The first [`Watch::next`] returns the current rows at once; each
+/// later call waits until a table the query reads has changed, then re-runs it.
+pub struct Watch {
+    db: Database,
+    sql: String,
+    params: Vec<Value>,
+    tables: BTreeSet<String>,
+    rx: tokio::sync::watch::Receiver<Counters>,
+    seen: Option<Vec<u64>>,
+}
+
+impl Watch {
+    pub(crate) fn new(
+        db: Database,
+        sql: String,
+        params: Vec<Value>,
+        tables: BTreeSet<String>,
+    ) -> Watch {
+        let rx = db.subscribe_changes();
+        Watch {
+            db,
+            sql,
+            params,
+            tables,
+            rx,
+            seen: None,
+        }
+    }
+
+    /// The tables this query depends on.
+    pub fn tables(&self) -> &BTreeSet<String> {
+        &self.tables
+    }
+
+    fn snapshot(&mut self) -> Vec<u64> {
+        let counters = self.rx.borrow_and_update();
+        self.tables
+            .iter()
+            .map(|t| counters.get(t).copied().unwrap_or(0))
+            .collect()
+    }
+
+    pub async fn next(&mut self) -> Result<Vec<Map<String, Value>>> {
+        if self.seen.is_some() {
+            loop {
+                let now = self.snapshot();
+                if Some(&now) != self.seen.as_ref() {
+                    break;
+                }
+                if self.rx.changed().await.is_err() {
+                    // The database is gone; nothing will change any more.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        // Read the counters before the query so a write racing with it triggers another run.
+        self.seen = Some(self.snapshot());
+        self.db.query(&self.sql, &self.params)
+    }
+}

@@ -1,0 +1,124 @@
+//! Command line. Every `serve` flag mirrors an `OUTPOST_*` environment
+//! variable, so a container can be configured by env alone.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-relay",
+    version,
+    about = "Outpost sync relay: streams Postgres buckets to SQLite clients (PowerSync protocol)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP relay.
+    Serve(ServeArgs),
+    /// Print a development HS256 token signed with OUTPOST_JWT_SECRET.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Postgres connection string (the database with `CREATE EXTENSION outpost`).
+    #[arg(long, env = "OUTPOST_DATABASE_URL")]
+    pub database_url: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret for client tokens (used as raw bytes).
+    #[arg(long, env = "OUTPOST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Path to a JWKS file with public keys (RS256/ES256/EdDSA); tokens select a key by `kid`.
+    #[arg(long, env = "OUTPOST_JWKS")]
+    pub jwks: Option<PathBuf>,
+
+    /// Required `aud` of client tokens (comma-separated for several). Unset: `aud` is not checked.
+    #[arg(long, env = "OUTPOST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Postgres role that `POST /crud` writes as (`SET LOCAL ROLE`). Unset: /crud is disabled.
+    #[arg(long, env = "OUTPOST_WRITE_ROLE")]
+    pub write_role: Option<String>,
+
+    /// Maximum concurrent client connections; connections beyond it get 503.
+    #[arg(long, env = "OUTPOST_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Size of the Postgres connection pool used for queries.
+    #[arg(long, env = "OUTPOST_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Drive ticks: LISTEN `outpost_changes` and call `outpost.tick()`.
+    /// Turn off when a background worker or another process drives them.
+    #[arg(long, env = "OUTPOST_DRIVE_TICKS", default_value_t = true, action = ArgAction::Set)]
+    pub drive_ticks: bool,
+
+    /// Maximum ops per `bucket_ops` query (one page of a data line).
+    #[arg(long, env = "OUTPOST_MAX_OPS_PER_BATCH", default_value_t = 1000)]
+    pub max_ops_per_batch: u32,
+
+    /// Maximum request body size in bytes.
+    #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// Lifetime in seconds (at most 86400, which the relay enforces).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+
+    /// The HS256 secret.
+    #[arg(long, env = "OUTPOST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// `aud` claim to include (defaults to the first configured audience).
+    #[arg(long, env = "OUTPOST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub aud: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "outpost-relay",
+            "serve",
+            "--database-url",
+            "postgres://x@127.0.0.1/db",
+            "--jwt-audience",
+            "a,b",
+            "--drive-ticks",
+            "false",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.jwt_audience, vec!["a", "b"]);
+        assert!(!s.drive_ticks);
+    }
+}

@@ -1,0 +1,119 @@
+//! The relay's one error type. Each variant maps to an HTTP status; the body
+//! a client sees never carries database or internal details (those go to the
+//! log), because error text from Postgres can reveal schema and rules.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use outpost_protocol::http::ErrorBody;
+use std::convert::Infallible;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool error: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("unexpected database response: {0}")]
+    Decode(String),
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Db(_) | Error::Pool(_) | Error::Decode(_) | Error::Config(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// `PSYNC_S2101` is what PowerSync clients look for to drop their token;
+    /// the other codes are ours.
+    fn code(&self) -> &'static str {
+        match self {
+            Error::Unauthorized(_) => "PSYNC_S2101",
+            Error::BadRequest(_) => "OUTPOST_BAD_REQUEST",
+            Error::PayloadTooLarge => "OUTPOST_PAYLOAD_TOO_LARGE",
+            Error::NotFound => "OUTPOST_NOT_FOUND",
+            Error::MethodNotAllowed => "OUTPOST_METHOD_NOT_ALLOWED",
+            Error::NotImplemented(_) => "OUTPOST_NOT_IMPLEMENTED",
+            Error::Forbidden(_) => "OUTPOST_FORBIDDEN",
+            Error::Unavailable(_) => "OUTPOST_UNAVAILABLE",
+            Error::Db(_) | Error::Pool(_) | Error::Decode(_) | Error::Config(_) => {
+                "OUTPOST_INTERNAL"
+            }
+        }
+    }
+
+    /// What the client may read. Internal errors get a fixed text.
+    fn public_description(&self) -> String {
+        match self {
+            Error::Unauthorized(m) | Error::BadRequest(m) | Error::Forbidden(m) => m.clone(),
+            Error::Db(db) => match db.as_db_error() {
+                // A write rejected by a constraint or an RLS policy is the
+                // client's to fix; it gets the SQLSTATE, not the message.
+                Some(e) if is_client_sqlstate(e.code().code()) => {
+                    format!("write rejected (SQLSTATE {})", e.code().code())
+                }
+                _ => "internal error".into(),
+            },
+            Error::Pool(_) | Error::Decode(_) | Error::Config(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<BoxBody<Bytes, Infallible>> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request rejected");
+        }
+        let body = ErrorBody::new(self.code(), status.as_u16(), self.public_description());
+        json_response(status, &body)
+    }
+}
+
+/// Integrity violations (class 23) and insufficient privilege (42501, what
+/// RLS raises) come from the client's data, not from a fault of ours.
+fn is_client_sqlstate(code: &str) -> bool {
+    code.starts_with("23") || code == "42501"
+}
+
+pub fn json_response<T: serde::Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let body = serde_json::to_vec(value).expect("response bodies always serialize");
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("static response parts are valid")
+}

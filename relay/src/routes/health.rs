@@ -1,0 +1,39 @@
+//! `GET /health` and `GET /metrics`.
+
+use super::{AppState, ResBody};
+use crate::error::json_response;
+use crate::Error;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn health(state: Arc<AppState>) -> Result<Response<ResBody>, Error> {
+    match tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await {
+        Ok(Ok(())) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check: database unavailable");
+            Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable"}),
+            ))
+        }
+        Err(_) => {
+            tracing::warn!("health check: database timed out");
+            Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable"}),
+            ))
+        }
+    }
+}
+
+pub fn metrics(state: &AppState) -> Response<ResBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(state.metrics.render())).boxed())
+        .expect("static response parts are valid")
+}

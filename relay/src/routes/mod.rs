@@ -1,0 +1,186 @@
+//! The router: [`app`] builds a hyper `Service` from shared state, with no
+//! socket involved, so tests drive it directly. One module per endpoint.
+
+mod crud;
+mod health;
+mod sync_stream;
+mod write_checkpoint;
+
+use crate::auth::{Claims, Verifier};
+use crate::error::json_response;
+use crate::listener::Announced;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::Error;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, LengthLimitError, Limited};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub type ResBody = BoxBody<Bytes, Infallible>;
+
+/// Bounds that keep one client from costing the relay unbounded memory or time.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Rows per `bucket_ops` query; a data line never holds more.
+    pub max_ops_per_batch: u32,
+    /// Interval of `token_expires_in` keepalive lines.
+    pub keepalive: Duration,
+    /// Lines buffered per stream before a slow client stalls its producer.
+    pub stream_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_ops_per_batch: 1000,
+            keepalive: Duration::from_secs(20),
+            stream_buffer: 8,
+        }
+    }
+}
+
+pub struct AppState {
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    /// Latest announced checkpoint; every stream holds a clone of this receiver.
+    pub checkpoints: watch::Receiver<Announced>,
+    /// Turns true when the relay shuts down; streams end cleanly on it.
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Role for `POST /crud`; `None` disables the endpoint.
+    pub write_role: Option<String>,
+}
+
+/// The relay's HTTP service.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+}
+
+/// Builds the router over `state`.
+pub fn app(state: AppState) -> App {
+    App {
+        state: Arc::new(state),
+    }
+}
+
+impl App {
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for App
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ResBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ResBody>, Infallible>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(route(state, req).await.unwrap_or_else(Error::into_response)) })
+    }
+}
+
+async fn route<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResBody>, Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let allow = |m: Method| {
+        if method == m {
+            Ok(())
+        } else {
+            Err(Error::MethodNotAllowed)
+        }
+    };
+    match req.uri().path() {
+        "/sync/stream" => {
+            allow(Method::POST)?;
+            sync_stream::handle(state, req).await
+        }
+        "/write-checkpoint2.json" => {
+            allow(Method::GET)?;
+            write_checkpoint::handle(state, req).await
+        }
+        "/crud" => {
+            allow(Method::POST)?;
+            crud::handle(state, req).await
+        }
+        "/health" => {
+            allow(Method::GET)?;
+            health::health(state).await
+        }
+        "/metrics" => {
+            allow(Method::GET)?;
+            Ok(health::metrics(&state))
+        }
+        "/schema" => {
+            allow(Method::GET)?;
+            Err(Error::NotImplemented("/schema is not available yet"))
+        }
+        _ => Err(Error::NotFound),
+    }
+}
+
+fn authenticate<B>(state: &AppState, req: &Request<B>) -> Result<Claims, Error> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Error::Unauthorized("authorization header is not ASCII".into()))
+        })
+        .transpose()?;
+    state.verifier.verify_header(header)
+}
+
+/// Reads a JSON body of at most `limit` bytes (413 beyond, 400 if malformed).
+async fn read_json<B, T>(body: B, limit: usize) -> Result<T, Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: serde::de::DeserializeOwned,
+{
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Error::PayloadTooLarge)
+        }
+        Err(e) => return Err(Error::BadRequest(format!("cannot read request body: {e}"))),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+/// A declared length over the limit is refused before reading anything.
+fn check_content_length<B>(req: &Request<B>, limit: usize) -> Result<(), Error> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(Error::PayloadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+fn ok_json<T: serde::Serialize>(value: &T) -> Response<ResBody> {
+    json_response(StatusCode::OK, value)
+}
+
+#[cfg(test)]
+mod tests;

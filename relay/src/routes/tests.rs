@@ -1,0 +1,470 @@
+//! Router tests: requests go straight into the service, no socket, no Postgres.
+
+use super::Limits;
+use crate::auth::tests::{alg_none_token, hs256, SECRET};
+use crate::auth::{dev_token, now_secs};
+use crate::testing::{FakeStore, Harness};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::Service;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Res = http::Response<super::ResBody>;
+
+fn token() -> String {
+    dev_token(SECRET, "u1", 3600, None).unwrap()
+}
+
+fn harness() -> Harness {
+    Harness::new(Arc::new(FakeStore::default()), Limits::default())
+}
+
+async fn call(h: &Harness, req: Request<Full<Bytes>>) -> Res {
+    h.app.call(req).await.unwrap()
+}
+
+fn post_stream(auth: Option<String>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/sync/stream").header("content-type", "application/json");
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+async fn json_body(res: Res) -> Value {
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn expect_error(res: Res, status: StatusCode, code: &str) -> String {
+    assert_eq!(res.status(), status);
+    let v = json_body(res).await;
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert_eq!(v["error"]["status"], status.as_u16());
+    v["error"]["description"].as_str().unwrap().to_string()
+}
+
+/// Reads NDJSON lines; `None` at the end of the stream.
+struct Lines {
+    body: super::ResBody,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(res: Res) -> Lines {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+        Lines {
+            body: res.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                // Every line must also parse as the shared wire type.
+                let text = std::str::from_utf8(&line).unwrap().trim_end();
+                outpost_protocol::SyncLine::parse(text).unwrap().unwrap();
+                return Some(serde_json::from_str(text).unwrap());
+            }
+            match self.body.frame().await {
+                Some(f) => self.buf.extend_from_slice(&f.unwrap().into_data().unwrap()),
+                None => {
+                    assert!(self.buf.is_empty(), "stream ended mid-line");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Lines up to and including the next `checkpoint_complete`.
+    async fn until_complete(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(l) = self.next().await {
+            let done = l.get("checkpoint_complete").is_some();
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+        panic!("stream ended before checkpoint_complete: {out:?}");
+    }
+}
+
+fn key(line: &Value) -> &str {
+    line.as_object().unwrap().keys().next().unwrap()
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_405() {
+    let h = harness();
+    let res = call(&h, Request::get("/nope").body(Full::default()).unwrap()).await;
+    expect_error(res, StatusCode::NOT_FOUND, "OUTPOST_NOT_FOUND").await;
+    let res = call(
+        &h,
+        Request::get("/sync/stream").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_psync_s2101() {
+    let h = harness();
+    let now = now_secs();
+    let claims = |iat: u64, exp: u64| json!({"sub": "u1", "iat": iat, "exp": exp});
+    let cases = [
+        (None, "missing authorization header"),
+        (
+            Some(format!(
+                "Token {}",
+                hs256(SECRET, &claims(now - 7200, now - 3600))
+            )),
+            "token expired",
+        ),
+        (
+            Some(format!(
+                "Token {}",
+                hs256("wrong-secret", &claims(now, now + 60))
+            )),
+            "invalid signature",
+        ),
+        (
+            Some(format!("Token {}", alg_none_token(&claims(now, now + 60)))),
+            "unsupported algorithm",
+        ),
+        (Some("Token garbage".to_string()), "malformed"),
+    ];
+    for (auth, reason) in cases {
+        let res = call(&h, post_stream(auth, "{}")).await;
+        let desc = expect_error(res, StatusCode::UNAUTHORIZED, "PSYNC_S2101").await;
+        assert!(desc.contains(reason), "{desc:?} should mention {reason:?}");
+    }
+    // Auth comes first: nothing reached the database.
+    assert!(h.store.db.lock().unwrap().last_claims.is_none());
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_oversize_413() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_body_bytes: 64,
+            ..Limits::default()
+        },
+    );
+    let res = call(
+        &h,
+        post_stream(Some(format!("Token {}", token())), "{\"buckets\": ["),
+    )
+    .await;
+    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
+    let res = call(
+        &h,
+        post_stream(Some(format!("Token {}", token())), r#"{"buckets": 3}"#),
+    )
+    .await;
+    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
+
+    let big = format!(r#"{{"client_id":"{}"}}"#, "x".repeat(100));
+    let res = call(
+        &h,
+        post_stream(Some(format!("Token {}", token())), big.clone()),
+    )
+    .await;
+    expect_error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "OUTPOST_PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    // Also when the length is declared up front.
+    let mut req = post_stream(Some(format!("Token {}", token())), big);
+    req.headers_mut()
+        .insert("content-length", "100000".parse().unwrap());
+    let res = call(&h, req).await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn database_errors_are_500_without_details() {
+    let h = harness();
+    h.store.fail.store(true, SeqCst);
+    let res = call(&h, post_stream(Some(format!("Bearer {}", token())), "{}")).await;
+    let desc = expect_error(res, StatusCode::INTERNAL_SERVER_ERROR, "OUTPOST_INTERNAL").await;
+    assert_eq!(desc, "internal error");
+    let res = call(&h, Request::get("/health").body(Full::default()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn health_metrics_and_schema() {
+    let h = harness();
+    let res = call(&h, Request::get("/health").body(Full::default()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_body(res).await, json!({"status": "ok"}));
+    let res = call(&h, Request::get("/metrics").body(Full::default()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("# TYPE outpost_relay_streams_open gauge"));
+    let res = call(&h, Request::get("/schema").body(Full::default()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
+}
+
+#[tokio::test]
+async fn write_checkpoint_counts_up_and_needs_client_id() {
+    let h = harness();
+    let get = |q: &str| {
+        Request::get(format!("/write-checkpoint2.json{q}"))
+            .header("authorization", format!("Token {}", token()))
+            .body(Full::default())
+            .unwrap()
+    };
+    let res = call(&h, get("?client_id=c%201")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        json_body(res).await,
+        json!({"data": {"write_checkpoint": "1"}})
+    );
+    let res = call(&h, get("?client_id=c1")).await;
+    assert_eq!(
+        json_body(res).await,
+        json!({"data": {"write_checkpoint": "2"}})
+    );
+    let res = call(&h, get("")).await;
+    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
+    let res = call(
+        &h,
+        Request::get("/write-checkpoint2.json?client_id=c")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn initial_sync_orders_by_priority_pages_and_completes() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 2,
+            ..Limits::default()
+        },
+    );
+    for i in 0..3 {
+        h.store.put("low[]", &format!("l{i}"));
+    }
+    h.store.put("high[]", "h0");
+    h.store.db.lock().unwrap().buckets[1].1 = Some(0);
+    h.store.put("gone[]", "g0"); // in the client's request only: dropped below
+    h.store
+        .db
+        .lock()
+        .unwrap()
+        .buckets
+        .retain(|(b, _)| b != "gone[]");
+    let body = json!({
+        "buckets": [{"name": "low[]", "after": "1"}, {"name": "gone[]", "after": "5"}],
+        "include_checksum": true, "raw_data": true, "client_id": "c1",
+        "streams": {"include_defaults": true}, "app_metadata": {}
+    });
+    let res = call(
+        &h,
+        post_stream(Some(format!("Token {}", token())), body.to_string()),
+    )
+    .await;
+    let mut lines = Lines::new(res);
+    let got = lines.until_complete().await;
+    let keys: Vec<&str> = got.iter().map(key).collect();
+    assert_eq!(
+        keys,
+        [
+            "checkpoint",
+            "data",
+            "partial_checkpoint_complete",
+            "data",
+            "checkpoint_complete"
+        ]
+    );
+    let cp = &got[0]["checkpoint"];
+    assert_eq!(cp["last_op_id"], "5");
+    let low = cp["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bucket"] == "low[]")
+        .unwrap();
+    // Totals are sent signed, as the reference service does.
+    assert!(low["checksum"].as_i64().unwrap() < 0, "{low}");
+    assert_eq!(got[1]["data"]["bucket"], "high[]");
+    assert_eq!(
+        got[2]["partial_checkpoint_complete"],
+        json!({"last_op_id": "5", "priority": 0})
+    );
+    // low[] resumes after the client's op 1: ops 2 and 3 in one page of 2.
+    let d = &got[3]["data"];
+    assert_eq!(d["bucket"], "low[]");
+    assert_eq!(d["after"], "1");
+    let ids: Vec<&str> = d["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["op_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["2", "3"]);
+    assert_eq!(
+        d["data"][0]["data"], r#"{"id":"l1"}"#,
+        "raw_data: op data is a JSON string"
+    );
+    assert_eq!(got[4]["checkpoint_complete"]["last_op_id"], "5");
+    assert_eq!(
+        h.store.db.lock().unwrap().last_claims.as_ref().unwrap()["sub"],
+        "u1"
+    );
+}
+
+#[tokio::test]
+async fn paging_marks_has_more_and_continues() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 2,
+            ..Limits::default()
+        },
+    );
+    for i in 0..5 {
+        h.store.put("b[]", &format!("r{i}"));
+    }
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let got = Lines::new(res).until_complete().await;
+    let data: Vec<&Value> = got.iter().filter_map(|l| l.get("data")).collect();
+    assert_eq!(data.len(), 3);
+    assert_eq!(
+        data.iter()
+            .map(|d| d["has_more"].as_bool().unwrap())
+            .collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    assert_eq!(data[1]["after"], "2");
+    assert_eq!(data[2]["next_after"], "5");
+}
+
+#[tokio::test]
+async fn new_checkpoint_sends_diff_then_only_new_ops() {
+    let h = harness();
+    h.store.put("a[]", "x");
+    h.store.put("b[]", "y");
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let mut lines = Lines::new(res);
+    lines.until_complete().await;
+
+    h.store.put("b[]", "z");
+    h.store.put("c[]", "w");
+    h.store
+        .db
+        .lock()
+        .unwrap()
+        .buckets
+        .retain(|(b, _)| b != "a[]");
+    h.announce();
+    let got = lines.until_complete().await;
+    let keys: Vec<&str> = got.iter().map(key).collect();
+    assert_eq!(
+        keys,
+        ["checkpoint_diff", "data", "data", "checkpoint_complete"]
+    );
+    let diff = &got[0]["checkpoint_diff"];
+    assert_eq!(diff["last_op_id"], "4");
+    let updated: Vec<&str> = diff["updated_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bucket"].as_str().unwrap())
+        .collect();
+    assert_eq!(updated, ["b[]", "c[]"]);
+    assert_eq!(diff["removed_buckets"], json!(["a[]"]));
+    assert_eq!(
+        got[1]["data"]["after"], "2",
+        "b[] continues from the last checkpoint"
+    );
+    assert_eq!(got[1]["data"]["data"].as_array().unwrap().len(), 1);
+    assert_eq!(got[2]["data"]["after"], "0", "c[] is new");
+
+    // Only the write checkpoint moves: a diff with nothing else, no data.
+    h.store.db.lock().unwrap().write_checkpoint = Some(7);
+    h.store.db.lock().unwrap().checkpoint += 1;
+    h.announce();
+    let got = lines.until_complete().await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0]["checkpoint_diff"],
+        json!({"last_op_id": "5", "write_checkpoint": "7", "updated_buckets": [], "removed_buckets": []})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_then_zero_at_token_expiry_ends_stream() {
+    let h = harness();
+    let t = dev_token(SECRET, "u1", 50, None).unwrap();
+    let res = call(&h, post_stream(Some(format!("Token {t}")), "{}")).await;
+    let mut lines = Lines::new(res);
+    lines.until_complete().await;
+    // Paused time auto-advances: 20 s and 40 s keepalives, then expiry at 50 s.
+    let mut rest = Vec::new();
+    while let Some(l) = lines.next().await {
+        rest.push(l);
+    }
+    let values: Vec<i64> = rest
+        .iter()
+        .map(|l| l["token_expires_in"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values.len(), 3, "{rest:?}");
+    assert!(values[0] > 0 && values[1] > 0, "{values:?}");
+    assert_eq!(values[2], 0);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let h = harness();
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let mut lines = Lines::new(res);
+    assert_eq!(lines.until_complete().await.len(), 2);
+    assert_eq!(h.app.state().metrics.streams_open.load(SeqCst), 1);
+    h.stop.send(true).unwrap();
+    assert_eq!(lines.next().await, None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn slow_client_stalls_the_producer() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 1,
+            stream_buffer: 1,
+            ..Limits::default()
+        },
+    );
+    for i in 0..20 {
+        h.store.put("b[]", &format!("r{i}"));
+    }
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    // On a single-threaded runtime, yielding lets the producer run until it blocks.
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    // The checkpoint line fills the buffer; one page is read and waits to be sent.
+    assert_eq!(h.store.bucket_ops_calls.load(SeqCst), 1);
+    let mut lines = Lines::new(res);
+    let got = lines.until_complete().await;
+    assert_eq!(got.iter().filter(|l| l.get("data").is_some()).count(), 20);
+    assert_eq!(h.store.bucket_ops_calls.load(SeqCst), 21);
+    let _ = Duration::ZERO;
+}

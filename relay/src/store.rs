@@ -1,0 +1,231 @@
+//! Everything the relay asks the database, behind one trait so the HTTP and
+//! streaming logic can be tested with an in-memory store. The Postgres
+//! implementation calls only the SQL API of the extension (docs/sql-api.md).
+
+use crate::Error;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
+use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
+use serde::Deserialize;
+use serde_json::Value;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A user's view at one checkpoint: the result of `outpost.sync_checkpoint`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CheckpointState {
+    pub checkpoint: OpId,
+    #[serde(default)]
+    pub write_checkpoint: Option<OpId>,
+    #[serde(default)]
+    pub buckets: Vec<BucketChecksum>,
+}
+
+/// One row of `outpost.bucket_ops`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpRow {
+    pub bucket: String,
+    pub entry: OplogEntry,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// `outpost.sync_checkpoint(claims, params, client_id)`.
+    fn sync_checkpoint<'a>(
+        &'a self,
+        claims: &'a Value,
+        params: &'a Value,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<CheckpointState, Error>>;
+
+    /// `outpost.bucket_ops(buckets, afters, checkpoint, max_ops)`: ops with
+    /// `afters[i] < op_id <= checkpoint`, ordered by bucket (as given) then op_id.
+    fn bucket_ops<'a>(
+        &'a self,
+        buckets: &'a [String],
+        afters: &'a [OpId],
+        checkpoint: OpId,
+        max_ops: u32,
+    ) -> BoxFuture<'a, Result<Vec<OpRow>, Error>>;
+
+    /// `outpost.request_write_checkpoint(user_id, client_id)`.
+    fn request_write_checkpoint<'a>(
+        &'a self,
+        user_id: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<OpId, Error>>;
+
+    /// `outpost.tick()`: returns the latest checkpoint.
+    fn tick(&self) -> BoxFuture<'_, Result<OpId, Error>>;
+
+    /// `outpost.checkpoint()`: the latest published checkpoint.
+    fn checkpoint(&self) -> BoxFuture<'_, Result<OpId, Error>>;
+
+    /// Whether the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// The Postgres store: a pool of connections to the database with the extension.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Builds the pool; connections are opened lazily, so this does not fail
+    /// when Postgres is down (the relay starts and reports via /health).
+    pub fn new(database_url: &str, pool_size: usize) -> Result<PgStore, Error> {
+        let pg = tokio_postgres::Config::from_str(database_url)
+            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+        let mgr = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build pool: {e}")))?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn op_id(v: i64) -> Result<OpId, Error> {
+    u64::try_from(v)
+        .map(OpId)
+        .map_err(|_| Error::Decode(format!("negative op id {v}")))
+}
+
+fn to_i64(id: OpId) -> i64 {
+    i64::try_from(id.0).unwrap_or(i64::MAX)
+}
+
+fn op_type(s: &str) -> Result<OpType, Error> {
+    Ok(match s {
+        "PUT" => OpType::Put,
+        "REMOVE" => OpType::Remove,
+        "MOVE" => OpType::Move,
+        "CLEAR" => OpType::Clear,
+        other => return Err(Error::Decode(format!("unknown op {other:?}"))),
+    })
+}
+
+impl Store for PgStore {
+    fn sync_checkpoint<'a>(
+        &'a self,
+        claims: &'a Value,
+        params: &'a Value,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
+                )
+                .await?;
+            let row = client
+                .query_one(
+                    &stmt,
+                    &[&claims.to_string(), &params.to_string(), &client_id],
+                )
+                .await?;
+            let text: String = row.get(0);
+            serde_json::from_str(&text).map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))
+        })
+    }
+
+    fn bucket_ops<'a>(
+        &'a self,
+        buckets: &'a [String],
+        afters: &'a [OpId],
+        checkpoint: OpId,
+        max_ops: u32,
+    ) -> BoxFuture<'a, Result<Vec<OpRow>, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum \
+                     FROM outpost.bucket_ops($1::text[], $2::bigint[], $3::bigint, $4::int)",
+                )
+                .await?;
+            let afters: Vec<i64> = afters.iter().map(|a| to_i64(*a)).collect();
+            let max_ops = i32::try_from(max_ops).unwrap_or(i32::MAX);
+            let rows = client
+                .query(&stmt, &[&buckets, &afters, &to_i64(checkpoint), &max_ops])
+                .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let checksum: i64 = r.get(7);
+                    let checksum = u32::try_from(checksum).map_err(|_| {
+                        Error::Decode(format!("checksum {checksum} out of u32 range"))
+                    })?;
+                    Ok(OpRow {
+                        bucket: r.get(0),
+                        entry: OplogEntry {
+                            op_id: op_id(r.get(1))?,
+                            op: op_type(r.get(2))?,
+                            object_type: r.get(3),
+                            object_id: r.get(4),
+                            subkey: r.get(5),
+                            checksum: Checksum(checksum),
+                            data: r.get(6),
+                        },
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn request_write_checkpoint<'a>(
+        &'a self,
+        user_id: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<OpId, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_one(
+                    "SELECT outpost.request_write_checkpoint($1, $2)",
+                    &[&user_id, &client_id],
+                )
+                .await?;
+            op_id(row.get(0))
+        })
+    }
+
+    fn tick(&self) -> BoxFuture<'_, Result<OpId, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let row = client.query_one("SELECT outpost.tick()", &[]).await?;
+            op_id(row.get(0))
+        })
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, Result<OpId, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let row = client.query_one("SELECT outpost.checkpoint()", &[]).await?;
+            op_id(row.get(0))
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+    }
+}
+
+impl PgStore {
+    /// A pooled connection for `/crud`, which needs its own transaction.
+    pub async fn connection(&self) -> Result<deadpool_postgres::Object, Error> {
+        Ok(self.pool.get().await?)
+    }
+}

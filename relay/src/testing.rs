@@ -1,0 +1,206 @@
+//! An in-memory [`Store`] with the semantics of the extension's SQL API, for
+//! tests of the router, the stream and the ticker without Postgres.
+
+use crate::auth::{tests::SECRET, Verifier};
+use crate::listener::Announced;
+use crate::metrics::Metrics;
+use crate::routes::{app, App, AppState, Limits};
+use crate::store::{CheckpointState, OpRow, Store};
+use crate::Error;
+use futures_util::future::BoxFuture;
+use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Semaphore};
+
+#[derive(Default)]
+pub struct FakeDb {
+    pub checkpoint: u64,
+    pub write_checkpoint: Option<u64>,
+    /// (bucket, priority)
+    pub buckets: Vec<(String, Option<i32>)>,
+    pub ops: Vec<OpRow>,
+    pub last_claims: Option<Value>,
+}
+
+#[derive(Default)]
+pub struct FakeStore {
+    pub db: Mutex<FakeDb>,
+    pub fail: AtomicBool,
+    pub bucket_ops_calls: AtomicU64,
+    pub ticks: AtomicU64,
+    /// When set, each tick waits for one permit: lets tests hold a tick in flight.
+    pub tick_gate: Option<Arc<Semaphore>>,
+}
+
+impl FakeStore {
+    /// Appends a PUT to `bucket` at the next op id and publishes it as the checkpoint.
+    pub fn put(&self, bucket: &str, id: &str) -> u64 {
+        let mut db = self.db.lock().unwrap();
+        db.checkpoint += 1;
+        let op_id = db.checkpoint;
+        if !db.buckets.iter().any(|(b, _)| b == bucket) {
+            db.buckets.push((bucket.into(), None));
+        }
+        db.ops.push(OpRow {
+            bucket: bucket.into(),
+            entry: OplogEntry {
+                op_id: OpId(op_id),
+                op: OpType::Put,
+                object_type: Some("todos".into()),
+                object_id: Some(id.into()),
+                subkey: Some("s".into()),
+                // Large values make signed vs unsigned totals visible on the wire.
+                checksum: Checksum(u32::MAX - op_id as u32),
+                data: Some(format!(r#"{{"id":"{id}"}}"#)),
+            },
+        });
+        op_id
+    }
+
+    fn fail_check(&self) -> Result<(), Error> {
+        if self.fail.load(SeqCst) {
+            return Err(Error::Decode(
+                "secret internal detail: relation outpost.x".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FakeStore {
+    fn sync_checkpoint<'a>(
+        &'a self,
+        claims: &'a Value,
+        _params: &'a Value,
+        _client_id: &'a str,
+    ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            let mut db = self.db.lock().unwrap();
+            db.last_claims = Some(claims.clone());
+            let cp = db.checkpoint;
+            let buckets = db
+                .buckets
+                .iter()
+                .map(|(name, priority)| {
+                    let ops: Vec<&OpRow> = db
+                        .ops
+                        .iter()
+                        .filter(|o| &o.bucket == name && o.entry.op_id.0 <= cp)
+                        .collect();
+                    BucketChecksum {
+                        bucket: name.clone(),
+                        checksum: ops.iter().map(|o| o.entry.checksum).sum(),
+                        count: Some(ops.len() as u64),
+                        priority: *priority,
+                    }
+                })
+                .collect();
+            Ok(CheckpointState {
+                checkpoint: OpId(cp),
+                write_checkpoint: db.write_checkpoint.map(OpId),
+                buckets,
+            })
+        })
+    }
+
+    fn bucket_ops<'a>(
+        &'a self,
+        buckets: &'a [String],
+        afters: &'a [OpId],
+        checkpoint: OpId,
+        max_ops: u32,
+    ) -> BoxFuture<'a, Result<Vec<OpRow>, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            self.bucket_ops_calls.fetch_add(1, SeqCst);
+            let db = self.db.lock().unwrap();
+            let mut out = Vec::new();
+            for (b, after) in buckets.iter().zip(afters) {
+                let mut ops: Vec<&OpRow> = db
+                    .ops
+                    .iter()
+                    .filter(|o| {
+                        &o.bucket == b && o.entry.op_id > *after && o.entry.op_id <= checkpoint
+                    })
+                    .collect();
+                ops.sort_by_key(|o| o.entry.op_id);
+                out.extend(ops.into_iter().cloned());
+            }
+            out.truncate(max_ops as usize);
+            Ok(out)
+        })
+    }
+
+    fn request_write_checkpoint<'a>(
+        &'a self,
+        _user_id: &'a str,
+        _client_id: &'a str,
+    ) -> BoxFuture<'a, Result<OpId, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            let mut db = self.db.lock().unwrap();
+            let n = db.write_checkpoint.unwrap_or(0) + 1;
+            db.write_checkpoint = Some(n);
+            Ok(OpId(n))
+        })
+    }
+
+    fn tick(&self) -> BoxFuture<'_, Result<OpId, Error>> {
+        Box::pin(async move {
+            if let Some(gate) = &self.tick_gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            self.ticks.fetch_add(1, SeqCst);
+            self.fail_check()?;
+            Ok(OpId(self.db.lock().unwrap().checkpoint))
+        })
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, Result<OpId, Error>> {
+        Box::pin(async move { Ok(OpId(self.db.lock().unwrap().checkpoint)) })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move { self.fail_check() })
+    }
+}
+
+/// A router over `store`, plus the senders a running relay's listener and
+/// shutdown would own.
+pub struct Harness {
+    pub app: App,
+    pub store: Arc<FakeStore>,
+    pub checkpoints: watch::Sender<Announced>,
+    pub stop: watch::Sender<bool>,
+}
+
+impl Harness {
+    pub fn new(store: Arc<FakeStore>, limits: Limits) -> Harness {
+        let (checkpoints, cp_rx) = watch::channel(Announced::initial());
+        let (stop, stop_rx) = watch::channel(false);
+        let state = AppState {
+            verifier: Verifier::new(Some(SECRET), None, vec![]).unwrap(),
+            store: store.clone(),
+            checkpoints: cp_rx,
+            shutdown: stop_rx,
+            metrics: Arc::new(Metrics::default()),
+            limits,
+            write_role: None,
+        };
+        Harness {
+            app: app(state),
+            store,
+            checkpoints,
+            stop,
+        }
+    }
+
+    /// What the listener does on `NOTIFY outpost_checkpoint`.
+    pub fn announce(&self) {
+        let cp = self.store.db.lock().unwrap().checkpoint;
+        crate::listener::publish(&self.checkpoints, &self.app.state().metrics, cp);
+    }
+}

@@ -1,0 +1,549 @@
+-- Outpost extension: schema, capture, tick, and the functions the relay calls.
+--
+-- Pipeline: capture triggers append (table, key) to outpost.changes →
+-- outpost.tick() reads committed changes and the rows they point at in ONE
+-- statement (one snapshot; generated from the rules by the Rust compiler),
+-- diffs the result against outpost.bucket_rows, and appends PUT/REMOVE ops
+-- with consecutive op ids to outpost.ops → publishes checkpoint N (the last op
+-- id) and NOTIFYs outpost_checkpoint.
+--
+-- Invariant: checkpoint N contains every op with op_id <= N, forever. Ticks
+-- are serialized by an advisory transaction lock, op ids are allocated inside
+-- the tick (not from a sequence taken by writers), and the checkpoint row is
+-- written in the same transaction as its ops.
+
+-- ---------------------------------------------------------------- catalog --
+
+CREATE TABLE outpost.rules (
+    version     bigint PRIMARY KEY,
+    sources     jsonb NOT NULL,
+    tick_sql    text NOT NULL,
+    deployed_at timestamptz NOT NULL DEFAULT now(),
+    active      boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX rules_one_active ON outpost.rules (active) WHERE active;
+
+CREATE TABLE outpost.bucket_defs (
+    name        text PRIMARY KEY,
+    priority    int NOT NULL,
+    param_names text[] NOT NULL,
+    source      jsonb NOT NULL,
+    compiled    jsonb NOT NULL,
+    version     bigint NOT NULL
+);
+
+CREATE TABLE outpost.captured_tables (
+    relid     oid PRIMARY KEY,
+    qualified text NOT NULL
+);
+
+-- ---------------------------------------------------------------- capture --
+
+-- kind: 'k' a row key changed, 't' table truncated, 'f' re-evaluate whole table.
+CREATE TABLE outpost.changes (
+    relid oid NOT NULL,
+    pk    jsonb,
+    kind  "char" NOT NULL
+);
+
+CREATE TABLE outpost.write_checkpoint_counters (
+    user_id   text NOT NULL,
+    client_id text NOT NULL,
+    seq       bigint NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE TABLE outpost.write_checkpoint_requests (
+    user_id   text NOT NULL,
+    client_id text NOT NULL,
+    seq       bigint NOT NULL
+);
+
+-- ----------------------------------------------------------------- op log --
+
+CREATE TABLE outpost.ops (
+    bucket      text NOT NULL,
+    op_id       bigint NOT NULL,
+    op          text NOT NULL,
+    object_type text,
+    object_id   text,
+    subkey      text,
+    data        text,
+    checksum    bigint NOT NULL,
+    PRIMARY KEY (bucket, op_id)
+);
+
+-- The current PUT of every row in every bucket: what the next tick diffs against.
+CREATE TABLE outpost.bucket_rows (
+    bucket      text NOT NULL,
+    object_type text NOT NULL,
+    object_id   text NOT NULL,
+    subkey      text NOT NULL,
+    relid       oid NOT NULL,
+    pk          jsonb NOT NULL,
+    op_id       bigint NOT NULL,
+    fingerprint bigint NOT NULL,
+    PRIMARY KEY (bucket, object_type, object_id, subkey)
+);
+CREATE INDEX bucket_rows_source ON outpost.bucket_rows (relid, pk);
+
+-- Running totals, kept current by every tick so a checkpoint costs O(buckets).
+CREATE TABLE outpost.bucket_state (
+    bucket     text PRIMARY KEY,
+    def        text NOT NULL,
+    checksum   bigint NOT NULL DEFAULT 0,
+    op_count   bigint NOT NULL DEFAULT 0,
+    last_op_id bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX bucket_state_def ON outpost.bucket_state (def);
+
+-- Materialized parameter lookups: which bucket a request value maps to.
+CREATE TABLE outpost.param_rows (
+    query_id text NOT NULL,
+    relid    oid NOT NULL,
+    pk       jsonb NOT NULL,
+    lookup   jsonb NOT NULL,
+    bucket   text NOT NULL
+);
+CREATE INDEX param_rows_lookup ON outpost.param_rows (query_id, lookup);
+CREATE INDEX param_rows_source ON outpost.param_rows (relid, pk);
+
+CREATE TABLE outpost.checkpoints (
+    op_id      bigint PRIMARY KEY,
+    ops        bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE outpost.write_checkpoints (
+    user_id    text NOT NULL,
+    client_id  text NOT NULL,
+    seq        bigint NOT NULL,
+    checkpoint bigint NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+
+-- Scratch space of the tick (only ever touched under the tick lock, emptied
+-- before it commits). Unlogged: its content never outlives a transaction.
+CREATE UNLOGGED TABLE outpost.work_keys (relid oid NOT NULL, pk jsonb NOT NULL);
+CREATE INDEX work_keys_key ON outpost.work_keys (relid, pk);
+CREATE UNLOGGED TABLE outpost.work_full (relid oid NOT NULL);
+CREATE UNLOGGED TABLE outpost.work_rows (
+    bucket text, object_type text, object_id text, subkey text, relid oid, pk jsonb, data text
+);
+CREATE UNLOGGED TABLE outpost.work_params (
+    query_id text, relid oid, pk jsonb, lookup jsonb, bucket text
+);
+CREATE UNLOGGED TABLE outpost.work_write_checkpoints (user_id text, client_id text, seq bigint);
+CREATE UNLOGGED TABLE outpost.work_ops (
+    op_id bigint, bucket text, op text, object_type text, object_id text, subkey text,
+    data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint
+);
+
+-- ---------------------------------------------------------------- helpers --
+
+-- Elements of an array value for `IN`: a JSON array, a JSON array stored as
+-- text (how SQLite-shaped data keeps arrays), or a single value.
+CREATE FUNCTION outpost._elements(v jsonb) RETURNS SETOF jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT e FROM jsonb_array_elements(
+        CASE
+            WHEN jsonb_typeof(v) = 'array' THEN v
+            WHEN jsonb_typeof(v) = 'string' AND left(v #>> '{}', 1) = '[' THEN (v #>> '{}')::jsonb
+            WHEN v IS NULL OR jsonb_typeof(v) = 'null' THEN '[]'::jsonb
+            ELSE jsonb_build_array(v)
+        END) AS e
+$$;
+
+CREATE FUNCTION outpost._lock_key() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 7303137001::bigint $$;
+
+-- The tables rules may read: every user table, by `schema.name` and, when
+-- visible on the search path, by bare name.
+CREATE FUNCTION outpost._catalog() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+WITH t AS (
+    SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS name,
+           pg_table_is_visible(c.oid) AS visible,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname,
+                                      'type', format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')
+              FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+           (SELECT coalesce(jsonb_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum)), '[]')
+              FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = c.oid AND i.indisprimary) AS primary_key
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'outpost', 'pg_toast')
+       AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+)
+SELECT jsonb_build_object('tables', coalesce(jsonb_object_agg(key, obj), '{}'::jsonb))
+  FROM (SELECT schema || '.' || name AS key, to_jsonb(t) - 'visible' AS obj FROM t
+        UNION ALL
+        SELECT name, to_jsonb(t) - 'visible' FROM t WHERE visible) x
+$$;
+
+-- ------------------------------------------------------------------- tick --
+
+-- The body of a tick; the caller holds the tick lock.
+CREATE FUNCTION outpost._tick_locked() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+DECLARE
+    stmt           text;
+    last_cp        bigint;
+    n_ops          bigint;
+    n_wc           bigint;
+    params_changed boolean;
+    cp             bigint;
+BEGIN
+    SELECT r.tick_sql INTO stmt FROM outpost.rules r WHERE r.active;
+    IF stmt IS NULL THEN
+        stmt := outpost._empty_tick_sql();
+    END IF;
+    -- One statement, one snapshot: every read of user tables happens here.
+    EXECUTE stmt;
+
+    SELECT coalesce(max(op_id), 0) INTO last_cp FROM outpost.checkpoints;
+
+    INSERT INTO outpost.work_ops (op_id, bucket, op, object_type, object_id, subkey, data,
+                                  checksum, relid, pk, fingerprint)
+    SELECT last_cp + row_number() OVER (ORDER BY d.bucket, d.object_type, d.object_id, d.subkey),
+           d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
+           outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
+           d.relid, d.pk, d.fp
+      FROM (
+        SELECT coalesce(n.bucket, o.bucket) AS bucket,
+               coalesce(n.object_type, o.object_type) AS object_type,
+               coalesce(n.object_id, o.object_id) AS object_id,
+               coalesce(n.subkey, o.subkey) AS subkey,
+               CASE WHEN n.bucket IS NULL THEN 'REMOVE' ELSE 'PUT' END AS op,
+               n.data, n.relid, n.pk, n.fp
+          FROM (SELECT w.*, outpost._fingerprint(w.data) AS fp FROM outpost.work_rows w) n
+          FULL JOIN (SELECT b.* FROM outpost.bucket_rows b
+                       JOIN outpost.work_keys k ON k.relid = b.relid AND k.pk = b.pk) o
+            ON o.bucket = n.bucket AND o.object_type = n.object_type
+           AND o.object_id = n.object_id AND o.subkey = n.subkey
+         WHERE n.bucket IS NULL OR o.bucket IS NULL OR n.fp <> o.fingerprint
+      ) d;
+    GET DIAGNOSTICS n_ops = ROW_COUNT;
+
+    IF n_ops > 0 THEN
+        DELETE FROM outpost.bucket_rows b
+         USING outpost.work_ops w
+         WHERE b.bucket = w.bucket AND b.object_type = w.object_type
+           AND b.object_id = w.object_id AND b.subkey = w.subkey;
+        INSERT INTO outpost.bucket_rows (bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
+        SELECT bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
+          FROM outpost.work_ops WHERE op = 'PUT';
+        INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
+        SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
+        INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
+        SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
+          FROM outpost.work_ops GROUP BY bucket
+        ON CONFLICT (bucket) DO UPDATE
+           SET checksum = (s.checksum + excluded.checksum) % 4294967296,
+               op_count = s.op_count + excluded.op_count,
+               last_op_id = excluded.last_op_id;
+    END IF;
+
+    -- Parameter lookups of the touched rows: replace, and note whether any changed.
+    SELECT EXISTS (
+        (SELECT p.query_id, p.relid, p.pk, p.lookup, p.bucket FROM outpost.param_rows p
+           JOIN outpost.work_keys k ON k.relid = p.relid AND k.pk = p.pk
+         EXCEPT SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params)
+        UNION ALL
+        (SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params
+         EXCEPT SELECT p.query_id, p.relid, p.pk, p.lookup, p.bucket FROM outpost.param_rows p
+           JOIN outpost.work_keys k ON k.relid = p.relid AND k.pk = p.pk)
+    ) INTO params_changed;
+    IF params_changed THEN
+        DELETE FROM outpost.param_rows p USING outpost.work_keys k
+         WHERE p.relid = k.relid AND p.pk = k.pk;
+        INSERT INTO outpost.param_rows (query_id, relid, pk, lookup, bucket)
+        SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params;
+    END IF;
+
+    SELECT count(*) INTO n_wc FROM outpost.work_write_checkpoints;
+
+    IF n_ops > 0 OR params_changed OR n_wc > 0 THEN
+        cp := last_cp + greatest(n_ops, 1);
+        INSERT INTO outpost.checkpoints (op_id, ops) VALUES (cp, n_ops);
+        INSERT INTO outpost.write_checkpoints AS w (user_id, client_id, seq, checkpoint)
+        SELECT user_id, client_id, seq, cp FROM outpost.work_write_checkpoints
+        ON CONFLICT (user_id, client_id) DO UPDATE
+           SET seq = greatest(w.seq, excluded.seq), checkpoint = excluded.checkpoint;
+        PERFORM pg_notify('outpost_checkpoint', cp::text);
+    ELSE
+        cp := last_cp;
+    END IF;
+
+    DELETE FROM outpost.work_keys;
+    DELETE FROM outpost.work_full;
+    DELETE FROM outpost.work_rows;
+    DELETE FROM outpost.work_params;
+    DELETE FROM outpost.work_write_checkpoints;
+    DELETE FROM outpost.work_ops;
+    RETURN cp;
+END
+$$;
+
+CREATE FUNCTION outpost.tick() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+BEGIN
+    -- In REPEATABLE READ the snapshot would predate the lock wait and miss the
+    -- previous tick's commit (its ops would be diffed twice).
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'outpost.tick() must run in READ COMMITTED, not %',
+            current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in its own transaction with the default isolation level.';
+    END IF;
+    PERFORM pg_advisory_xact_lock(outpost._lock_key());
+    RETURN outpost._tick_locked();
+END
+$$;
+
+CREATE FUNCTION outpost.checkpoint() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(max(op_id), 0) FROM outpost.checkpoints
+$$;
+
+-- ------------------------------------------------------------------ rules --
+
+-- Raises with bucket, query and problem when Postgres rejects a compiled query.
+CREATE FUNCTION outpost._check_plan(plan jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    chk jsonb;
+BEGIN
+    FOR chk IN SELECT * FROM jsonb_array_elements(plan -> 'checks') LOOP
+        BEGIN
+            EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION '%: %', chk ->> 'location', SQLERRM
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+    END LOOP;
+END
+$$;
+
+-- Activates a set of bucket sources: capture, materialization, one new version.
+-- Buckets whose compiled definition did not change keep their ops; changed
+-- ones are re-evaluated in place (the tick emits only the differences).
+CREATE FUNCTION outpost._apply(new_sources jsonb, catalog jsonb) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+DECLARE
+    plan      jsonb;
+    new_ver   bigint;
+    rel       record;
+    stmt      text;
+BEGIN
+    plan := outpost._plan(new_sources, catalog);
+    PERFORM outpost._check_plan(plan);
+    PERFORM pg_advisory_xact_lock(outpost._lock_key());
+
+    CREATE TEMP TABLE IF NOT EXISTS _outpost_new_defs (name text, compiled jsonb) ON COMMIT DROP;
+    DELETE FROM _outpost_new_defs;
+    INSERT INTO _outpost_new_defs
+    SELECT b -> 'source' ->> 'name', b FROM jsonb_array_elements(plan -> 'buckets') b;
+
+    -- Tables to re-evaluate: those read by any changed, added or removed definition.
+    INSERT INTO outpost.changes (relid, pk, kind)
+    SELECT DISTINCT relid, NULL::jsonb, 'f'
+      FROM (SELECT d.compiled AS c FROM outpost.bucket_defs d
+              LEFT JOIN _outpost_new_defs n ON n.name = d.name
+             WHERE n.compiled IS DISTINCT FROM d.compiled
+            UNION ALL
+            SELECT n.compiled FROM _outpost_new_defs n
+              LEFT JOIN outpost.bucket_defs d ON d.name = n.name
+             WHERE d.compiled IS DISTINCT FROM n.compiled) changed,
+           LATERAL (SELECT (q ->> 'relid')::oid AS relid FROM jsonb_array_elements(changed.c -> 'data_queries') q
+                    UNION ALL
+                    SELECT (q ->> 'relid')::oid FROM jsonb_array_elements(changed.c -> 'parameter_queries') q
+                     WHERE q ->> 'kind' = 'table') r;
+
+    -- Removed definitions: their buckets disappear.
+    DELETE FROM outpost.ops o USING outpost.bucket_state s
+     WHERE o.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
+    DELETE FROM outpost.bucket_rows r USING outpost.bucket_state s
+     WHERE r.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
+    DELETE FROM outpost.bucket_state WHERE def NOT IN (SELECT name FROM _outpost_new_defs);
+    -- Lookups of changed definitions are rebuilt by the re-evaluation.
+    DELETE FROM outpost.param_rows p
+     WHERE split_part(p.query_id, '#', 1) NOT IN (
+         SELECT n.name FROM _outpost_new_defs n JOIN outpost.bucket_defs d
+             ON d.name = n.name AND d.compiled = n.compiled);
+
+    -- Capture: drop it where a table left the rules, install it where one joined.
+    FOR rel IN SELECT c.relid, c.qualified FROM outpost.captured_tables c
+                WHERE c.relid NOT IN (SELECT (t ->> 'oid')::oid FROM jsonb_array_elements(plan -> 'tables') t)
+    LOOP
+        IF EXISTS (SELECT 1 FROM pg_class WHERE oid = rel.relid) THEN
+            FOREACH stmt IN ARRAY ARRAY['outpost_capture_ins', 'outpost_capture_upd',
+                                        'outpost_capture_del', 'outpost_capture_trunc'] LOOP
+                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', stmt, rel.relid::regclass);
+            END LOOP;
+        END IF;
+        EXECUTE format('DROP FUNCTION IF EXISTS outpost.%I()', 'capture_' || rel.relid);
+        DELETE FROM outpost.captured_tables WHERE relid = rel.relid;
+    END LOOP;
+    FOR rel IN SELECT t AS plan_table FROM jsonb_array_elements(plan -> 'tables') t
+                WHERE (t ->> 'oid')::oid NOT IN (SELECT relid FROM outpost.captured_tables)
+    LOOP
+        EXECUTE rel.plan_table ->> 'function_sql';
+        FOR stmt IN SELECT jsonb_array_elements_text(rel.plan_table -> 'triggers_sql') LOOP
+            EXECUTE stmt;
+        END LOOP;
+        INSERT INTO outpost.captured_tables (relid, qualified)
+        VALUES ((rel.plan_table ->> 'oid')::oid, rel.plan_table ->> 'qualified');
+    END LOOP;
+
+    SELECT coalesce(max(version), 0) + 1 INTO new_ver FROM outpost.rules;
+    UPDATE outpost.rules SET active = false WHERE active;
+    INSERT INTO outpost.rules (version, sources, tick_sql, active)
+    VALUES (new_ver, new_sources, plan ->> 'tick_sql', true);
+    DELETE FROM outpost.bucket_defs;
+    INSERT INTO outpost.bucket_defs (name, priority, param_names, source, compiled, version)
+    SELECT n.name, (n.compiled -> 'source' ->> 'priority')::int,
+           ARRAY(SELECT jsonb_array_elements_text(n.compiled -> 'param_names')),
+           n.compiled -> 'source', n.compiled, new_ver
+      FROM _outpost_new_defs n;
+    DROP TABLE _outpost_new_defs;
+
+    PERFORM outpost._tick_locked();
+    RETURN new_ver;
+END
+$$;
+
+CREATE FUNCTION outpost.deploy_rules(rules text) RETURNS bigint
+LANGUAGE sql AS $$
+    -- The catalog is read here, with the caller's search_path, so bare table
+    -- names resolve the way the caller sees them.
+    SELECT outpost._apply(outpost._parse_yaml(rules), outpost._catalog())
+$$;
+
+CREATE FUNCTION outpost.validate_rules(rules text)
+RETURNS TABLE (level text, message text, location text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    res jsonb;
+    chk jsonb;
+BEGIN
+    res := outpost._validate_yaml(rules, outpost._catalog());
+    RETURN QUERY SELECT p ->> 'level', p ->> 'message', p ->> 'location'
+                   FROM jsonb_array_elements(res -> 'problems') p;
+    IF res -> 'plan' IS NOT NULL AND jsonb_typeof(res -> 'plan') = 'object' THEN
+        FOR chk IN SELECT * FROM jsonb_array_elements(res -> 'plan' -> 'checks') LOOP
+            BEGIN
+                EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb;
+            EXCEPTION WHEN OTHERS THEN
+                level := 'error';
+                message := SQLERRM;
+                location := chk ->> 'location';
+                RETURN NEXT;
+            END;
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE VIEW outpost.buckets AS
+SELECT d.name,
+       d.priority,
+       d.param_names AS parameter_names,
+       ARRAY(SELECT jsonb_array_elements_text(d.source -> 'parameters')) AS parameters,
+       ARRAY(SELECT jsonb_array_elements_text(d.source -> 'data')) AS data,
+       d.version
+  FROM outpost.bucket_defs d;
+
+-- ------------------------------------------------------- relay interface --
+
+-- The buckets a request may read: static parameter queries evaluate request
+-- values; table ones look them up in the lookups the ticks materialized.
+CREATE FUNCTION outpost.user_buckets(claims jsonb, params jsonb)
+RETURNS TABLE (bucket text, priority int)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+DECLARE
+    q record;
+BEGIN
+    FOR q IN SELECT d.priority AS prio, pq
+               FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
+    LOOP
+        IF q.pq ->> 'kind' = 'static' THEN
+            RETURN QUERY EXECUTE format('SELECT s.bucket::text, %s::int FROM (%s) s', q.prio, q.pq ->> 'sql')
+                USING claims, coalesce(params, '{}'::jsonb);
+        ELSE
+            RETURN QUERY EXECUTE
+                'SELECT DISTINCT p.bucket, $3::int FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
+                || (q.pq ->> 'lookup_sql') || ')'
+                USING claims, coalesce(params, '{}'::jsonb), q.prio, q.pq ->> 'id';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Everything a stream needs to start or diff, from one snapshot.
+CREATE FUNCTION outpost.sync_checkpoint(claims jsonb, params jsonb, client_id text)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+    WITH b AS (
+        SELECT u.bucket, min(u.priority) AS priority FROM outpost.user_buckets(claims, params) u
+         GROUP BY u.bucket
+    )
+    SELECT jsonb_build_object(
+        'checkpoint', outpost.checkpoint(),
+        'write_checkpoint', (SELECT w.seq FROM outpost.write_checkpoints w
+                              WHERE w.user_id = claims ->> 'sub' AND w.client_id = sync_checkpoint.client_id),
+        'buckets', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'bucket', b.bucket,
+                       'checksum', coalesce(s.checksum, 0),
+                       'count', coalesce(s.op_count, 0),
+                       'priority', b.priority) ORDER BY b.priority, b.bucket)
+              FROM b LEFT JOIN outpost.bucket_state s ON s.bucket = b.bucket), '[]'::jsonb))
+$$;
+
+-- Ops of the given buckets with afters[i] < op_id <= checkpoint, bucket by bucket.
+CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
+RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
+               subkey text, data text, checksum bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+    SELECT o.bucket, o.op_id, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum
+      FROM unnest(buckets, afters) WITH ORDINALITY AS u(b, a, ord)
+     CROSS JOIN LATERAL (
+        SELECT x.* FROM outpost.ops x
+         WHERE x.bucket = u.b AND x.op_id > u.a AND x.op_id <= bucket_ops.checkpoint
+         ORDER BY x.op_id LIMIT max_ops) o
+     ORDER BY u.ord, o.op_id
+     LIMIT max_ops
+$$;
+
+CREATE FUNCTION outpost.request_write_checkpoint(user_id text, client_id text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost AS $$
+DECLARE
+    s bigint;
+BEGIN
+    INSERT INTO outpost.write_checkpoint_counters AS c (user_id, client_id, seq)
+    VALUES (request_write_checkpoint.user_id, request_write_checkpoint.client_id, 1)
+    ON CONFLICT ON CONSTRAINT write_checkpoint_counters_pkey DO UPDATE SET seq = c.seq + 1
+    RETURNING c.seq INTO s;
+    INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
+    VALUES (request_write_checkpoint.user_id, request_write_checkpoint.client_id, s);
+    PERFORM pg_notify('outpost_changes', '');
+    RETURN s;
+END
+$$;
+
+-- ------------------------------------------------------------------ stats --
+
+CREATE VIEW outpost.stats AS
+SELECT (SELECT count(*) FROM outpost.bucket_defs) AS bucket_definitions,
+       (SELECT count(*) FROM outpost.bucket_state) AS buckets,
+       (SELECT count(*) FROM outpost.ops) AS ops,
+       (SELECT count(*) FROM outpost.bucket_rows) AS rows,
+       (SELECT count(*) FROM outpost.changes) AS pending_changes,
+       outpost.checkpoint() AS checkpoint,
+       (SELECT max(created_at) FROM outpost.checkpoints) AS last_checkpoint_at,
+       (SELECT version FROM outpost.rules WHERE active) AS rules_version,
+       (SELECT count(*) FROM outpost.captured_tables) AS captured_tables,
+       (SELECT coalesce(array_agg(c.qualified ORDER BY c.qualified), '{}')
+          FROM outpost.captured_tables c
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class p WHERE p.oid = c.relid)) AS missing_tables;

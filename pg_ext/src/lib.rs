@@ -13,7 +13,6 @@
 
 use pgrx::prelude::*;
 use pgrx::JsonB;
-use serde_json::Value;
 
 ::pgrx::pg_module_magic!();
 
@@ -63,9 +62,7 @@ fn _plan(sources: JsonB, catalog: JsonB) -> JsonB {
 #[pg_extern(immutable, parallel_safe)]
 fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
     let catalog = catalog_from(catalog);
-    let problem = |e: &outpost_rules::RuleError| {
-        serde_json::json!({"level": "error", "message": e.message, "location": e.location()})
-    };
+    let problem = |e: &outpost_rules::RuleError| serde_json::json!({"level": "error", "message": e.message, "location": e.location()});
     let out = match outpost_rules::parse_yaml(rules) {
         Err(e) => serde_json::json!({"problems": [problem(&e)], "plan": null}),
         Ok(sources) => match outpost_rules::plan(&sources, &catalog) {
@@ -92,25 +89,7 @@ fn _empty_tick_sql() -> String {
 /// nested objects and arrays become JSON text; numbers, strings and nulls stay.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn _sqlite_json(row: JsonB) -> String {
-    sqlite_json(row.0)
-}
-
-fn sqlite_json(row: Value) -> String {
-    let Value::Object(map) = row else {
-        return row.to_string();
-    };
-    let converted: serde_json::Map<String, Value> = map
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::Bool(b) => Value::from(b as i64),
-                Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
-                other => other,
-            };
-            (k, v)
-        })
-        .collect();
-    Value::Object(converted).to_string()
+    outpost_rules::values::sqlite_json(row.0)
 }
 
 /// The op's checksum (u32 as bigint); see `outpost_protocol::op_checksum`.
@@ -132,18 +111,4 @@ fn _fingerprint(data: &str) -> i64 {
     let h = blake3::hash(data.as_bytes());
     let b = h.as_bytes();
     i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sqlite_json;
-    use serde_json::json;
-
-    #[test]
-    fn sqlite_values() {
-        assert_eq!(
-            sqlite_json(json!({"a": true, "b": false, "c": {"x": [1]}, "d": [1, 2], "e": 1.5, "f": null, "g": "s"})),
-            r#"{"a":1,"b":0,"c":"{\"x\":[1]}","d":"[1,2]","e":1.5,"f":null,"g":"s"}"#
-        );
-    }
 }

@@ -33,7 +33,10 @@ mod tests {
     fn compact_json_array() {
         assert_eq!(bucket_id("global", &[]), "global[]");
         assert_eq!(bucket_id("by_user", &[json!("u1")]), r#"by_user["u1"]"#);
-        assert_eq!(bucket_id("by_org", &[json!(1), json!("admin")]), r#"by_org[1,"admin"]"#);
+        assert_eq!(
+            bucket_id("by_org", &[json!(1), json!("admin")]),
+            r#"by_org[1,"admin"]"#
+        );
         assert_eq!(definition_name(r#"by_org[1,"admin"]"#), "by_org");
     }
 }

@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn accepts_signed_unsigned_and_whole_floats() {
         assert_eq!(Checksum::from_json(&json!(-1)), Some(Checksum(u32::MAX)));
-        assert_eq!(Checksum::from_json(&json!(4294967295u64)), Some(Checksum(u32::MAX)));
+        assert_eq!(
+            Checksum::from_json(&json!(4294967295u64)),
+            Some(Checksum(u32::MAX))
+        );
         assert_eq!(Checksum::from_json(&json!(12.0)), Some(Checksum(12)));
         assert_eq!(Checksum::from_json(&json!(12.5)), None);
         assert_eq!(Checksum::from_json(&json!(4294967296u64)), None);
@@ -153,7 +156,10 @@ mod tests {
             c: Checksum,
         }
         assert_eq!(
-            serde_json::to_string(&T { c: Checksum(u32::MAX) }).unwrap(),
+            serde_json::to_string(&T {
+                c: Checksum(u32::MAX)
+            })
+            .unwrap(),
             r#"{"c":-1}"#
         );
     }

@@ -75,7 +75,9 @@ mod tests {
     #[test]
     fn write_checkpoint_shape() {
         let body = DataEnvelope {
-            data: WriteCheckpoint { write_checkpoint: OpId(3) },
+            data: WriteCheckpoint {
+                write_checkpoint: OpId(3),
+            },
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
@@ -86,7 +88,8 @@ mod tests {
     #[test]
     fn crud_entry_shape() {
         let e: CrudEntry =
-            serde_json::from_str(r#"{"op":"PATCH","type":"todos","id":"t1","data":{"done":1}}"#).unwrap();
+            serde_json::from_str(r#"{"op":"PATCH","type":"todos","id":"t1","data":{"done":1}}"#)
+                .unwrap();
         assert_eq!(e.op, CrudOp::Patch);
         assert_eq!(e.table, "todos");
     }

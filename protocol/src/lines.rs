@@ -230,7 +230,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let SyncLine::Checkpoint(cp) = cp else { panic!("not a checkpoint") };
+        let SyncLine::Checkpoint(cp) = cp else {
+            panic!("not a checkpoint")
+        };
         assert_eq!(cp.last_op_id, OpId(120));
         assert_eq!(cp.write_checkpoint, Some(OpId(7)));
         assert_eq!(cp.buckets[0].checksum, Checksum((-1234i32) as u32));
@@ -245,7 +247,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let SyncLine::Data(d) = data else { panic!("not data") };
+        let SyncLine::Data(d) = data else {
+            panic!("not data")
+        };
         assert_eq!(d.data.len(), 4);
         assert_eq!(d.data[0].data.as_deref(), Some(r#"{"id":"t1"}"#));
         assert_eq!(d.data[2].op, OpType::Move);
@@ -261,10 +265,20 @@ mod tests {
 
     #[test]
     fn round_trip_and_wire_shape() {
-        let line = SyncLine::CheckpointComplete(CheckpointComplete { last_op_id: OpId(5) });
-        assert_eq!(line.to_ndjson(), "{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}\n");
-        assert_eq!(SyncLine::TokenExpiresIn(30).to_ndjson(), "{\"token_expires_in\":30}\n");
-        let back = SyncLine::parse(line.to_ndjson().trim_end()).unwrap().unwrap();
+        let line = SyncLine::CheckpointComplete(CheckpointComplete {
+            last_op_id: OpId(5),
+        });
+        assert_eq!(
+            line.to_ndjson(),
+            "{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}\n"
+        );
+        assert_eq!(
+            SyncLine::TokenExpiresIn(30).to_ndjson(),
+            "{\"token_expires_in\":30}\n"
+        );
+        let back = SyncLine::parse(line.to_ndjson().trim_end())
+            .unwrap()
+            .unwrap();
         assert_eq!(back, line);
     }
 

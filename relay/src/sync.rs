@@ -32,7 +32,7 @@ pub fn diff(old: &CheckpointState, new: &CheckpointState) -> Option<CheckpointDi
         .collect();
     if updated_buckets.is_empty()
         && removed_buckets.is_empty()
-        && true
+        && old.write_checkpoint == new.write_checkpoint
     {
         return None;
     }

@@ -63,6 +63,9 @@ pub enum ParamQuery {
 pub struct DataQuery {
     pub relid: u32,
     pub object_type: String,
+    /// Whether one source row can yield the same (bucket, row) twice (an `IN`
+    /// expansion with repeated elements); the tick then deduplicates.
+    pub may_duplicate: bool,
     pub sql_keyed: String,
     pub sql_full: String,
 }
@@ -76,15 +79,25 @@ impl CompiledRules {
             for (i, q) in b.parameter_queries.iter().enumerate() {
                 let r = QueryRef::Parameters(i);
                 match q {
-                    ParamQuery::Static { sql, .. } => out.push((b.source.name.clone(), r, limit0(sql))),
-                    ParamQuery::Table { sql_full, lookup_sql, .. } => {
+                    ParamQuery::Static { sql, .. } => {
+                        out.push((b.source.name.clone(), r, limit0(sql)))
+                    }
+                    ParamQuery::Table {
+                        sql_full,
+                        lookup_sql,
+                        ..
+                    } => {
                         out.push((b.source.name.clone(), r.clone(), limit0(&no_ctes(sql_full))));
                         out.push((b.source.name.clone(), r, limit0(lookup_sql)));
                     }
                 }
             }
             for (i, q) in b.data_queries.iter().enumerate() {
-                out.push((b.source.name.clone(), QueryRef::Data(i), limit0(&no_ctes(&q.sql_full))));
+                out.push((
+                    b.source.name.clone(),
+                    QueryRef::Data(i),
+                    limit0(&no_ctes(&q.sql_full)),
+                ));
             }
         }
         out
@@ -98,13 +111,19 @@ fn limit0(sql: &str) -> String {
 /// The full variants reference the tick's `_full` CTE; outside a tick it is
 /// replaced by an always-true condition so the query can be checked alone.
 fn no_ctes(sql: &str) -> String {
-    sql.replace(FULL_MARK_PREFIX, "TRUE OR EXISTS (SELECT 1 FROM (SELECT 0::oid AS relid) f WHERE f.relid = ")
+    sql.replace(
+        FULL_MARK_PREFIX,
+        "TRUE OR EXISTS (SELECT 1 FROM (SELECT 0::oid AS relid) f WHERE f.relid = ",
+    )
 }
 
 const FULL_MARK_PREFIX: &str = "EXISTS (SELECT 1 FROM _full f WHERE f.relid = ";
 
 /// Compiles every bucket; collects all problems rather than stopping at the first.
-pub fn compile(sources: &[BucketSource], catalog: &Catalog) -> Result<CompiledRules, Vec<RuleError>> {
+pub fn compile(
+    sources: &[BucketSource],
+    catalog: &Catalog,
+) -> Result<CompiledRules, Vec<RuleError>> {
     let mut buckets = Vec::new();
     let mut errors = Vec::new();
     let mut tables: Vec<CaptureTable> = Vec::new();
@@ -199,7 +218,10 @@ fn compile_bucket(
     let parameter_queries = if src.parameters.is_empty() {
         vec![ParamQuery::Static {
             id: format!("{}#global", src.name),
-            sql: format!("SELECT {} AS bucket", quote_literal(&format!("{}[]", src.name))),
+            sql: format!(
+                "SELECT {} AS bucket",
+                quote_literal(&format!("{}[]", src.name))
+            ),
         }]
     } else {
         parameter_queries
@@ -289,7 +311,12 @@ fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
 }
 
 /// The keyed and full variants of a per-row query.
-fn variants(select_from: &str, mut conds: Vec<String>, t: &Table, keyed_cond: &str) -> (String, String) {
+fn variants(
+    select_from: &str,
+    mut conds: Vec<String>,
+    t: &Table,
+    keyed_cond: &str,
+) -> (String, String) {
     let full_mark = format!("({FULL_MARK_PREFIX}{}))", t.oid);
     conds.push(full_mark.clone());
     let full = format!("{select_from} WHERE {}", conds.join(" AND "));
@@ -340,10 +367,14 @@ fn compile_param_query_inner(
         }
     };
     let tref = table.as_ref().map(|(t, a)| (*t, a.as_str()));
-    let mut parts = ParamParts { outputs: Vec::new() };
+    let mut parts = ParamParts {
+        outputs: Vec::new(),
+    };
     for item in &sel.projection {
         if matches!(item, SelectItem::Wildcard(_)) {
-            return Err("`*` is not allowed in a parameter query: name each bucket parameter".into());
+            return Err(
+                "`*` is not allowed in a parameter query: name each bucket parameter".into(),
+            );
         }
         let (name, mut e) = output_name(item)?;
         let refs = rewrite(&mut e, tref)?;
@@ -367,7 +398,11 @@ fn compile_param_query_inner(
     if let Some(order) = order {
         let mut reordered = Vec::new();
         for n in order {
-            let pos = parts.outputs.iter().position(|(m, _)| m == n).expect("same parameter set");
+            let pos = parts
+                .outputs
+                .iter()
+                .position(|(m, _)| m == n)
+                .expect("same parameter set");
             reordered.push(parts.outputs[pos].clone());
         }
         parts.outputs = reordered;
@@ -388,15 +423,29 @@ fn compile_param_query_inner(
                 }
                 filters.push(format!("({c})"));
             }
-            let values: Vec<String> = parts.outputs.iter().map(|(_, e)| jsonb_text(&format!("({e})"))).collect();
+            let values: Vec<String> = parts
+                .outputs
+                .iter()
+                .map(|(_, e)| jsonb_text(&format!("({e})")))
+                .collect();
             for (_, e) in &parts.outputs {
                 filters.push(format!("({e}) IS NOT NULL"));
             }
-            let where_ = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
-            Ok((names, ParamQuery::Static {
-                id,
-                sql: format!("SELECT {} AS bucket{where_}", bucket_id_sql(&src.name, &values)),
-            }))
+            let where_ = if filters.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", filters.join(" AND "))
+            };
+            Ok((
+                names,
+                ParamQuery::Static {
+                    id,
+                    sql: format!(
+                        "SELECT {} AS bucket{where_}",
+                        bucket_id_sql(&src.name, &values)
+                    ),
+                },
+            ))
         }
         Some((t, alias)) => {
             let (pk_json, keyed_cond) = pk_exprs(t, &alias)?;
@@ -413,14 +462,29 @@ fn compile_param_query_inner(
                     let mut e = e.clone();
                     let r = rewrite(&mut e, Some((t, alias.as_str())))?;
                     if !r.bucket_params.is_empty() {
-                        return Err("`bucket.` parameters cannot be used in a parameter query".into());
+                        return Err(
+                            "`bucket.` parameters cannot be used in a parameter query".into()
+                        );
                     }
                     Ok((e, !r.columns.is_empty(), r.request))
                 };
                 let pair = match &c {
-                    Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => Some((left.as_ref(), right.as_ref(), false)),
-                    Expr::InList { expr, list, negated: false } if list.len() == 1 => Some((expr.as_ref(), &list[0], true)),
-                    Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } => Some((left.as_ref(), right.as_ref(), true)),
+                    Expr::BinaryOp {
+                        left,
+                        op: BinaryOperator::Eq,
+                        right,
+                    } => Some((left.as_ref(), right.as_ref(), false)),
+                    Expr::InList {
+                        expr,
+                        list,
+                        negated: false,
+                    } if list.len() == 1 => Some((expr.as_ref(), &list[0], true)),
+                    Expr::AnyOp {
+                        left,
+                        compare_op: BinaryOperator::Eq,
+                        right,
+                        ..
+                    } => Some((left.as_ref(), right.as_ref(), true)),
                     _ => None,
                 };
                 let (whole, has_row, has_req) = classify(&c)?;
@@ -468,7 +532,11 @@ fn compile_param_query_inner(
             if row_lookup.is_empty() {
                 return Err("a parameter query that reads a table must compare a column with a request value (e.g. `WHERE owner_id = request.user_id()`)".into());
             }
-            let values: Vec<String> = parts.outputs.iter().map(|(_, e)| jsonb_text(&format!("({e})"))).collect();
+            let values: Vec<String> = parts
+                .outputs
+                .iter()
+                .map(|(_, e)| jsonb_text(&format!("({e})")))
+                .collect();
             let mut conds = row_filters;
             for (_, e) in &parts.outputs {
                 conds.push(format!("({e}) IS NOT NULL"));
@@ -484,13 +552,26 @@ fn compile_param_query_inner(
                 laterals = row_laterals.join(" "),
             );
             let (sql_keyed, sql_full) = variants(select_from.trim_end(), conds, t, &keyed_cond);
-            let where_ = if req_filters.is_empty() { String::new() } else { format!(" WHERE {}", req_filters.join(" AND ")) };
+            let where_ = if req_filters.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", req_filters.join(" AND "))
+            };
             let lookup_sql = format!(
                 "SELECT jsonb_build_array({}) AS lookup FROM (SELECT 1) AS _req {}{where_}",
                 req_lookup.join(", "),
                 req_laterals.join(" ")
             );
-            Ok((names, ParamQuery::Table { id, relid: t.oid, sql_keyed, sql_full, lookup_sql }))
+            Ok((
+                names,
+                ParamQuery::Table {
+                    id,
+                    relid: t.oid,
+                    sql_keyed,
+                    sql_full,
+                    lookup_sql,
+                },
+            ))
         }
     }
 }
@@ -512,13 +593,14 @@ fn compile_data_query<'c>(
     let a = quote_ident(&alias);
 
     let mut columns: Vec<(String, String)> = Vec::new();
-    let push = |columns: &mut Vec<(String, String)>, name: String, e: String| -> Result<(), String> {
-        if columns.iter().any(|(n, _)| *n == name) {
-            return Err(format!("column \"{name}\" is selected twice"));
-        }
-        columns.push((name, e));
-        Ok(())
-    };
+    let push =
+        |columns: &mut Vec<(String, String)>, name: String, e: String| -> Result<(), String> {
+            if columns.iter().any(|(n, _)| *n == name) {
+                return Err(format!("column \"{name}\" is selected twice"));
+            }
+            columns.push((name, e));
+            Ok(())
+        };
     let bytea_err = |c: &str| {
         format!("column \"{c}\" is bytea, which a SQLite client cannot receive as JSON: select encode({c}, 'base64') AS {c} instead")
     };
@@ -533,7 +615,12 @@ fn compile_data_query<'c>(
                     if c.type_name == "bytea" {
                         return Err(bytea_err(&c.name));
                     }
-                    push(&mut columns, c.name.clone(), format!("{a}.{}", quote_ident(&c.name)))?;
+                    let e = format!("{a}.{}", quote_ident(&c.name));
+                    push(
+                        &mut columns,
+                        c.name.clone(),
+                        sqlite_value(&e, Some(&c.type_name)),
+                    )?;
                 }
             }
             _ => {
@@ -548,18 +635,22 @@ fn compile_data_query<'c>(
                     return Err(format!("column \"{out}\" uses request values; data queries can only use the table's columns and bucket parameters"));
                 }
                 if !refs.bucket_params.is_empty() {
-                    return Err(format!("column \"{out}\" uses bucket parameters; use them only in WHERE"));
+                    return Err(format!(
+                        "column \"{out}\" uses bucket parameters; use them only in WHERE"
+                    ));
                 }
-                if let Some(c) = plain_col.and_then(|c| t.column(&c)) {
+                let col = plain_col.and_then(|c| t.column(&c));
+                if let Some(c) = col {
                     if c.type_name == "bytea" {
                         return Err(bytea_err(&c.name));
                     }
                 }
-                push(&mut columns, out, e.to_string())?;
+                let typed = sqlite_value(&e.to_string(), col.map(|c| c.type_name.as_str()));
+                push(&mut columns, out, typed)?;
             }
         }
     }
-    let Some((_, id_expr)) = columns.iter().find(|(n, _)| n == "id").cloned() else {
+    let Some(id_expr) = id_expr_of(&sel.projection, t, &alias)? else {
         return Err(format!(
             "the query must select an `id` column (table \"{}\" rows are identified by it); add e.g. `{} AS id`",
             t.name,
@@ -578,19 +669,26 @@ fn compile_data_query<'c>(
     for c in conds {
         let shown = c.to_string();
         let binding = match &c {
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
-                match (as_bucket_param(left), as_bucket_param(right)) {
-                    (Some(p), None) => Some((p, right.as_ref().clone(), false)),
-                    (None, Some(p)) => Some((p, left.as_ref().clone(), false)),
-                    _ => None,
-                }
-            }
-            Expr::InList { expr, list, negated: false } if list.len() == 1 => {
-                as_bucket_param(expr).map(|p| (p, list[0].clone(), true))
-            }
-            Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } => {
-                as_bucket_param(left).map(|p| (p, right.as_ref().clone(), true))
-            }
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => match (as_bucket_param(left), as_bucket_param(right)) {
+                (Some(p), None) => Some((p, right.as_ref().clone(), false)),
+                (None, Some(p)) => Some((p, left.as_ref().clone(), false)),
+                _ => None,
+            },
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } if list.len() == 1 => as_bucket_param(expr).map(|p| (p, list[0].clone(), true)),
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => as_bucket_param(left).map(|p| (p, right.as_ref().clone(), true)),
             _ => None,
         };
         match binding {
@@ -607,7 +705,9 @@ fn compile_data_query<'c>(
                 }
                 if is_in {
                     let n = laterals.len() + 1;
-                    laterals.push(format!("CROSS JOIN LATERAL outpost._elements(to_jsonb({e})) AS _outpost_e{n}(v)"));
+                    laterals.push(format!(
+                        "CROSS JOIN LATERAL outpost._elements(to_jsonb({e})) AS _outpost_e{n}(v)"
+                    ));
                     bound.push((p, format!("_outpost_e{n}.v")));
                 } else {
                     filters.push(format!("({e}) IS NOT NULL"));
@@ -650,7 +750,7 @@ fn compile_data_query<'c>(
 
     let data = json_object_sql(&columns);
     let select_from = format!(
-        "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, outpost._sqlite_json({data}) AS data FROM {tbl} AS {a} {laterals}",
+        "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data FROM {tbl} AS {a} {laterals}",
         bucket = bucket_id_sql(&src.name, &values),
         otype = quote_literal(&object_type),
         subkey = format!("({} || ({pk_json})::text)", quote_literal(&format!("{}:", t.oid))),
@@ -658,9 +758,16 @@ fn compile_data_query<'c>(
         tbl = t.qualified(),
         laterals = laterals.join(" "),
     );
+    let may_duplicate = !laterals.is_empty();
     let (sql_keyed, sql_full) = variants(select_from.trim_end(), filters, t, &keyed_cond);
     Ok((
-        DataQuery { relid: t.oid, object_type, sql_keyed, sql_full },
+        DataQuery {
+            relid: t.oid,
+            object_type,
+            may_duplicate,
+            sql_keyed,
+            sql_full,
+        },
         t,
     ))
 }
@@ -676,8 +783,43 @@ fn unknown_param(p: &str, params: &[String]) -> String {
     }
 }
 
-/// `jsonb_build_object` takes at most 100 arguments; wide rows are built in
-/// chunks and concatenated.
+/// The `id` output's expression, uncoverted (object ids are its text form).
+fn id_expr_of(projection: &[SelectItem], t: &Table, alias: &str) -> Result<Option<String>, String> {
+    for item in projection {
+        match item {
+            SelectItem::Wildcard(_) => {
+                if t.column("id").is_some() {
+                    return Ok(Some(format!("{}.\"id\"", quote_ident(alias))));
+                }
+            }
+            _ => {
+                let (name, mut e) = output_name(item)?;
+                if name == "id" {
+                    rewrite(&mut e, Some((t, alias)))?;
+                    return Ok(Some(e.to_string()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A value as a SQLite client stores it, as SQL. Column types known from the
+/// catalog convert directly (cheapest); other expressions go through
+/// `outpost._sqlite_value(jsonb)`. Booleans become 1/0, json and arrays JSON
+/// text; timestamps render as ISO-8601 and uuids as text by Postgres' JSON output.
+fn sqlite_value(expr: &str, type_name: Option<&str>) -> String {
+    match type_name {
+        Some("boolean") => format!("({expr})::int"),
+        Some("json") | Some("jsonb") => format!("({expr})::text"),
+        Some(t) if t.ends_with("[]") => format!("(to_jsonb({expr}))::text"),
+        Some(_) => expr.to_string(),
+        None => format!("outpost._sqlite_value(to_jsonb({expr}))"),
+    }
+}
+
+/// The row's JSON text. `json_build_object` takes at most 100 arguments, so
+/// wide rows are built in chunks and concatenated as jsonb.
 fn json_object_sql(columns: &[(String, String)]) -> String {
     let chunks: Vec<String> = columns
         .chunks(50)
@@ -686,8 +828,16 @@ fn json_object_sql(columns: &[(String, String)]) -> String {
                 .iter()
                 .map(|(n, e)| format!("{}, {e}", quote_literal(n)))
                 .collect();
-            format!("jsonb_build_object({})", args.join(", "))
+            args.join(", ")
         })
         .collect();
-    chunks.join(" || ")
+    if chunks.len() == 1 {
+        format!("(json_build_object({}))::text", chunks[0])
+    } else {
+        let parts: Vec<String> = chunks
+            .iter()
+            .map(|c| format!("jsonb_build_object({c})"))
+            .collect();
+        format!("({})::text", parts.join(" || "))
+    }
 }

@@ -9,6 +9,7 @@
 //!   (static or one table) or data query; rewrite `request.*`/`bucket.*` references.
 //! - [`compile`]: turn each bucket into SQL: per-row materialization queries and
 //!   request-time lookup queries.
+//! - [`values`]: row values converted the way a SQLite client stores them.
 //! - [`tick_sql`]: the one statement a tick runs to read committed changes and
 //!   evaluate every rule over them in a single snapshot.
 //!
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod compile;
 pub mod query;
 pub mod tick_sql;
+pub mod values;
 pub mod yaml;
 
 pub use catalog::{Catalog, Column, Table};
@@ -58,7 +60,10 @@ pub fn plan(sources: &[BucketSource], catalog: &Catalog) -> Result<Deployment, R
     for s in sources {
         yaml::check_bucket_name(&s.name).map_err(|e| RuleErrors(vec![e]))?;
         if !seen.insert(s.name.as_str()) {
-            return Err(RuleErrors(vec![RuleError::bucket(&s.name, "bucket is defined twice")]));
+            return Err(RuleErrors(vec![RuleError::bucket(
+                &s.name,
+                "bucket is defined twice",
+            )]));
         }
     }
     let compiled = compile(sources, catalog).map_err(RuleErrors)?;

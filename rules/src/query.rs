@@ -36,7 +36,8 @@ fn parenthesize_in(sql: &str) -> String {
         if c == '\'' {
             in_str = !in_str;
         }
-        let boundary_before = i == 0 || !(bytes[i - 1] as char).is_ascii_alphanumeric() && bytes[i - 1] != b'_';
+        let boundary_before =
+            i == 0 || !(bytes[i - 1] as char).is_ascii_alphanumeric() && bytes[i - 1] != b'_';
         if !in_str
             && boundary_before
             && i + 2 < bytes.len()
@@ -104,10 +105,17 @@ fn parenthesize_in(sql: &str) -> String {
 
 pub fn parse_select(sql: &str) -> Result<Select, String> {
     let text = parenthesize_in(sql);
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &text)
-        .map_err(|e| format!("SQL syntax error: {}", e.to_string().trim_start_matches("sql parser error: ")))?;
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| {
+        format!(
+            "SQL syntax error: {}",
+            e.to_string().trim_start_matches("sql parser error: ")
+        )
+    })?;
     if stmts.len() != 1 {
-        return Err(format!("expected exactly one SELECT statement, found {}", stmts.len()));
+        return Err(format!(
+            "expected exactly one SELECT statement, found {}",
+            stmts.len()
+        ));
     }
     let Statement::Query(q) = stmts.remove(0) else {
         return Err("only SELECT queries are allowed".into());
@@ -151,7 +159,12 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                 return Err("JOIN is not supported: a query reads one table".into());
             }
             match twj.relation {
-                TableFactor::Table { name, alias, args: None, .. } => {
+                TableFactor::Table {
+                    name,
+                    alias,
+                    args: None,
+                    ..
+                } => {
                     let parts: Vec<String> = name
                         .0
                         .iter()
@@ -167,12 +180,10 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                     }
                     Some((parts.join("."), alias.map(|a| a.name.value)))
                 }
-                _ => {
-                    return Err(
-                        "FROM must name one table (subqueries and table functions are not supported)"
-                            .into(),
-                    )
-                }
+                _ => return Err(
+                    "FROM must name one table (subqueries and table functions are not supported)"
+                        .into(),
+                ),
             }
         }
     };
@@ -246,7 +257,8 @@ pub fn rewrite(expr: &mut Expr, table: Option<(&Table, &str)>) -> Result<Refs, S
                     })
                     .collect();
                 if parts.first().map(String::as_str) == Some("request") {
-                    let no_args = matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty());
+                    let no_args =
+                        matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty());
                     match request_sql(&parts, true) {
                         Some(sql) if no_args => {
                             refs.request = true;
@@ -347,7 +359,13 @@ pub fn conjuncts(expr: Expr, out: &mut Vec<Expr>) {
             conjuncts(*right, out);
         }
         Expr::Nested(inner)
-            if matches!(*inner, Expr::BinaryOp { op: BinaryOperator::And, .. }) =>
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
         {
             conjuncts(*inner, out)
         }
@@ -402,17 +420,29 @@ mod tests {
 
     #[test]
     fn parenthesizes_bare_in_operands() {
-        assert_eq!(parenthesize_in("SELECT * FROM t WHERE bucket.x IN tags"), "SELECT * FROM t WHERE bucket.x IN (tags)");
+        assert_eq!(
+            parenthesize_in("SELECT * FROM t WHERE bucket.x IN tags"),
+            "SELECT * FROM t WHERE bucket.x IN (tags)"
+        );
         assert_eq!(parenthesize_in("WHERE a IN (1,2)"), "WHERE a IN (1,2)");
-        assert_eq!(parenthesize_in("WHERE a IN request.jwt() AND b = 'in x'"), "WHERE a IN (request.jwt()) AND b = 'in x'");
+        assert_eq!(
+            parenthesize_in("WHERE a IN request.jwt() AND b = 'in x'"),
+            "WHERE a IN (request.jwt()) AND b = 'in x'"
+        );
         assert_eq!(parenthesize_in("SELECT min FROM t"), "SELECT min FROM t");
-        assert_eq!(parenthesize_in("WHERE id IN request.parameters() -> 'lists' AND x"), "WHERE id IN (request.parameters() -> 'lists') AND x");
+        assert_eq!(
+            parenthesize_in("WHERE id IN request.parameters() -> 'lists' AND x"),
+            "WHERE id IN (request.parameters() -> 'lists') AND x"
+        );
     }
 
     #[test]
     fn rejects_unsupported_shapes() {
         let cases = [
-            ("SELECT * FROM a JOIN b ON a.id = b.id", "JOIN is not supported"),
+            (
+                "SELECT * FROM a JOIN b ON a.id = b.id",
+                "JOIN is not supported",
+            ),
             ("SELECT * FROM a, b", "no comma joins"),
             ("SELECT * FROM a ORDER BY id", "ORDER BY"),
             ("SELECT * FROM a LIMIT 1", "LIMIT"),
@@ -425,7 +455,9 @@ mod tests {
             ("SELECT 1 UNION SELECT 2", "plain SELECT"),
         ];
         for (sql, want) in cases {
-            let err = parse_select(sql).err().unwrap_or_else(|| panic!("{sql} parsed"));
+            let err = parse_select(sql)
+                .err()
+                .unwrap_or_else(|| panic!("{sql} parsed"));
             assert!(err.contains(want), "{sql}: {err}");
         }
     }

@@ -144,11 +144,18 @@ mod tests {
         assert!(e.message.starts_with("invalid YAML"), "{e}");
         let e = parse_yaml("bucket_definitions:\n  a:\n    dta: SELECT 1\n").unwrap_err();
         assert!(e.message.contains("dta"), "{e}");
-        let e = parse_yaml("bucket_definitions:\n  a:\n    parameters: SELECT 1 AS x\n").unwrap_err();
-        assert_eq!(e.to_string(), "bucket \"a\": `data` is missing: a bucket needs at least one data query");
-        let e = parse_yaml("bucket_definitions:\n  a:\n    priority: 7\n    data: SELECT * FROM t\n").unwrap_err();
+        let e =
+            parse_yaml("bucket_definitions:\n  a:\n    parameters: SELECT 1 AS x\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bucket \"a\": `data` is missing: a bucket needs at least one data query"
+        );
+        let e =
+            parse_yaml("bucket_definitions:\n  a:\n    priority: 7\n    data: SELECT * FROM t\n")
+                .unwrap_err();
         assert!(e.message.contains("priority must be between 0"), "{e}");
-        let e = parse_yaml("bucket_definitions:\n  \"a'b\":\n    data: SELECT * FROM t\n").unwrap_err();
+        let e =
+            parse_yaml("bucket_definitions:\n  \"a'b\":\n    data: SELECT * FROM t\n").unwrap_err();
         assert!(e.message.contains("invalid bucket name"), "{e}");
     }
 }

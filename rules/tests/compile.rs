@@ -4,35 +4,58 @@
 use outpost_rules::{parse_yaml, plan, Catalog, Column, Table};
 
 fn col(name: &str, ty: &str) -> Column {
-    Column { name: name.into(), type_name: ty.into() }
+    Column {
+        name: name.into(),
+        type_name: ty.into(),
+    }
 }
 
 fn catalog() -> Catalog {
     Catalog::from_tables([
-        (true, Table {
-            oid: 100,
-            schema: "public".into(),
-            name: "lists".into(),
-            columns: vec![col("id", "uuid"), col("owner_id", "text"), col("name", "text"), col("members", "jsonb"), col("_hidden", "text")],
-            primary_key: vec!["id".into()],
-        }),
-        (true, Table {
-            oid: 200,
-            schema: "public".into(),
-            name: "todos".into(),
-            columns: vec![
-                col("id", "uuid"), col("list_id", "uuid"), col("title", "text"), col("done", "boolean"),
-                col("_secret", "text"), col("photo", "bytea"), col("tags", "jsonb"),
-            ],
-            primary_key: vec!["id".into()],
-        }),
-        (true, Table {
-            oid: 300,
-            schema: "public".into(),
-            name: "nopk".into(),
-            columns: vec![col("id", "int4")],
-            primary_key: vec![],
-        }),
+        (
+            true,
+            Table {
+                oid: 100,
+                schema: "public".into(),
+                name: "lists".into(),
+                columns: vec![
+                    col("id", "uuid"),
+                    col("owner_id", "text"),
+                    col("name", "text"),
+                    col("members", "jsonb"),
+                    col("_hidden", "text"),
+                ],
+                primary_key: vec!["id".into()],
+            },
+        ),
+        (
+            true,
+            Table {
+                oid: 200,
+                schema: "public".into(),
+                name: "todos".into(),
+                columns: vec![
+                    col("id", "uuid"),
+                    col("list_id", "uuid"),
+                    col("title", "text"),
+                    col("done", "boolean"),
+                    col("_secret", "text"),
+                    col("photo", "bytea"),
+                    col("tags", "jsonb"),
+                ],
+                primary_key: vec!["id".into()],
+            },
+        ),
+        (
+            true,
+            Table {
+                oid: 300,
+                schema: "public".into(),
+                name: "nopk".into(),
+                columns: vec![col("id", "int4")],
+                primary_key: vec![],
+            },
+        ),
     ])
 }
 
@@ -75,7 +98,10 @@ bucket_definitions:
     let sql = &d.tick_sql;
     assert!(sql.contains("DELETE FROM outpost.changes"), "{sql}");
     assert!(sql.contains("'user_lists#0'"), "{sql}");
-    assert!(!sql.contains("_hidden"), "underscore columns are skipped by *: {sql}");
+    assert!(
+        !sql.contains("_hidden"),
+        "underscore columns are skipped by *: {sql}"
+    );
     assert_eq!(d.checks.len(), 8, "checks: {:?}", d.checks);
 }
 
@@ -83,7 +109,10 @@ bucket_definitions:
 fn star_rejects_bytea_columns() {
     // todos has a bytea column, so `*` over it must be refused with a hint.
     let e = compile_err("bucket_definitions:\n  g:\n    data: SELECT * FROM todos\n");
-    assert!(e.contains("bucket \"g\", data query 1: column \"photo\" is bytea"), "{e}");
+    assert!(
+        e.contains("bucket \"g\", data query 1: column \"photo\" is bytea"),
+        "{e}"
+    );
     assert!(e.contains("encode(photo, 'base64')"), "{e}");
     compile_ok("bucket_definitions:\n  g:\n    data: SELECT id, encode(photo, 'base64') AS photo FROM todos\n");
 }
@@ -128,22 +157,52 @@ bucket_definitions:
     data: SELECT id, title FROM todos WHERE list_id = bucket.list_id
 "#,
     );
-    assert!(d.tick_sql.contains("outpost._elements(to_jsonb((\"todos\".\"tags\")))"), "{}", d.tick_sql);
-    let shared = &d.buckets.iter().find(|b| b.source.name == "shared").unwrap();
-    let outpost_rules::ParamQuery::Table { lookup_sql, sql_full, .. } = &shared.parameter_queries[0] else { panic!() };
-    assert!(sql_full.contains("_elements(to_jsonb((\"lists\".\"members\")))"), "{sql_full}");
+    assert!(
+        d.tick_sql
+            .contains("outpost._elements(to_jsonb((\"todos\".\"tags\")))"),
+        "{}",
+        d.tick_sql
+    );
+    let shared = &d
+        .buckets
+        .iter()
+        .find(|b| b.source.name == "shared")
+        .unwrap();
+    let outpost_rules::ParamQuery::Table {
+        lookup_sql,
+        sql_full,
+        ..
+    } = &shared.parameter_queries[0]
+    else {
+        panic!()
+    };
+    assert!(
+        sql_full.contains("_elements(to_jsonb((\"lists\".\"members\")))"),
+        "{sql_full}"
+    );
     assert!(lookup_sql.contains("$1 ->> 'sub'"), "{lookup_sql}");
 }
 
 #[test]
 fn identifiers_are_quoted_in_generated_sql() {
-    let cat = Catalog::from_tables([(true, Table {
-        oid: 9,
-        schema: "public".into(),
-        name: "we\"ird".into(),
-        columns: vec![col("id", "int4")],
-        primary_key: vec!["id".into()],
-    })]);
-    let d = plan(&parse_yaml("bucket_definitions:\n  g:\n    data: SELECT id FROM \"we\"\"ird\"\n").unwrap(), &cat).unwrap();
-    assert!(d.tick_sql.contains("\"public\".\"we\"\"ird\""), "{}", d.tick_sql);
+    let cat = Catalog::from_tables([(
+        true,
+        Table {
+            oid: 9,
+            schema: "public".into(),
+            name: "we\"ird".into(),
+            columns: vec![col("id", "int4")],
+            primary_key: vec!["id".into()],
+        },
+    )]);
+    let d = plan(
+        &parse_yaml("bucket_definitions:\n  g:\n    data: SELECT id FROM \"we\"\"ird\"\n").unwrap(),
+        &cat,
+    )
+    .unwrap();
+    assert!(
+        d.tick_sql.contains("\"public\".\"we\"\"ird\""),
+        "{}",
+        d.tick_sql
+    );
 }

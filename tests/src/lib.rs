@@ -36,7 +36,10 @@ impl TestDb {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let mut admin = Client::connect(&server_url(), NoTls).unwrap_or_else(|e| {
-            panic!("cannot connect to Postgres at {:?}: {e} (run scripts/setup.sh)", server_url())
+            panic!(
+                "cannot connect to Postgres at {:?}: {e} (run scripts/setup.sh)",
+                server_url()
+            )
         });
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -44,7 +47,10 @@ impl TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .expect("create test database");
-        let url = format!("{} dbname={name}", server_url().replace("dbname=postgres", ""));
+        let url = format!(
+            "{} dbname={name}",
+            server_url().replace("dbname=postgres", "")
+        );
         let db = TestDb { name, url };
         db.connect()
             .batch_execute("CREATE EXTENSION outpost")
@@ -63,7 +69,10 @@ impl Drop for TestDb {
             return;
         }
         if let Ok(mut admin) = Client::connect(&server_url(), NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -116,7 +125,8 @@ pub fn fold_bucket(ops: &[Op]) -> BTreeMap<(String, String), serde_json::Value> 
         assert_eq!(op.checksum, expect.0 as i64, "checksum of {op:?}");
         match op.op.as_str() {
             "PUT" => {
-                let v: serde_json::Value = serde_json::from_str(op.data.as_deref().expect("PUT has data")).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(op.data.as_deref().expect("PUT has data")).unwrap();
                 rows.insert((t, id, sk), v);
             }
             "REMOVE" => {
@@ -125,21 +135,27 @@ pub fn fold_bucket(ops: &[Op]) -> BTreeMap<(String, String), serde_json::Value> 
             other => panic!("unexpected op {other}"),
         }
     }
-    rows.into_iter().map(|((t, id, _), v)| ((t, id), v)).collect()
+    rows.into_iter()
+        .map(|((t, id, _), v)| ((t, id), v))
+        .collect()
 }
 
 /// The wrapping u32 sum of the bucket's op checksums.
 pub fn sum_checksums(ops: &[Op]) -> u32 {
-    ops.iter().fold(0u32, |a, o| a.wrapping_add(o.checksum as u32))
+    ops.iter()
+        .fold(0u32, |a, o| a.wrapping_add(o.checksum as u32))
 }
 
 /// `outpost.sync_checkpoint` for a user, parsed.
 pub fn sync_checkpoint(c: &mut Client, sub: &str, client_id: &str) -> serde_json::Value {
     let claims = serde_json::json!({ "sub": sub });
     let params = serde_json::json!({});
-    c.query_one("SELECT outpost.sync_checkpoint($1, $2, $3)", &[&claims, &params, &client_id])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT outpost.sync_checkpoint($1, $2, $3)",
+        &[&claims, &params, &client_id],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// Bucket names of a sync_checkpoint result.

@@ -112,13 +112,19 @@ bucket_definitions:
             let mut seen: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             let mut checks = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let cp: i64 = c.query_one("SELECT outpost.checkpoint()", &[]).unwrap().get(0);
+                let cp: i64 = c
+                    .query_one("SELECT outpost.checkpoint()", &[])
+                    .unwrap()
+                    .get(0);
                 let r = c
                     .query_one("SELECT count(*), coalesce(sum(checksum), 0)::bigint FROM outpost.ops WHERE op_id <= $1", &[&cp])
                     .unwrap();
                 let now = (r.get::<_, i64>(0), r.get::<_, i64>(1));
                 if let Some(prev) = seen.get(&cp) {
-                    assert_eq!(*prev, now, "ops at or below published checkpoint {cp} changed");
+                    assert_eq!(
+                        *prev, now,
+                        "ops at or below published checkpoint {cp} changed"
+                    );
                 }
                 seen.insert(cp, now);
                 // Re-check a few older checkpoints too.
@@ -126,7 +132,11 @@ bucket_definitions:
                     let r = c
                         .query_one("SELECT count(*), coalesce(sum(checksum), 0)::bigint FROM outpost.ops WHERE op_id <= $1", &[old])
                         .unwrap();
-                    assert_eq!(*prev, (r.get::<_, i64>(0), r.get::<_, i64>(1)), "checkpoint {old} changed after publication");
+                    assert_eq!(
+                        *prev,
+                        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+                        "checkpoint {old} changed after publication"
+                    );
                     checks += 1;
                 }
             }
@@ -139,23 +149,37 @@ bucket_definitions:
     let ticks: usize = tickers.into_iter().map(|h| h.join().expect("ticker")).sum();
     let (checkpoints_seen, checks) = monitor.join().expect("monitor found a violation");
     outpost_tests::tick(&mut c);
-    assert!(committed > WRITERS * TXNS_PER_WRITER / 2, "most transactions commit ({committed})");
-    assert!(ticks > 5 && checkpoints_seen > 5, "ticks ran concurrently ({ticks} ticks, {checkpoints_seen} checkpoints)");
+    assert!(
+        committed > WRITERS * TXNS_PER_WRITER / 2,
+        "most transactions commit ({committed})"
+    );
+    assert!(
+        ticks > 5 && checkpoints_seen > 5,
+        "ticks ran concurrently ({ticks} ticks, {checkpoints_seen} checkpoints)"
+    );
     assert!(checks > 0);
 
     // Oracle: the rules evaluated directly over the final tables.
-    let mut expected: BTreeMap<String, BTreeMap<(String, String), serde_json::Value>> = BTreeMap::new();
-    for r in c.query("SELECT id, list_id, title, n FROM todos", &[]).unwrap() {
-        let (id, list, title, n): (i32, i32, String, i32) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    let mut expected: BTreeMap<String, BTreeMap<(String, String), serde_json::Value>> =
+        BTreeMap::new();
+    for r in c
+        .query("SELECT id, list_id, title, n FROM todos", &[])
+        .unwrap()
+    {
+        let (id, list, title, n): (i32, i32, String, i32) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         expected
             .entry(format!("by_list[{list}]"))
             .or_default()
-            .insert(("todos".into(), id.to_string()), json!({"id": id, "title": title, "n": n}));
+            .insert(
+                ("todos".into(), id.to_string()),
+                json!({"id": id, "title": title, "n": n}),
+            );
         if n % 2 == 0 {
-            expected
-                .entry("big[]".into())
-                .or_default()
-                .insert(("todos".into(), id.to_string()), json!({"id": id, "list_id": list}));
+            expected.entry("big[]".into()).or_default().insert(
+                ("todos".into(), id.to_string()),
+                json!({"id": id, "list_id": list}),
+            );
         }
     }
     let buckets: Vec<String> = c
@@ -168,20 +192,39 @@ bucket_definitions:
         let o = ops(&mut c, b);
         let folded = fold_bucket(&o);
         let want = expected.remove(b).unwrap_or_default();
-        assert_eq!(folded, want, "bucket {b} differs from the rules over the final tables");
+        assert_eq!(
+            folded, want,
+            "bucket {b} differs from the rules over the final tables"
+        );
         let (sum, count): (i64, i64) = {
-            let r = c.query_one("SELECT checksum, op_count FROM outpost.bucket_state WHERE bucket = $1", &[b]).unwrap();
+            let r = c
+                .query_one(
+                    "SELECT checksum, op_count FROM outpost.bucket_state WHERE bucket = $1",
+                    &[b],
+                )
+                .unwrap();
             (r.get(0), r.get(1))
         };
-        assert_eq!(sum as u32, outpost_tests::sum_checksums(&o), "running checksum of {b}");
+        assert_eq!(
+            sum as u32,
+            outpost_tests::sum_checksums(&o),
+            "running checksum of {b}"
+        );
         assert_eq!(count as usize, o.len());
     }
-    assert!(expected.values().all(|m| m.is_empty()), "buckets missing from the op log: {:?}", expected.keys().collect::<Vec<_>>());
+    assert!(
+        expected.values().all(|m| m.is_empty()),
+        "buckets missing from the op log: {:?}",
+        expected.keys().collect::<Vec<_>>()
+    );
 
     // Parameter lookups match the final lists table.
     for user in ["u0", "u1", "u2"] {
         let mut want: Vec<String> = c
-            .query("SELECT 'by_list[' || id || ']' FROM lists WHERE owner_id = $1", &[&user])
+            .query(
+                "SELECT 'by_list[' || id || ']' FROM lists WHERE owner_id = $1",
+                &[&user],
+            )
             .unwrap()
             .into_iter()
             .map(|r| r.get(0))

@@ -52,6 +52,8 @@ async fn expect_error(res: Res, status: StatusCode, code: &str) -> String {
 struct Lines {
     body: super::ResBody,
     buf: Vec<u8>,
+    /// A missing line fails the test instead of hanging it.
+    wait: Duration,
 }
 
 impl Lines {
@@ -61,6 +63,7 @@ impl Lines {
         Lines {
             body: res.into_body(),
             buf: Vec::new(),
+            wait: Duration::from_secs(10),
         }
     }
 
@@ -73,7 +76,10 @@ impl Lines {
                 outpost_protocol::SyncLine::parse(text).unwrap().unwrap();
                 return Some(serde_json::from_str(text).unwrap());
             }
-            match self.body.frame().await {
+            let frame = tokio::time::timeout(self.wait, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no line within {:?}", self.wait));
+            match frame {
                 Some(f) => self.buf.extend_from_slice(&f.unwrap().into_data().unwrap()),
                 None => {
                     assert!(self.buf.is_empty(), "stream ended mid-line");
@@ -416,6 +422,7 @@ async fn keepalive_then_zero_at_token_expiry_ends_stream() {
     let t = dev_token(SECRET, "u1", 50, None).unwrap();
     let res = call(&h, post_stream(Some(format!("Token {t}")), "{}")).await;
     let mut lines = Lines::new(res);
+    lines.wait = Duration::from_secs(3600); // paused time would fire a short one first
     lines.until_complete().await;
     // Paused time auto-advances: 20 s and 40 s keepalives, then expiry at 50 s.
     let mut rest = Vec::new();

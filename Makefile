@@ -1,0 +1,38 @@
+# Outpost — the two commands for a fresh machine are `make demo` and `make test`.
+# Each runs scripts/setup.sh first (idempotent: packages, cargo-pgrx, a Postgres
+# 15 cluster on 127.0.0.1:5432, the extension installed).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=5432 user=postgres dbname=postgres
+
+.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext
+
+setup:
+	@scripts/setup.sh
+
+install-ext: setup
+
+## make test: every test tier (unit, integration on real Postgres).
+test: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) test --workspace --exclude outpost --no-fail-fast
+
+## Tier 1 only: pure crates, no Postgres needed.
+test-unit:
+	$(CARGO) test -p outpost-protocol -p outpost-rules -p outpost-relay -p outpost-client --lib --bins
+
+## make demo: Postgres + extension + relay + two clients syncing demo data.
+demo: setup
+	@scripts/demo.sh
+
+## make bench: the benchmark suite; writes bench-results/bench.md.
+bench: setup
+	$(CARGO) run --release -p outpost-tests --bin outpost-bench
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,239 @@
+//! `make bench`: measures Outpost against its goals, each comparison side by
+//! side in one run, and writes a Markdown table to `bench-results/bench.md`.
+//!
+//! Extension figures (issue #2): write overhead of capture for a 100k-row bulk
+//! insert and for 20k single-row inserts (4 connections), and materialization
+//! throughput of a tick and of a deploy snapshot.
+
+use anyhow::Result;
+use outpost_tests::TestDb;
+use postgres::Client;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+const BULK_ROWS: i64 = 100_000;
+const SINGLE_ROWS: usize = 20_000;
+const SINGLE_CONNS: usize = 4;
+const REPS: usize = 3;
+
+struct Row {
+    name: String,
+    value: String,
+    goal: String,
+    ratio: String,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn schema(c: &mut Client) -> Result<()> {
+    c.batch_execute(
+        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL);
+         INSERT INTO lists SELECT g, 'u' || (g % 50) FROM generate_series(1, 100) g;
+         CREATE TABLE plain_todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text, done boolean NOT NULL DEFAULT false, created_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE todos (LIKE plain_todos INCLUDING ALL);",
+    )?;
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"
+bucket_definitions:
+  user_lists:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data: SELECT * FROM todos WHERE list_id = bucket.list_id
+"],
+    )?;
+    Ok(())
+}
+
+fn bulk(c: &mut Client, table: &str) -> Result<Duration> {
+    c.batch_execute(&format!("TRUNCATE {table}"))?;
+    c.query_one("SELECT outpost.tick()", &[])?;
+    c.batch_execute("CHECKPOINT")?;
+    let t = Instant::now();
+    c.batch_execute(&format!(
+        "INSERT INTO {table} (id, list_id, title) SELECT g, 1 + g % 100, 'todo ' || g FROM generate_series(1, {BULK_ROWS}) g"
+    ))?;
+    Ok(t.elapsed())
+}
+
+fn singles(db: &TestDb, table: &str, offset: i64) -> Result<Duration> {
+    let per = SINGLE_ROWS / SINGLE_CONNS;
+    let t = Instant::now();
+    let handles: Vec<_> = (0..SINGLE_CONNS)
+        .map(|w| {
+            let url = db.url.clone();
+            let table = table.to_string();
+            std::thread::spawn(move || -> Result<()> {
+                let mut c = Client::connect(&url, postgres::NoTls)?;
+                let stmt = c.prepare(&format!(
+                    "INSERT INTO {table} (id, list_id, title) VALUES ($1, $2, 'single')"
+                ))?;
+                for i in 0..per {
+                    let id = offset + (w * per + i) as i64;
+                    c.execute(&stmt, &[&id, &(1 + (id % 100) as i32)])?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("insert thread")?;
+    }
+    Ok(t.elapsed())
+}
+
+fn main() -> Result<()> {
+    let mut rows: Vec<Row> = Vec::new();
+    let db = TestDb::new("bench");
+    let mut c = db.connect();
+    schema(&mut c)?;
+
+    eprintln!(
+        "bench: bulk insert {BULK_ROWS} rows, {REPS} reps each, plain and synced interleaved"
+    );
+    let (mut plain, mut synced) = (Vec::new(), Vec::new());
+    for _ in 0..REPS {
+        plain.push(bulk(&mut c, "plain_todos")?);
+        synced.push(bulk(&mut c, "todos")?);
+    }
+    let (p, s) = (median(plain), median(synced));
+    let ratio = s.as_secs_f64() / p.as_secs_f64();
+    rows.push(Row {
+        name: format!("bulk insert {BULK_ROWS} rows: synced vs plain table"),
+        value: format!(
+            "{:.0} ms vs {:.0} ms",
+            s.as_secs_f64() * 1e3,
+            p.as_secs_f64() * 1e3
+        ),
+        goal: "≤ 3x".into(),
+        ratio: format!(
+            "{ratio:.2}x {}",
+            if ratio <= 3.0 { "met" } else { "missed" }
+        ),
+    });
+
+    // Tick throughput on the last synced bulk insert (100k pending changes).
+    let t = Instant::now();
+    c.query_one("SELECT outpost.tick()", &[])?;
+    let tick = t.elapsed();
+    let ops_per_s = BULK_ROWS as f64 / tick.as_secs_f64();
+    rows.push(Row {
+        name: format!("tick materializing {BULK_ROWS} inserted rows"),
+        value: format!("{:.0} ops/s ({:.2} s)", ops_per_s, tick.as_secs_f64()),
+        goal: "≥ 50,000 ops/s".into(),
+        ratio: format!(
+            "{:.2}x {}",
+            ops_per_s / 50_000.0,
+            if ops_per_s >= 50_000.0 {
+                "met"
+            } else {
+                "missed"
+            }
+        ),
+    });
+
+    // Updates: every row changes once.
+    c.batch_execute("UPDATE todos SET done = true")?;
+    let t = Instant::now();
+    c.query_one("SELECT outpost.tick()", &[])?;
+    let tick = t.elapsed();
+    let ops_per_s = BULK_ROWS as f64 / tick.as_secs_f64();
+    rows.push(Row {
+        name: format!("tick materializing {BULK_ROWS} updated rows"),
+        value: format!("{:.0} ops/s ({:.2} s)", ops_per_s, tick.as_secs_f64()),
+        goal: "≥ 50,000 ops/s".into(),
+        ratio: format!(
+            "{:.2}x {}",
+            ops_per_s / 50_000.0,
+            if ops_per_s >= 50_000.0 {
+                "met"
+            } else {
+                "missed"
+            }
+        ),
+    });
+
+    eprintln!("bench: {SINGLE_ROWS} single-row inserts over {SINGLE_CONNS} connections");
+    let (mut plain, mut synced) = (Vec::new(), Vec::new());
+    for rep in 0..REPS {
+        let off = 10_000_000 * (rep as i64 + 1);
+        plain.push(singles(&db, "plain_todos", off)?);
+        synced.push(singles(&db, "todos", off)?);
+        c.query_one("SELECT outpost.tick()", &[])?;
+    }
+    let (p, s) = (median(plain), median(synced));
+    let ratio = s.as_secs_f64() / p.as_secs_f64();
+    rows.push(Row {
+        name: format!(
+            "{SINGLE_ROWS} single-row inserts ({SINGLE_CONNS} connections): synced vs plain"
+        ),
+        value: format!(
+            "{:.0} ms vs {:.0} ms",
+            s.as_secs_f64() * 1e3,
+            p.as_secs_f64() * 1e3
+        ),
+        goal: "≤ 1.15x".into(),
+        ratio: format!(
+            "{ratio:.2}x {}",
+            if ratio <= 1.15 { "met" } else { "missed" }
+        ),
+    });
+
+    // Deploy snapshot: a second bucket over the rows already there.
+    let n: i64 = c.query_one("SELECT count(*) FROM todos", &[])?.get(0);
+    let t = Instant::now();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"
+bucket_definitions:
+  user_lists:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data: SELECT * FROM todos WHERE list_id = bucket.list_id
+  all_titles:
+    data: SELECT id, title FROM todos
+"],
+    )?;
+    let d = t.elapsed();
+    rows.push(Row {
+        name: format!("deploy adding a bucket over {n} existing rows (snapshot)"),
+        value: format!(
+            "{:.0} rows/s ({:.2} s)",
+            n as f64 / d.as_secs_f64(),
+            d.as_secs_f64()
+        ),
+        goal: "≥ 50,000 rows/s".into(),
+        ratio: format!("{:.2}x", n as f64 / d.as_secs_f64() / 50_000.0),
+    });
+
+    let mut md = String::new();
+    writeln!(md, "| benchmark | measured | goal | ratio |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    for r in &rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.name, r.value, r.goal, r.ratio
+        )?;
+    }
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    writeln!(
+        md,
+        "\nMachine: {cores} cores, {machine}; Postgres 15 on 127.0.0.1."
+    )?;
+    std::fs::create_dir_all("bench-results")?;
+    std::fs::write("bench-results/bench.md", &md)?;
+    println!("{md}");
+    Ok(())
+}

@@ -507,6 +507,27 @@ SELECT d.name,
 
 -- ------------------------------------------------------- relay interface --
 
+-- The client schema (PowerSync's schema JSON) the active rules produce:
+-- one table per output type, its columns with SQLite types, `id` implied.
+-- Columns a type gets from several queries are merged.
+CREATE FUNCTION outpost.client_schema() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    WITH cols AS (
+        SELECT q ->> 'object_type' AS tbl, c ->> 'name' AS name, c ->> 'sqlite_type' AS type, ord
+          FROM outpost.bucket_defs d,
+               jsonb_array_elements(d.compiled -> 'data_queries') q,
+               jsonb_array_elements(q -> 'columns') WITH ORDINALITY AS c(c, ord)
+    ), merged AS (
+        SELECT tbl, name, min(type) AS type, min(ord) AS ord FROM cols WHERE name <> 'id'
+         GROUP BY tbl, name
+    )
+    SELECT jsonb_build_object('tables', coalesce(jsonb_agg(t ORDER BY t ->> 'name'), '[]'::jsonb))
+      FROM (SELECT jsonb_build_object('name', tbl,
+                                      'columns', jsonb_agg(jsonb_build_object('name', name, 'type', type)
+                                                           ORDER BY ord, name)) AS t
+              FROM merged GROUP BY tbl) x
+$$;
+
 -- The buckets a request may read: static parameter queries evaluate request
 -- values; table ones look them up in the lookups the ticks materialized.
 CREATE FUNCTION outpost.user_buckets(claims jsonb, params jsonb)

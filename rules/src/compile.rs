@@ -63,6 +63,8 @@ pub enum ParamQuery {
 pub struct DataQuery {
     pub relid: u32,
     pub object_type: String,
+    /// Output columns with the SQLite type a client should declare.
+    pub columns: Vec<ClientColumn>,
     /// Whether one source row can yield the same (bucket, row) twice (an `IN`
     /// expansion with repeated elements); the tick then deduplicates.
     pub may_duplicate: bool,
@@ -593,14 +595,22 @@ fn compile_data_query<'c>(
     let a = quote_ident(&alias);
 
     let mut columns: Vec<(String, String)> = Vec::new();
-    let push =
-        |columns: &mut Vec<(String, String)>, name: String, e: String| -> Result<(), String> {
-            if columns.iter().any(|(n, _)| *n == name) {
-                return Err(format!("column \"{name}\" is selected twice"));
-            }
-            columns.push((name, e));
-            Ok(())
-        };
+    let mut client_columns: Vec<ClientColumn> = Vec::new();
+    let mut push = |columns: &mut Vec<(String, String)>,
+                    name: String,
+                    e: String,
+                    pg_type: Option<&str>|
+     -> Result<(), String> {
+        if columns.iter().any(|(n, _)| *n == name) {
+            return Err(format!("column \"{name}\" is selected twice"));
+        }
+        client_columns.push(ClientColumn {
+            name: name.clone(),
+            sqlite_type: sqlite_type(pg_type).to_string(),
+        });
+        columns.push((name, e));
+        Ok(())
+    };
     let bytea_err = |c: &str| {
         format!("column \"{c}\" is bytea, which a SQLite client cannot receive as JSON: select encode({c}, 'base64') AS {c} instead")
     };
@@ -620,6 +630,7 @@ fn compile_data_query<'c>(
                         &mut columns,
                         c.name.clone(),
                         sqlite_value(&e, Some(&c.type_name)),
+                        Some(&c.type_name),
                     )?;
                 }
             }
@@ -645,8 +656,9 @@ fn compile_data_query<'c>(
                         return Err(bytea_err(&c.name));
                     }
                 }
+                let ty = col.map(|c| c.type_name.as_str()).or_else(|| cast_type(&e));
                 let typed = sqlite_value(&e.to_string(), col.map(|c| c.type_name.as_str()));
-                push(&mut columns, out, typed)?;
+                push(&mut columns, out, typed, ty)?;
             }
         }
     }
@@ -765,6 +777,7 @@ fn compile_data_query<'c>(
             relid: t.oid,
             object_type,
             may_duplicate,
+            columns: client_columns,
             sql_keyed,
             sql_full,
         },
@@ -781,6 +794,38 @@ fn unknown_param(p: &str, params: &[String]) -> String {
             params.join(", ")
         )
     }
+}
+
+/// A column of a synced table as a client declares it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientColumn {
+    pub name: String,
+    /// `integer`, `real` or `text`.
+    pub sqlite_type: String,
+}
+
+/// SQLite's type for a Postgres type (unknown expressions are text).
+fn sqlite_type(pg_type: Option<&str>) -> &'static str {
+    match pg_type {
+        Some("smallint" | "integer" | "bigint" | "boolean") => "integer",
+        Some("real" | "double precision") => "real",
+        Some(t) if t.starts_with("numeric") => "real",
+        _ => "text",
+    }
+}
+
+/// The target type of a top-level cast (`x::int`, `CAST(x AS real)`).
+fn cast_type(e: &Expr) -> Option<&'static str> {
+    let Expr::Cast { data_type, .. } = e else {
+        return None;
+    };
+    let t = data_type.to_string().to_lowercase();
+    Some(match t.as_str() {
+        "int" | "integer" | "int4" | "int8" | "bigint" | "smallint" | "int2" | "boolean"
+        | "bool" => "integer",
+        "real" | "float" | "float4" | "float8" | "double precision" | "numeric" => "real",
+        _ => "text",
+    })
 }
 
 /// The `id` output's expression, uncoverted (object ids are its text form).

@@ -73,10 +73,14 @@ CREATE TABLE outpost.ops (
 );
 
 -- The current PUT of every row in every bucket: what the next tick diffs against.
--- row_key = outpost._row_key(bucket, object_type, object_id, subkey): a 16-byte
--- key indexes much faster than the four texts it stands for.
+-- Lookups go through 64-bit hashes (int8 btrees insert far faster than
+-- indexes on the texts and jsonb they stand for); every lookup also compares
+-- the real columns, so a hash collision costs a row comparison, never a
+-- wrong answer. row_key = outpost._row_key(bucket, object_type, object_id,
+-- subkey), src_key = outpost._src_key(relid, pk).
 CREATE TABLE outpost.bucket_rows (
-    row_key     uuid PRIMARY KEY,
+    row_key     bigint NOT NULL,
+    src_key     bigint NOT NULL,
     bucket      text NOT NULL,
     object_type text NOT NULL,
     object_id   text NOT NULL,
@@ -85,8 +89,9 @@ CREATE TABLE outpost.bucket_rows (
     pk          jsonb NOT NULL,
     op_id       bigint NOT NULL,
     fingerprint bigint NOT NULL
-);
-CREATE INDEX bucket_rows_source ON outpost.bucket_rows USING hash (pk);
+) WITH (fillfactor = 80);  -- room for HOT updates: a changed row rewrites no index
+CREATE INDEX bucket_rows_row ON outpost.bucket_rows (row_key);
+CREATE INDEX bucket_rows_source ON outpost.bucket_rows (src_key);
 
 -- Running totals, kept current by every tick so a checkpoint costs O(buckets).
 CREATE TABLE outpost.bucket_state (
@@ -138,8 +143,8 @@ CREATE UNLOGGED TABLE outpost.work_old_params (
 );
 CREATE UNLOGGED TABLE outpost.work_write_checkpoints (user_id text, client_id text, seq bigint);
 CREATE UNLOGGED TABLE outpost.work_ops (
-    op_id bigint, row_key uuid, bucket text, op text, object_type text, object_id text, subkey text,
-    data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint
+    op_id bigint, row_key bigint, bucket text, op text, object_type text, object_id text, subkey text,
+    data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint, existed boolean
 );
 
 -- Capture runs with the writer's privileges: anyone who can write a synced
@@ -176,8 +181,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 CREATE FUNCTION outpost._row_key(bucket text, object_type text, object_id text, subkey text)
-RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT md5(bucket || chr(1) || object_type || chr(1) || object_id || chr(1) || subkey)::uuid
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT hashtextextended(bucket || chr(1) || object_type || chr(1) || object_id || chr(1) || subkey, 0)
+$$;
+
+CREATE FUNCTION outpost._src_key(relid oid, pk jsonb)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT hashtextextended(pk::text, relid::bigint)
 $$;
 
 CREATE FUNCTION outpost._lock_key() RETURNS bigint
@@ -240,25 +250,31 @@ BEGIN
     -- the (small) work tables through index scans; OFFSET 0 keeps the planner
     -- from turning them into scans of the whole op state.
     INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
-                                  checksum, relid, pk, fingerprint)
+                                  checksum, relid, pk, fingerprint, existed)
     SELECT last_cp + row_number() OVER (),
            d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
            outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
-           d.relid, d.pk, d.fp
+           d.relid, d.pk, d.fp, d.existed
       FROM (
         SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
-               n.relid, n.pk, n.fp
+               n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed
           FROM (SELECT w.*, outpost._fingerprint(w.data) AS fp,
                        outpost._row_key(w.bucket, w.object_type, w.object_id, w.subkey) AS row_key
                   FROM outpost.work_rows w) n
           LEFT JOIN LATERAL (
-              SELECT b.fingerprint FROM outpost.bucket_rows b WHERE b.row_key = n.row_key OFFSET 0) o ON true
+              SELECT b.fingerprint FROM outpost.bucket_rows b
+               WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
+                 AND b.object_id = n.object_id AND b.subkey = n.subkey
+              OFFSET 0) o ON true
          WHERE o.fingerprint IS DISTINCT FROM n.fp
         UNION ALL
-        SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk, NULL
+        SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
+               NULL, true
           FROM outpost.work_keys k
          CROSS JOIN LATERAL (
-              SELECT * FROM outpost.bucket_rows b WHERE b.pk = k.pk AND b.relid = k.relid OFFSET 0) b
+              SELECT * FROM outpost.bucket_rows b
+               WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+              OFFSET 0) b
          WHERE NOT EXISTS (
               SELECT 1 FROM outpost.work_rows n
                WHERE n.bucket = b.bucket AND n.object_type = b.object_type
@@ -267,12 +283,24 @@ BEGIN
     GET DIAGNOSTICS n_ops = ROW_COUNT;
 
     IF n_ops > 0 THEN
+        IF n_ops > 5000 THEN
+            ANALYZE outpost.work_ops;
+        END IF;
+        -- Changed rows are updated in place (HOT: no index touched), new ones
+        -- inserted, removed ones deleted.
+        UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
+          FROM outpost.work_ops w
+         WHERE w.op = 'PUT' AND w.existed
+           AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+           AND b.object_id = w.object_id AND b.subkey = w.subkey;
         DELETE FROM outpost.bucket_rows b
          USING outpost.work_ops w
-         WHERE b.row_key = w.row_key;
-        INSERT INTO outpost.bucket_rows (row_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
-        SELECT row_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
-          FROM outpost.work_ops WHERE op = 'PUT';
+         WHERE w.op = 'REMOVE'
+           AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+           AND b.object_id = w.object_id AND b.subkey = w.subkey;
+        INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
+        SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
+          FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
         INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
         SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
         INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)

@@ -17,6 +17,11 @@ use pgrx::JsonB;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/outpost.sql", name = "outpost_core", finalize);
+extension_sql_file!(
+    "../../sql/crud.sql",
+    name = "outpost_crud",
+    requires = ["outpost_core"]
+);
 
 fn rules_error(message: String) -> ! {
     ereport!(

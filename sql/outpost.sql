@@ -524,6 +524,43 @@ BEGIN
 END
 $$;
 
+-- Rules as SQL, one bucket at a time (for migration tools). Same validation
+-- and catalog as deploy_rules; transactional like any DDL.
+CREATE FUNCTION outpost.define_bucket(name text, parameters text[], data text[], priority int DEFAULT 3)
+RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT outpost._apply(
+        (SELECT coalesce(jsonb_agg(x.s ORDER BY x.s ->> 'name'), '[]'::jsonb)
+           FROM (SELECT d.source AS s FROM outpost.bucket_defs d WHERE d.name <> define_bucket.name
+                 UNION ALL
+                 SELECT jsonb_build_object(
+                            'name', define_bucket.name,
+                            'parameters', to_jsonb(coalesce(define_bucket.parameters, '{}'::text[])),
+                            'data', to_jsonb(coalesce(define_bucket.data, '{}'::text[])),
+                            'priority', define_bucket.priority)) x),
+        outpost._catalog())
+$$;
+
+CREATE FUNCTION outpost.drop_bucket(name text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d WHERE d.name = drop_bucket.name) THEN
+        RAISE EXCEPTION 'bucket "%" is not defined', drop_bucket.name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN outpost._apply(
+        (SELECT coalesce(jsonb_agg(d.source ORDER BY d.name), '[]'::jsonb)
+           FROM outpost.bucket_defs d WHERE d.name <> drop_bucket.name),
+        outpost._catalog());
+END
+$$;
+
+CREATE FUNCTION outpost.rules_yaml() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT outpost._to_yaml(coalesce(jsonb_agg(d.source ORDER BY d.name), '[]'::jsonb))
+      FROM outpost.bucket_defs d
+$$;
+
 CREATE VIEW outpost.buckets AS
 SELECT d.name,
        d.priority,

@@ -81,6 +81,12 @@ fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
     JsonB(out)
 }
 
+/// Bucket sources → PowerSync YAML.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _to_yaml(sources: JsonB) -> String {
+    outpost_rules::yaml::to_yaml(&sources_from(sources))
+}
+
 /// The tick statement when no rules are deployed (write checkpoints still flow).
 #[pg_extern(immutable, parallel_safe)]
 fn _empty_tick_sql() -> String {

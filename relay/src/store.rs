@@ -62,6 +62,83 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// `outpost.client_schema()`: `{"tables": [...]}` from the active rules.
+    fn client_schema(&self) -> BoxFuture<'_, Result<Value, Error>>;
+
+    /// Applies `entries` in ONE transaction as `role` with the user's
+    /// `claims` (see `routes::crud`): all of them, or none and the first
+    /// entry that failed. `Err` is a fault of ours (database down, bad role).
+    fn apply_crud<'a>(
+        &'a self,
+        role: &'a str,
+        claims: &'a Value,
+        entries: &'a [Value],
+    ) -> BoxFuture<'a, Result<CrudOutcome, Error>>;
+}
+
+/// The result of a `/crud` batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CrudOutcome {
+    /// Every entry applied; the transaction committed.
+    Applied(usize),
+    /// Entry `index` was refused; the transaction rolled back.
+    Rejected(CrudRejection),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrudRejection {
+    pub index: usize,
+    pub kind: RejectKind,
+    /// Text the client may see (never a raw internal error).
+    pub message: String,
+}
+
+/// Why an entry was refused; decides the HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectKind {
+    /// Malformed entry: unknown op, table or column, bad id or value (400).
+    Invalid,
+    /// The write role or an RLS policy does not allow it (403).
+    Denied,
+    /// A write handler or a constraint refused the data (422).
+    Refused,
+}
+
+/// Classifies a database error raised by one entry. `None`: not the
+/// client's doing (the batch fails with 500).
+pub fn classify_crud_error(e: &tokio_postgres::Error) -> Option<(RejectKind, String)> {
+    let db = e.as_db_error()?;
+    let code = db.code().code();
+    Some(match code {
+        // Our own validation (22023), bad values (class 22), unknown columns.
+        c if c.starts_with("22") || c == "42703" => (RejectKind::Invalid, db.message().to_string()),
+        "42501" => (
+            RejectKind::Denied,
+            "permission denied by row-level security or privileges".to_string(),
+        ),
+        // A write handler's RAISE EXCEPTION: its message is meant for the client.
+        "P0001" => (RejectKind::Refused, db.message().to_string()),
+        c if c.starts_with("23") => (
+            RejectKind::Refused,
+            format!(
+                "{} (SQLSTATE {c})",
+                match c {
+                    "23505" => "duplicate key",
+                    "23503" => "foreign key violation",
+                    "23502" => "a required column is null",
+                    "23514" => "check constraint violation",
+                    _ => "integrity constraint violation",
+                }
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The Postgres store: a pool of connections to the database with the extension.
@@ -221,11 +298,57 @@ impl Store for PgStore {
             Ok(())
         })
     }
-}
 
-impl PgStore {
-    /// A pooled connection for `/crud`, which needs its own transaction.
-    pub async fn connection(&self) -> Result<deadpool_postgres::Object, Error> {
-        Ok(self.pool.get().await?)
+    fn client_schema(&self) -> BoxFuture<'_, Result<Value, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_one("SELECT outpost.client_schema()::text", &[])
+                .await?;
+            let text: String = row.get(0);
+            serde_json::from_str(&text).map_err(|e| Error::Decode(format!("client_schema: {e}")))
+        })
+    }
+
+    fn apply_crud<'a>(
+        &'a self,
+        role: &'a str,
+        claims: &'a Value,
+        entries: &'a [Value],
+    ) -> BoxFuture<'a, Result<CrudOutcome, Error>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await?;
+            // Dropping the transaction without commit rolls it back.
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role)))
+                .await?;
+            let sub = claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            tx.execute(
+                "SELECT set_config('request.jwt.claims', $1, true), \
+                        set_config('request.jwt.claim.sub', $2, true)",
+                &[&claims.to_string(), &sub],
+            )
+            .await?;
+            let stmt = tx
+                .prepare("SELECT outpost.apply_crud($1::text::jsonb)")
+                .await?;
+            for (index, entry) in entries.iter().enumerate() {
+                if let Err(e) = tx.execute(&stmt, &[&entry.to_string()]).await {
+                    return match classify_crud_error(&e) {
+                        Some((kind, message)) => Ok(CrudOutcome::Rejected(CrudRejection {
+                            index,
+                            kind,
+                            message,
+                        })),
+                        None => Err(e.into()),
+                    };
+                }
+            }
+            tx.commit().await?;
+            Ok(CrudOutcome::Applied(entries.len()))
+        })
     }
 }

@@ -5,7 +5,7 @@ use crate::auth::{tests::SECRET, Verifier};
 use crate::listener::Announced;
 use crate::metrics::Metrics;
 use crate::routes::{app, App, AppState, Limits};
-use crate::store::{CheckpointState, OpRow, Store};
+use crate::store::{CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, Store};
 use crate::Error;
 use futures_util::future::BoxFuture;
 use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
@@ -22,6 +22,8 @@ pub struct FakeDb {
     pub buckets: Vec<(String, Option<i32>)>,
     pub ops: Vec<OpRow>,
     pub last_claims: Option<Value>,
+    /// Applied `/crud` batches: (role, entries).
+    pub crud: Vec<(String, Vec<Value>)>,
 }
 
 #[derive(Default)]
@@ -166,6 +168,38 @@ impl Store for FakeStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move { self.fail_check() })
     }
+
+    fn client_schema(&self) -> BoxFuture<'_, Result<Value, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            Ok(
+                serde_json::json!({"tables": [{"name": "todos", "columns": [{"name": "title", "type": "text"}]}]}),
+            )
+        })
+    }
+
+    /// Records the batch; an entry whose type is `"denied"` is refused.
+    fn apply_crud<'a>(
+        &'a self,
+        role: &'a str,
+        claims: &'a Value,
+        entries: &'a [Value],
+    ) -> BoxFuture<'a, Result<CrudOutcome, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            if let Some(index) = entries.iter().position(|e| e["type"] == "denied") {
+                return Ok(CrudOutcome::Rejected(CrudRejection {
+                    index,
+                    kind: RejectKind::Denied,
+                    message: "permission denied".into(),
+                }));
+            }
+            let mut db = self.db.lock().unwrap();
+            db.last_claims = Some(claims.clone());
+            db.crud.push((role.to_string(), entries.to_vec()));
+            Ok(CrudOutcome::Applied(entries.len()))
+        })
+    }
 }
 
 /// A router over `store`, plus the senders a running relay's listener and
@@ -196,6 +230,21 @@ impl Harness {
             checkpoints,
             stop,
         }
+    }
+
+    /// Rebuilds the router with `/crud` enabled (or not) for `role`.
+    pub fn set_write_role(&mut self, role: Option<&str>) {
+        let s = self.app.state();
+        let state = AppState {
+            verifier: Verifier::new(Some(SECRET), None, vec![]).unwrap(),
+            store: self.store.clone(),
+            checkpoints: s.checkpoints.clone(),
+            shutdown: s.shutdown.clone(),
+            metrics: s.metrics.clone(),
+            limits: s.limits.clone(),
+            write_role: role.map(str::to_string),
+        };
+        self.app = app(state);
     }
 
     /// What the listener does on `NOTIFY outpost_checkpoint`.

@@ -58,7 +58,7 @@ pub struct Deployment {
 pub fn plan(sources: &[BucketSource], catalog: &Catalog) -> Result<Deployment, RuleErrors> {
     let mut seen = std::collections::BTreeSet::new();
     for s in sources {
-        yaml::check_bucket_name(&s.name).map_err(|e| RuleErrors(vec![e]))?;
+        yaml::check_source(s).map_err(|e| RuleErrors(vec![e]))?;
         if !seen.insert(s.name.as_str()) {
             return Err(RuleErrors(vec![RuleError::bucket(
                 &s.name,

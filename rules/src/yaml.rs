@@ -73,30 +73,68 @@ pub fn parse_yaml(text: &str) -> Result<Vec<BucketSource>, RuleError> {
 
 /// Checks a bucket's name and priority and flattens its queries.
 pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleError> {
-    check_bucket_name(&name)?;
-    let priority = match b.priority {
-        None => 3,
-        Some(p) if (0..=3).contains(&p) => p as i32,
-        Some(p) => {
-            return Err(RuleError::bucket(
-                &name,
-                format!("priority must be between 0 (highest) and 3, got {p}"),
-            ))
-        }
+    let source = BucketSource {
+        parameters: b.parameters.map(OneOrMany::into_vec).unwrap_or_default(),
+        data: b.data.map(OneOrMany::into_vec).unwrap_or_default(),
+        priority: match b.priority {
+            None => 3,
+            Some(p) => i32::try_from(p).unwrap_or(i32::MAX),
+        },
+        name,
     };
-    let data = b.data.map(OneOrMany::into_vec).unwrap_or_default();
-    if data.is_empty() {
+    check_source(&source)?;
+    Ok(source)
+}
+
+/// The checks every bucket definition passes, from YAML or `define_bucket`.
+pub fn check_source(s: &BucketSource) -> Result<(), RuleError> {
+    check_bucket_name(&s.name)?;
+    if !(0..=3).contains(&s.priority) {
         return Err(RuleError::bucket(
-            &name,
+            &s.name,
+            format!("priority must be between 0 (highest) and 3, got {}", s.priority),
+        ));
+    }
+    if s.data.is_empty() {
+        return Err(RuleError::bucket(
+            &s.name,
             "`data` is missing: a bucket needs at least one data query",
         ));
     }
-    Ok(BucketSource {
-        name,
-        parameters: b.parameters.map(OneOrMany::into_vec).unwrap_or_default(),
-        data,
-        priority,
-    })
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct YamlOut<'a> {
+    bucket_definitions: BTreeMap<&'a str, BucketOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct BucketOut<'a> {
+    priority: i32,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    parameters: &'a [String],
+    data: &'a [String],
+}
+
+/// The bucket definitions as PowerSync YAML (what `outpost.rules_yaml()` returns).
+pub fn to_yaml(sources: &[BucketSource]) -> String {
+    let doc = YamlOut {
+        bucket_definitions: sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    BucketOut {
+                        priority: s.priority,
+                        parameters: &s.parameters,
+                        data: &s.data,
+                    },
+                )
+            })
+            .collect(),
+    };
+    serde_saphyr::to_string(&doc).expect("rules serialize to YAML")
 }
 
 /// Bucket names become part of bucket ids and of generated SQL literals, so
@@ -119,6 +157,14 @@ pub fn check_bucket_name(name: &str) -> Result<(), RuleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_round_trip() {
+        let text = "bucket_definitions:\n  user_lists:\n    priority: 1\n    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()\n    data:\n      - SELECT * FROM todos WHERE list_id = bucket.list_id\n      - \"SELECT id, 'it''s: #1' AS label FROM lists WHERE id = bucket.list_id\"\n  global:\n    data: SELECT id FROM lists\n";
+        let first = parse_yaml(text).unwrap();
+        let again = parse_yaml(&to_yaml(&first)).unwrap();
+        assert_eq!(first, again, "{}", to_yaml(&first));
+    }
 
     #[test]
     fn one_or_many_queries_and_default_priority() {

@@ -5,9 +5,12 @@
 //! - [`TestDb`]: creates and drops a scratch database (`OUTPOST_TEST_DATABASE_URL`
 //!   points at the server; `make test` sets one up on 127.0.0.1:5432).
 //! - [`fold_bucket`], [`Op`]: read a bucket's ops and replay them the way a client does.
+//! - [`relay`]: an in-process relay against a [`TestDb`] and a small HTTP client for it.
 //! - `tests/`: the test files, one per area (extension, concurrency, relay, client).
 //!
 //! The extension must be installed (`scripts/setup.sh` does it).
+
+pub mod relay;
 
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;

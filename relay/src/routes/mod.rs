@@ -3,6 +3,7 @@
 
 mod crud;
 mod health;
+mod schema;
 mod sync_stream;
 mod write_checkpoint;
 
@@ -33,6 +34,8 @@ pub struct Limits {
     pub keepalive: Duration,
     /// Lines buffered per stream before a slow client stalls its producer.
     pub stream_buffer: usize,
+    /// Entries per `POST /crud` batch; more is 413.
+    pub max_crud_entries: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             max_ops_per_batch: 1000,
             keepalive: Duration::from_secs(20),
             stream_buffer: 8,
+            max_crud_entries: 1000,
         }
     }
 }
@@ -129,7 +133,7 @@ where
         }
         "/schema" => {
             allow(Method::GET)?;
-            Err(Error::NotImplemented("/schema is not available yet"))
+            schema::handle(state, req).await
         }
         _ => Err(Error::NotFound),
     }

@@ -221,7 +221,119 @@ async fn health_metrics_and_schema() {
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("# TYPE outpost_relay_streams_open gauge"));
     let res = call(&h, Request::get("/schema").body(Full::default()).unwrap()).await;
-    assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
+    expect_error(res, StatusCode::UNAUTHORIZED, "PSYNC_S2101").await;
+    let req = Request::get("/schema")
+        .header("authorization", format!("Bearer {}", token()))
+        .body(Full::default())
+        .unwrap();
+    let res = call(&h, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_body(res).await["tables"][0]["name"], "todos");
+}
+
+fn post_crud(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post("/crud")
+        .header("authorization", format!("Bearer {}", token()))
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+fn crud_harness(limits: Limits) -> Harness {
+    let mut h = Harness::new(Arc::new(FakeStore::default()), limits);
+    h.set_write_role(Some("app_writer"));
+    h
+}
+
+#[tokio::test]
+async fn crud_is_disabled_without_write_role() {
+    let h = harness();
+    let res = call(&h, post_crud(r#"{"batch":[]}"#)).await;
+    let desc = expect_error(res, StatusCode::NOT_IMPLEMENTED, "OUTPOST_NOT_IMPLEMENTED").await;
+    assert!(desc.contains("OUTPOST_WRITE_ROLE"), "{desc}");
+}
+
+#[tokio::test]
+async fn crud_applies_batches_and_names_refused_entries() {
+    let h = crud_harness(Limits::default());
+    let entry = json!({"op": "PUT", "type": "todos", "id": "1", "data": {"title": "x"}});
+    let res = call(
+        &h,
+        post_crud(json!({"batch": [entry.clone(), entry.clone()]}).to_string()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_body(res).await, json!({"data": {"applied": 2}}));
+    {
+        let db = h.store.db.lock().unwrap();
+        assert_eq!(db.crud.len(), 1);
+        assert_eq!(db.crud[0].0, "app_writer");
+        assert_eq!(db.last_claims.as_ref().unwrap()["sub"], "u1");
+    }
+
+    // The store refuses entry 1: 403 naming it.
+    let denied = json!({"op": "DELETE", "type": "denied", "id": "9"});
+    let res = call(
+        &h,
+        post_crud(json!({"batch": [entry.clone(), denied]}).to_string()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let v = json_body(res).await;
+    assert_eq!(v["error"]["code"], "OUTPOST_CRUD_DENIED");
+    assert_eq!(v["error"]["entry"]["index"], 1);
+    assert_eq!(v["error"]["entry"]["id"], "9");
+    assert!(
+        v["error"]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("entry 1 (denied id \"9\")"),
+        "{v}"
+    );
+
+    // A malformed entry is refused before the database: 400 naming it.
+    let bad = json!({"op": "UPSERT", "type": "todos", "id": "2"});
+    let res = call(
+        &h,
+        post_crud(json!({"batch": [entry.clone(), bad]}).to_string()),
+    )
+    .await;
+    let desc = expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
+    assert!(desc.starts_with("entry 1 (todos id \"2\")"), "{desc}");
+    assert_eq!(h.store.db.lock().unwrap().crud.len(), 1);
+
+    let res = call(&h, post_crud("{\"batch\": [")).await;
+    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
+}
+
+#[tokio::test]
+async fn crud_batch_limits_are_413() {
+    let h = crud_harness(Limits {
+        max_crud_entries: 2,
+        max_body_bytes: 4096,
+        ..Limits::default()
+    });
+    let entry = json!({"op": "DELETE", "type": "todos", "id": "1"});
+    let res = call(
+        &h,
+        post_crud(json!({"batch": [entry.clone(), entry.clone(), entry.clone()]}).to_string()),
+    )
+    .await;
+    expect_error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "OUTPOST_PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    let big = json!({"batch": [{"op": "PUT", "type": "todos", "id": "1", "data": {"t": "x".repeat(5000)}}]});
+    let res = call(&h, post_crud(big.to_string())).await;
+    expect_error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "OUTPOST_PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    assert!(h.store.db.lock().unwrap().crud.is_empty());
 }
 
 #[tokio::test]

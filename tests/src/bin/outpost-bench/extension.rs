@@ -1,27 +1,17 @@
-//! `make bench`: measures Outpost against its goals, each comparison side by
-//! side in one run, and writes a Markdown table to `bench-results/bench.md`.
-//!
-//! Extension figures (issue #2): write overhead of capture for a 100k-row bulk
-//! insert and for 20k single-row inserts (4 connections), and materialization
-//! throughput of a tick and of a deploy snapshot.
+//! Extension figures: write overhead of capture for a 100k-row bulk insert and
+//! for 20k single-row inserts (4 connections), and materialization throughput
+//! of a tick and of a deploy snapshot.
 
+use crate::Row;
 use anyhow::Result;
 use outpost_tests::TestDb;
 use postgres::Client;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 const BULK_ROWS: i64 = 100_000;
 const SINGLE_ROWS: usize = 20_000;
 const SINGLE_CONNS: usize = 4;
 const REPS: usize = 3;
-
-struct Row {
-    name: String,
-    value: String,
-    goal: String,
-    ratio: String,
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -84,8 +74,7 @@ fn singles(db: &TestDb, table: &str, offset: i64) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
-fn main() -> Result<()> {
-    let mut rows: Vec<Row> = Vec::new();
+pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     let db = TestDb::new("bench");
     let mut c = db.connect();
     schema(&mut c)?;
@@ -207,33 +196,5 @@ bucket_definitions:
         ratio: format!("{:.2}x", n as f64 / d.as_secs_f64() / 50_000.0),
     });
 
-    let mut md = String::new();
-    writeln!(md, "| benchmark | measured | goal | ratio |")?;
-    writeln!(md, "|---|---|---|---|")?;
-    for r in &rows {
-        writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            r.name, r.value, r.goal, r.ratio
-        )?;
-    }
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    writeln!(
-        md,
-        "\nMachine: {cores} cores, {machine}; Postgres 15 on 127.0.0.1."
-    )?;
-    std::fs::create_dir_all("bench-results")?;
-    std::fs::write("bench-results/bench.md", &md)?;
-    println!("{md}");
     Ok(())
 }

@@ -1,0 +1,66 @@
+//! `make bench`: measures Outpost against its goals, each comparison side by
+//! side in one run, and writes a Markdown table to `bench-results/bench.md`.
+//!
+//! Sections (one module each): `extension` (capture overhead, tick and
+//! snapshot throughput). `OUTPOST_BENCH=extension,relay` runs a subset.
+
+mod extension;
+
+use anyhow::Result;
+use std::fmt::Write as _;
+
+/// One line of the results table.
+pub struct Row {
+    pub name: String,
+    pub value: String,
+    pub goal: String,
+    pub ratio: String,
+}
+
+type Section = fn(&mut Vec<Row>) -> Result<()>;
+
+fn main() -> Result<()> {
+    let sections: &[(&str, Section)] = &[("extension", extension::run)];
+    let only = std::env::var("OUTPOST_BENCH").ok();
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, run) in sections {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|s| s == *name))
+        {
+            continue;
+        }
+        eprintln!("bench: section {name}");
+        run(&mut rows)?;
+    }
+
+    let mut md = String::new();
+    writeln!(md, "| benchmark | measured | goal | ratio |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    for r in &rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.name, r.value, r.goal, r.ratio
+        )?;
+    }
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    writeln!(
+        md,
+        "\nMachine: {cores} cores, {machine}; Postgres 15 on 127.0.0.1."
+    )?;
+    std::fs::create_dir_all("bench-results")?;
+    std::fs::write("bench-results/bench.md", &md)?;
+    println!("{md}");
+    Ok(())
+}

@@ -2,21 +2,25 @@
 //!
 //! Views: `sync --schema FILE` installs the app schema (PowerSync's schema JSON:
 //! `{"tables":[{"name":"todos","columns":[{"name":"title","type":"text"}]}]}`).
-//! Without it, views are inferred from the synced rows: one per synced type, one
-//! column per JSON key seen (refreshed after every applied checkpoint). `query` and
+//! Without it, `sync` asks the relay (`GET /schema`, derived from the sync rules);
+//! when the relay serves none (404/501), views are inferred from the synced rows:
+//! one per synced type, one column per JSON key seen (refreshed after every
+//! applied checkpoint).
+//!
+//! `sync --once` prints `{"checkpoint": "<op id>", "tables": {"<table>": <rows>, …}}`. `query` and
 //! `exec` use whatever views the database has.
 
-use crate::connector::StaticConnector;
+use crate::connector::{fetch_relay_schema, StaticConnector};
 use crate::db::Database;
 use crate::driver::SyncOptions;
 use crate::error::{Error, Result};
 use crate::schema::Schema;
 use crate::store::SchemaMode;
-use crate::transport::Credentials;
+use crate::transport::{Credentials, Http};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -43,7 +47,7 @@ pub enum Command {
         /// Exit after the first complete checkpoint, printing a JSON summary.
         #[arg(long)]
         once: bool,
-        /// App schema (JSON); views are inferred from the data when absent.
+        /// App schema (JSON). Default: the relay's `GET /schema`, else inferred from the data.
         #[arg(long)]
         schema: Option<PathBuf>,
         /// Client parameter `KEY=VALUE` (value parsed as JSON, else taken as text).
@@ -84,12 +88,18 @@ pub fn run(cli: Cli) -> Result<()> {
             params,
             attempts,
         } => {
+            let creds = Credentials { endpoint, token };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Transport(e.to_string()))?;
             let mode = match schema {
                 Some(p) => SchemaMode::Fixed(Schema::from_json(
                     &std::fs::read_to_string(&p)
                         .map_err(|e| Error::Schema(format!("{}: {e}", p.display())))?,
                 )?),
-                None => SchemaMode::Inferred,
+                None => rt.block_on(relay_schema_mode(&db, &creds))?,
             };
             let database = Database::open(&db, mode)?;
             let mut parameters = Map::new();
@@ -106,12 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_attempts: attempts.or(once.then_some(3)),
                 ..SyncOptions::default()
             };
-            let connector = Arc::new(StaticConnector(Credentials { endpoint, token }));
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Transport(e.to_string()))?;
+            let connector = Arc::new(StaticConnector(creds));
             rt.block_on(async {
                 let reporter = tokio::spawn(report_progress(database.clone(), once));
                 let result = database.connect(connector, options).await;
@@ -156,6 +161,24 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Views without `--schema`: the relay's `GET /schema` when it serves one, else inferred
+/// from the synced rows. When the relay cannot be asked (down, bad answer), the schema
+/// it gave last time is kept, if any; the sync itself then reports the failure.
+async fn relay_schema_mode(db: &Path, creds: &Credentials) -> Result<SchemaMode> {
+    match fetch_relay_schema(&Http::new(), creds).await {
+        Ok(Some(schema)) => Ok(SchemaMode::Fixed(schema)),
+        Ok(None) => Ok(SchemaMode::Inferred),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot fetch the schema from the relay ({e}); keeping the last known one"
+            );
+            let stored =
+                Database::open(db, SchemaMode::Existing)?.with_store(|s| s.stored_schema())?;
+            Ok(stored.map_or(SchemaMode::Inferred, SchemaMode::Fixed))
+        }
+    }
+}
+
 /// A progress bar on a terminal; one log line per applied checkpoint otherwise.
 async fn report_progress(db: Database, once: bool) {
     let mut rx = db.status();
@@ -169,6 +192,7 @@ async fn report_progress(db: Database, once: bool) {
         b
     });
     let mut last_cp = rx.borrow().last_checkpoint.clone();
+    let mut last_rejected = None;
     while rx.changed().await.is_ok() {
         let s = rx.borrow_and_update().clone();
         if let (Some(b), Some(p)) = (&bar, s.progress) {
@@ -188,6 +212,17 @@ async fn report_progress(db: Database, once: bool) {
                     Some(b) => b.println(msg),
                     None => eprintln!("{msg}"),
                 }
+            }
+        }
+        if s.last_rejected.is_some() && s.last_rejected != last_rejected {
+            last_rejected = s.last_rejected.clone();
+            let msg = format!(
+                "warning: the server refused a local write (kept in ps_crud_rejected; the server's rows are restored): {}",
+                last_rejected.as_deref().unwrap_or_default()
+            );
+            match &bar {
+                Some(b) => b.println(msg),
+                None => eprintln!("{msg}"),
             }
         }
         if let Some(e) = &s.last_error {

@@ -2,7 +2,8 @@
 //! writes reach the backend.
 
 use crate::db::Database;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::schema::Schema;
 use crate::transport::{Credentials, Http};
 use hyper::Method;
 use outpost_protocol::http::{CrudBatch, DataEnvelope, WriteCheckpoint};
@@ -42,18 +43,65 @@ const BATCH: usize = 1000;
 
 /// The default upload: every queued transaction to `POST /crud`, then a write
 /// checkpoint request so the client waits for the server to reflect the writes.
+///
+/// A batch the relay refuses for good (400 malformed, 403 forbidden by the write
+/// role or RLS, 422 refused by a constraint or write handler) is rolled back by the
+/// relay whole; the local transaction holding the refused entry (the one the answer
+/// names, else the batch's first) moves to `ps_crud_rejected`, the rest is retried,
+/// and [`SyncStatus::last_rejected`](crate::SyncStatus) says why. The next
+/// checkpoint restores the server's version of the rows it touched. Anything else
+/// (network, 401, 5xx) fails the upload, which is retried with backoff.
 pub async fn upload_to_relay(db: &Database, http: &Http, creds: &Credentials) -> Result<()> {
-    db.upload_batches(|batch| async move {
-        http.json(
-            Method::POST,
-            creds,
-            "/crud",
-            Some(&serde_json::to_value(&batch)?),
-        )
-        .await
-        .map(|_| ())
-    })
-    .await?;
+    loop {
+        let items = db.with_store(|s| s.crud_batch(BATCH))?;
+        let Some(last) = items.last().map(|i| i.id) else {
+            break;
+        };
+        let batch = CrudBatch {
+            batch: items.iter().map(|i| i.entry.clone()).collect(),
+        };
+        let sent = http
+            .json(
+                Method::POST,
+                creds,
+                "/crud",
+                Some(&serde_json::to_value(&batch)?),
+            )
+            .await;
+        match sent {
+            Ok(_) => db.with_store(|s| s.complete_crud(last))?,
+            Err(Error::Http {
+                status: status @ (400 | 403 | 422),
+                body,
+                ..
+            }) => {
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let index = answer["error"]["entry"]["index"]
+                    .as_u64()
+                    .map(|i| i as usize)
+                    .filter(|&i| i < items.len())
+                    .unwrap_or(0);
+                let refused = &items[index];
+                let reason = answer["error"]["description"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or(body);
+                db.with_store(|s| s.reject_crud(refused.id, refused.entry.tx_id, status, &reason))?;
+                db.status_sender().send_modify(|s| {
+                    s.last_rejected = Some(format!(
+                        "{} {} {:?}: HTTP {status}: {reason}",
+                        serde_json::to_value(refused.entry.op)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        refused.entry.table,
+                        refused.entry.id
+                    ))
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
     request_write_checkpoint(db, http, creds).await
 }
 
@@ -98,6 +146,30 @@ impl Database {
             self.with_store(|s| s.complete_crud(last))?;
         }
     }
+}
+
+/// The app schema the relay derives from its sync rules (`GET /schema`), or `None`
+/// when the relay does not serve one (404, 405, 501). Accepts the schema JSON bare
+/// or wrapped as `{"data": …}`.
+pub async fn fetch_relay_schema(http: &Http, creds: &Credentials) -> Result<Option<Schema>> {
+    let v = match http.json(Method::GET, creds, "/schema", None).await {
+        Ok(v) => v,
+        Err(Error::Http {
+            status: 404 | 405 | 501,
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let v = match v {
+        serde_json::Value::Object(mut m) if !m.contains_key("tables") && m.contains_key("data") => {
+            m.remove("data").unwrap_or_default()
+        }
+        v => v,
+    };
+    let schema: Schema = serde_json::from_value(v)
+        .map_err(|e| Error::Schema(format!("GET /schema: not a schema: {e}")))?;
+    schema.validate()?;
+    Ok(Some(schema))
 }
 
 fn urlencode(s: &str) -> String {

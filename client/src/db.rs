@@ -2,9 +2,11 @@
 //! sync status). All access goes through one connection behind a mutex, which is
 //! what lets the update hook attribute every change to a write we can announce.
 
+use crate::connector::fetch_relay_schema;
 use crate::driver::SyncStatus;
 use crate::error::Result;
 use crate::store::{SchemaMode, Store};
+use crate::transport::{Credentials, Http};
 use crate::watch::{tables_read, Counters, Watch};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -28,6 +30,20 @@ impl Database {
     /// Opens (creating or migrating) a database file. `mode` says how views are made.
     pub fn open(path: impl AsRef<Path>, mode: SchemaMode) -> Result<Database> {
         Database::from_store(Store::open(path, mode)?)
+    }
+
+    /// Opens `path` with the app schema the relay serves (`GET /schema`, derived from
+    /// its sync rules); when the relay has none (404/501), views are inferred from the
+    /// synced rows ([`SchemaMode::Inferred`]). Other failures are returned.
+    pub async fn open_with_relay_schema(
+        path: impl AsRef<Path>,
+        creds: &Credentials,
+    ) -> Result<Database> {
+        let mode = match fetch_relay_schema(&Http::new(), creds).await? {
+            Some(schema) => SchemaMode::Fixed(schema),
+            None => SchemaMode::Inferred,
+        };
+        Database::open(path, mode)
     }
 
     pub fn open_in_memory(mode: SchemaMode) -> Result<Database> {
@@ -104,14 +120,16 @@ impl Database {
     }
 
     /// A local write (through the views), queued for upload as one transaction.
+    /// Returns the rows changed (counted through the views' triggers too).
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
-        self.with_store(|s| {
+        self.write_counted(|s| {
             s.write(|tx| {
                 let p: Vec<rusqlite::types::Value> =
                     params.iter().map(crate::store::json_to_sql).collect();
-                Ok(tx.execute(sql, rusqlite::params_from_iter(p))?)
+                Ok(tx.execute(sql, rusqlite::params_from_iter(p))? as u64)
             })
         })
+        .map(|n| n as usize)
     }
 
     /// Several statements as one local write transaction; returns the rows changed.

@@ -23,6 +23,8 @@ pub struct SyncStatus {
     pub upload_pending: u64,
     pub uploading: bool,
     pub last_error: Option<String>,
+    /// The last local write the server refused for good (moved to `ps_crud_rejected`).
+    pub last_rejected: Option<String>,
 }
 
 #[derive(Clone, Debug)]

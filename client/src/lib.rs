@@ -10,7 +10,8 @@
 //! - [`sync`]: the sans-IO sync state machine: stream lines in, instructions out.
 //! - [`transport`]: hyper client for `POST /sync/stream` (bounded NDJSON lines) and JSON calls.
 //! - [`connector`]: the app hook (`fetch_credentials`, `upload_data`) and the
-//!   default upload to the relay's `/crud` + write-checkpoint request.
+//!   default upload to the relay's `/crud` + write-checkpoint request (writes the
+//!   relay refuses for good move to `ps_crud_rejected`), and `GET /schema`.
 //! - [`driver`]: the async loop tying them together: reconnect with backoff,
 //!   concurrent uploads, [`driver::SyncStatus`].
 //! - [`db`]: [`Database`], the shareable handle: queries, local writes, `watch`.

@@ -11,7 +11,9 @@
 //!   (bucket deleted, REMOVE, CLEAR, local write).
 //! - `ps_data__<type>(id, data JSON)`: the applied rows, read through typed views;
 //!   `ps_untyped` holds types the schema does not know.
-//! - `ps_crud` + `ps_tx`: the upload queue, grouped by local transaction.
+//! - `ps_crud` + `ps_tx`: the upload queue, grouped by local transaction;
+//!   `ps_crud_rejected`: entries the server refused (moved out of the queue whole
+//!   transactions at a time; the next checkpoint restores the server's rows).
 //! - `ps_kv`: `client_id`, `target_op` (write-checkpoint gate), `last_checkpoint`,
 //!   `last_synced_at`, `schema`; `ps_sync_state`: last sync time per priority.
 //! - `ps_migration`: applied layout versions.
@@ -53,6 +55,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      ALTER TABLE ps_crud ADD COLUMN tx_id INTEGER;
      ALTER TABLE ps_buckets ADD COLUMN count_at_last INTEGER NOT NULL DEFAULT 0;
      CREATE TABLE ps_sync_state(priority INTEGER PRIMARY KEY NOT NULL, last_synced_at TEXT NOT NULL);",
+    // 3: local writes the server refused, kept for the app to inspect.
+    "CREATE TABLE ps_crud_rejected(id INTEGER PRIMARY KEY NOT NULL, tx_id INTEGER, data TEXT NOT NULL,
+        status INTEGER, reason TEXT, rejected_at TEXT NOT NULL);",
 ];
 
 /// The layout a fresh database gets in one step; must equal running every migration.
@@ -74,7 +79,9 @@ pub(crate) const LATEST_LAYOUT: &str = "
     CREATE TABLE ps_kv(key TEXT PRIMARY KEY NOT NULL, value BLOB);
     CREATE TABLE ps_tx(id INTEGER PRIMARY KEY NOT NULL, current_tx INTEGER, next_tx INTEGER);
     INSERT INTO ps_tx(id, current_tx, next_tx) VALUES (1, NULL, 1);
-    CREATE TABLE ps_sync_state(priority INTEGER PRIMARY KEY NOT NULL, last_synced_at TEXT NOT NULL);";
+    CREATE TABLE ps_sync_state(priority INTEGER PRIMARY KEY NOT NULL, last_synced_at TEXT NOT NULL);
+    CREATE TABLE ps_crud_rejected(id INTEGER PRIMARY KEY NOT NULL, tx_id INTEGER, data TEXT NOT NULL,
+       status INTEGER, reason TEXT, rejected_at TEXT NOT NULL);";
 
 /// `ps_sync_state.priority` of a full sync (PowerSync's convention).
 const FULL_SYNC_PRIORITY: i64 = 2147483647;
@@ -591,6 +598,36 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the queued entries of local transaction `tx_id` (or, with `None`, the
+    /// single entry `id`) to `ps_crud_rejected`: the server refused them for good.
+    /// Their rows were marked at write time, so the next applied checkpoint
+    /// replaces the optimistic local state with the server's. Returns entries moved.
+    pub fn reject_crud(
+        &mut self,
+        id: i64,
+        tx_id: Option<i64>,
+        status: u16,
+        reason: &str,
+    ) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let filter = "(?1 IS NOT NULL AND tx_id = ?1) OR (?1 IS NULL AND id = ?2)";
+        let moved = tx.execute(
+            &format!(
+                "INSERT INTO ps_crud_rejected(id, tx_id, data, status, reason, rejected_at)
+                 SELECT id, tx_id, data, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM ps_crud WHERE {filter}"
+            ),
+            params![tx_id, id, status, reason],
+        )?;
+        tx.execute(
+            &format!("DELETE FROM ps_crud WHERE {filter}"),
+            params![tx_id, id],
+        )?;
+        tx.commit()?;
+        Ok(moved as u64)
+    }
+
     pub fn crud_count(&self) -> Result<u64> {
         Ok(self
             .conn
@@ -632,7 +669,24 @@ impl Store {
             )?;
             out.insert(n["ps_data__".len()..].to_string(), c as u64);
         }
+        // Synced types the app schema does not declare.
+        let mut stmt = self
+            .conn
+            .prepare("SELECT type, count(*) FROM ps_untyped GROUP BY type")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (t, c) = row?;
+            *out.entry(t).or_insert(0) += c as u64;
+        }
         Ok(out)
+    }
+
+    /// The app schema this database was last opened with ([`SchemaMode::Fixed`]), if any.
+    pub fn stored_schema(&self) -> Result<Option<Schema>> {
+        match self.kv("schema")? {
+            Some(text) => Ok(Some(serde_json::from_str(&text)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn kv(&self, key: &str) -> Result<Option<String>> {
@@ -650,6 +704,7 @@ impl Store {
             "last_checkpoint": self.kv("last_checkpoint")?,
             "last_synced_at": self.kv("last_synced_at")?,
             "upload_queue": self.crud_count()?,
+            "upload_rejected": self.conn.query_row("SELECT count(*) FROM ps_crud_rejected", [], |r| r.get::<_, i64>(0))?,
             "write_target": self.kv("target_op")?,
             "tables": self.table_counts()?,
             "buckets": buckets,

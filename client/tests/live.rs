@@ -235,11 +235,13 @@ async fn uploads_queue_then_requests_write_checkpoint() {
     }))
     .await;
     let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
-    db.execute(
-        "INSERT INTO todos(id, title, done) VALUES (?1, ?2, 0)",
-        &[json!("local1"), json!("mine")],
-    )
-    .unwrap();
+    let changed = db
+        .execute(
+            "INSERT INTO todos(id, title, done) VALUES (?1, ?2, 0)",
+            &[json!("local1"), json!("mine")],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "rows written through a view are counted");
     assert_eq!(db.status().borrow().upload_pending, 1);
     let options = SyncOptions {
         max_attempts: Some(50),
@@ -267,6 +269,91 @@ async fn uploads_queue_then_requests_write_checkpoint() {
         db.query("SELECT count(*) AS n FROM todos", &[]).unwrap()[0]["n"],
         2
     );
+}
+
+#[tokio::test]
+async fn refused_write_is_set_aside_and_the_rest_uploads() {
+    // The relay refuses the batch's second entry (403, as for an RLS violation);
+    // the batch rolled back, so the first transaction must be sent again alone.
+    let (endpoint, log) = serve(Arc::new(|seen: &Seen| {
+        if seen.path == "/crud" {
+            let body: Value = serde_json::from_str(&seen.body).unwrap();
+            if body["batch"].as_array().unwrap().len() > 1 {
+                return (403, json!({"error": {"code": "OUTPOST_FORBIDDEN", "status": 403,
+                    "description": "entry 1 (todos id \"bad\"): forbidden by row-level security",
+                    "entry": {"index": 1, "op": "PUT", "type": "todos", "id": "bad"}}}).to_string());
+            }
+            (200, r#"{"data":{"applied":1}}"#.into())
+        } else if seen.path.starts_with("/write-checkpoint2.json") {
+            (200, r#"{"data":{"write_checkpoint":"5"}}"#.into())
+        } else {
+            (200, stream(&[
+                json!({"checkpoint": {"last_op_id": "2", "write_checkpoint": "5", "buckets": [{"bucket": "b[]", "checksum": 3}]}}),
+                json!({"data": {"bucket": "b[]", "data": [put(1, "t1", "one", 1), put(2, "good", "mine", 2)]}}),
+                json!({"checkpoint_complete": {"last_op_id": "2"}}),
+            ]))
+        }
+    }))
+    .await;
+    let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
+    db.execute(
+        "INSERT INTO todos(id, title, done) VALUES ('good', 'mine', 0)",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO todos(id, title, done) VALUES ('bad', 'nope', 0)",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(db.status().borrow().upload_pending, 2);
+    let options = SyncOptions {
+        max_attempts: Some(50),
+        ..once()
+    };
+    let cp = tokio::time::timeout(
+        Duration::from_secs(20),
+        db.connect(connector(&endpoint), options),
+    )
+    .await
+    .expect("a refused write must not wedge the queue")
+    .unwrap();
+    assert_eq!(cp.as_deref(), Some("2"));
+    let bodies: Vec<Value> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path == "/crud")
+        .map(|s| serde_json::from_str(&s.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[1]["batch"][0]["id"], "good");
+    let status = db.status().borrow().clone();
+    assert_eq!(status.upload_pending, 0);
+    let rejected = status.last_rejected.expect("the rejection is reported");
+    assert!(
+        rejected.contains("bad") && rejected.contains("403"),
+        "{rejected}"
+    );
+    // The refused row is set aside and the server's state replaced the optimistic one.
+    assert_eq!(
+        db.query("SELECT id FROM todos ORDER BY id", &[]).unwrap(),
+        db.query("SELECT 'good' AS id UNION ALL SELECT 't1'", &[])
+            .unwrap()
+    );
+    let kept = db
+        .query(
+            "SELECT status, json_extract(data, '$.id') AS id, reason FROM ps_crud_rejected",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["status"], 403);
+    assert_eq!(kept[0]["id"], "bad");
+    assert!(kept[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("row-level security"));
 }
 
 #[tokio::test]
@@ -318,7 +405,15 @@ fn outpost(args: &[&str]) -> (bool, Value, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sync_query_exec_status() {
     let body = good_stream();
-    let (endpoint, _) = serve(Arc::new(move |_: &Seen| (200, body.clone()))).await;
+    // A relay without `GET /schema` (404): views are inferred from the data.
+    let (endpoint, log) = serve(Arc::new(move |s: &Seen| match s.path.as_str() {
+        "/schema" => (
+            404,
+            r#"{"error":{"code":"PSYNC_S1404","status":404,"description":"not found"}}"#.into(),
+        ),
+        _ => (200, body.clone()),
+    }))
+    .await;
     let dir = std::env::temp_dir().join(format!("outpost-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.db");
@@ -342,6 +437,9 @@ async fn cli_sync_query_exec_status() {
     .unwrap();
     assert!(ok, "{err}");
     assert_eq!(v, json!({"checkpoint": "2", "tables": {"todos": 2}}));
+    assert!(!err.contains("warning"), "{err}");
+    let paths: Vec<String> = log.lock().unwrap().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths[..2], ["/schema", "/sync/stream"]);
 
     // Views were inferred from the synced rows.
     let (ok, v, err) = outpost(&[
@@ -375,4 +473,97 @@ async fn cli_sync_query_exec_status() {
     assert!(!ok);
     assert!(err.contains("no such table"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sync_uses_the_relays_schema() {
+    let body = good_stream();
+    // The relay's schema declares a column no synced row has yet, and a table with
+    // no rows: both exist as soon as the schema is installed; `done` is typed REAL.
+    let schema = json!({"tables": [
+        {"name": "todos", "columns": [
+            {"name": "title", "type": "text"},
+            {"name": "done", "type": "real"},
+            {"name": "due", "type": "text"}]},
+        {"name": "lists", "columns": [{"name": "name", "type": "text"}]}]});
+    let (endpoint, log) = serve(Arc::new(move |s: &Seen| match s.path.as_str() {
+        "/schema" => (200, json!({"data": schema}).to_string()),
+        _ => (200, body.clone()),
+    }))
+    .await;
+    let dir = std::env::temp_dir().join(format!("outpost-cli-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("app.db");
+    let _ = std::fs::remove_file(&db);
+    let db = db.to_str().unwrap().to_string();
+    let (ep, dbc) = (endpoint.clone(), db.clone());
+    let (ok, v, err) = tokio::task::spawn_blocking(move || {
+        outpost(&[
+            "sync",
+            "--db",
+            &dbc,
+            "--endpoint",
+            &ep,
+            "--token",
+            "t",
+            "--once",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        v,
+        json!({"checkpoint": "2", "tables": {"lists": 0, "todos": 2}})
+    );
+    let auth = log.lock().unwrap()[0].auth.clone();
+    assert_eq!(auth, "Token t", "GET /schema is authenticated");
+
+    let (ok, v, err) = outpost(&[
+        "query",
+        "--db",
+        &db,
+        "SELECT id, title, done, due, typeof(done) AS t FROM todos ORDER BY id LIMIT 1",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        v,
+        json!([{"id": "t1", "title": "one", "done": 0.0, "due": null, "t": "real"}])
+    );
+    let (ok, v, err) = outpost(&["query", "--db", &db, "SELECT count(*) AS n FROM lists"]);
+    assert!(ok, "{err}");
+    assert_eq!(v, json!([{"n": 0}]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn relay_schema_missing_or_bad() {
+    let (endpoint, _) = serve(Arc::new(|s: &Seen| match s.path.as_str() {
+        "/schema" => (501, "{}".into()),
+        _ => (404, String::new()),
+    }))
+    .await;
+    let creds = Credentials {
+        endpoint,
+        token: "t".into(),
+    };
+    let http = outpost_client::transport::Http::new();
+    assert_eq!(
+        outpost_client::connector::fetch_relay_schema(&http, &creds)
+            .await
+            .unwrap(),
+        None
+    );
+    let (endpoint, _) = serve(Arc::new(|_: &Seen| {
+        (200, r#"{"tables":[{"name":"ps_x","columns":[]}]}"#.into())
+    }))
+    .await;
+    let creds = Credentials {
+        endpoint,
+        token: "t".into(),
+    };
+    let e = outpost_client::connector::fetch_relay_schema(&http, &creds)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Schema(_)), "{e}");
 }

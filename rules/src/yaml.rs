@@ -92,7 +92,10 @@ pub fn check_source(s: &BucketSource) -> Result<(), RuleError> {
     if !(0..=3).contains(&s.priority) {
         return Err(RuleError::bucket(
             &s.name,
-            format!("priority must be between 0 (highest) and 3, got {}", s.priority),
+            format!(
+                "priority must be between 0 (highest) and 3, got {}",
+                s.priority
+            ),
         ));
     }
     if s.data.is_empty() {

@@ -24,7 +24,7 @@ test-unit:
 
 ## make demo: Postgres + extension + relay + two clients syncing demo data.
 demo: setup
-	@scripts/demo.sh
+	@scripts/demo.sh $(ARGS)
 
 ## make bench: the benchmark suite; writes bench-results/bench.md.
 bench: setup

@@ -69,7 +69,26 @@ CREATE TABLE outpost.ops (
     subkey      text,
     data        text,
     checksum    bigint NOT NULL,
+    -- MOVE/CLEAR: the op that superseded what this op replaced. A client
+    -- streaming checkpoint C that receives an op with target_op > C must not
+    -- complete C (its rows would be wrong although checksums match).
+    target_op   bigint,
     PRIMARY KEY (bucket, op_id)
+);
+
+-- Ops superseded by a later op of the same row in the same bucket, written by
+-- the tick that superseded them; outpost.compact() turns them into MOVEs.
+CREATE TABLE outpost.superseded (
+    bucket text NOT NULL,
+    op_id  bigint NOT NULL,
+    by_op  bigint NOT NULL
+);
+
+-- Ops removed per bucket by compaction (bucket_state.op_count counts ops ever
+-- written; the difference is what a client downloads).
+CREATE TABLE outpost.compacted (
+    bucket  text PRIMARY KEY,
+    removed bigint NOT NULL
 );
 
 -- The current PUT of every row in every bucket: what the next tick diffs against.
@@ -114,6 +133,12 @@ CREATE TABLE outpost.param_rows (
 CREATE INDEX param_rows_lookup ON outpost.param_rows (query_id, lookup);
 CREATE INDEX param_rows_source ON outpost.param_rows (relid, pk);
 
+CREATE TABLE outpost.compactions (
+    finished_at timestamptz NOT NULL,
+    removed     bigint NOT NULL,
+    checkpoint  bigint NOT NULL
+);
+
 CREATE TABLE outpost.checkpoints (
     op_id      bigint PRIMARY KEY,
     ops        bigint NOT NULL,
@@ -144,7 +169,8 @@ CREATE UNLOGGED TABLE outpost.work_old_params (
 CREATE UNLOGGED TABLE outpost.work_write_checkpoints (user_id text, client_id text, seq bigint);
 CREATE UNLOGGED TABLE outpost.work_ops (
     op_id bigint, row_key bigint, bucket text, op text, object_type text, object_id text, subkey text,
-    data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint, existed boolean
+    data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint, existed boolean,
+    old_op_id bigint
 );
 
 -- Capture runs with the writer's privileges: anyone who can write a synced
@@ -220,6 +246,43 @@ $$;
 
 -- ------------------------------------------------------------------- tick --
 
+-- Appends the ops in outpost.work_ops to the op log and brings bucket_rows,
+-- bucket_state and the superseded list up to date. Caller holds the tick lock.
+CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET jit = off AS $$
+BEGIN
+    IF n_ops > 5000 THEN
+        ANALYZE outpost.work_ops;
+    END IF;
+    -- Changed rows are updated in place (HOT: no index touched), new ones
+    -- inserted, removed ones deleted.
+    UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
+      FROM outpost.work_ops w
+     WHERE w.op = 'PUT' AND w.existed
+       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+    DELETE FROM outpost.bucket_rows b
+     USING outpost.work_ops w
+     WHERE w.op = 'REMOVE'
+       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+    INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
+    SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
+      FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
+    INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
+    SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
+    INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
+    SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
+      FROM outpost.work_ops GROUP BY bucket
+    ON CONFLICT (bucket) DO UPDATE
+       SET checksum = (s.checksum + excluded.checksum) % 4294967296,
+           op_count = s.op_count + excluded.op_count,
+           last_op_id = excluded.last_op_id;
+    INSERT INTO outpost.superseded (bucket, op_id, by_op)
+    SELECT bucket, old_op_id, op_id FROM outpost.work_ops WHERE old_op_id IS NOT NULL;
+END
+$$;
+
 -- The body of a tick; the caller holds the tick lock.
 CREATE FUNCTION outpost._tick_locked() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET work_mem = '64MB' SET jit = off AS $$
@@ -250,26 +313,26 @@ BEGIN
     -- the (small) work tables through index scans; OFFSET 0 keeps the planner
     -- from turning them into scans of the whole op state.
     INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
-                                  checksum, relid, pk, fingerprint, existed)
+                                  checksum, relid, pk, fingerprint, existed, old_op_id)
     SELECT last_cp + row_number() OVER (),
            d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
            outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
-           d.relid, d.pk, d.fp, d.existed
+           d.relid, d.pk, d.fp, d.existed, d.old_op_id
       FROM (
         SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
-               n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed
+               n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed, o.op_id AS old_op_id
           FROM (SELECT w.*, outpost._fingerprint(w.data) AS fp,
                        outpost._row_key(w.bucket, w.object_type, w.object_id, w.subkey) AS row_key
                   FROM outpost.work_rows w) n
           LEFT JOIN LATERAL (
-              SELECT b.fingerprint FROM outpost.bucket_rows b
+              SELECT b.fingerprint, b.op_id FROM outpost.bucket_rows b
                WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
                  AND b.object_id = n.object_id AND b.subkey = n.subkey
               OFFSET 0) o ON true
          WHERE o.fingerprint IS DISTINCT FROM n.fp
         UNION ALL
         SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
-               NULL, true
+               NULL, true, b.op_id
           FROM outpost.work_keys k
          CROSS JOIN LATERAL (
               SELECT * FROM outpost.bucket_rows b
@@ -283,33 +346,7 @@ BEGIN
     GET DIAGNOSTICS n_ops = ROW_COUNT;
 
     IF n_ops > 0 THEN
-        IF n_ops > 5000 THEN
-            ANALYZE outpost.work_ops;
-        END IF;
-        -- Changed rows are updated in place (HOT: no index touched), new ones
-        -- inserted, removed ones deleted.
-        UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
-          FROM outpost.work_ops w
-         WHERE w.op = 'PUT' AND w.existed
-           AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
-           AND b.object_id = w.object_id AND b.subkey = w.subkey;
-        DELETE FROM outpost.bucket_rows b
-         USING outpost.work_ops w
-         WHERE w.op = 'REMOVE'
-           AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
-           AND b.object_id = w.object_id AND b.subkey = w.subkey;
-        INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
-        SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
-          FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
-        INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
-        SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
-        INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
-        SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
-          FROM outpost.work_ops GROUP BY bucket
-        ON CONFLICT (bucket) DO UPDATE
-           SET checksum = (s.checksum + excluded.checksum) % 4294967296,
-               op_count = s.op_count + excluded.op_count,
-               last_op_id = excluded.last_op_id;
+        PERFORM outpost._apply_work_ops(n_ops);
     END IF;
 
     -- Parameter lookups of the touched rows: replace, and note whether any changed.
@@ -444,6 +481,10 @@ BEGIN
      WHERE o.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
     DELETE FROM outpost.bucket_rows r USING outpost.bucket_state s
      WHERE r.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
+    DELETE FROM outpost.superseded x USING outpost.bucket_state s
+     WHERE x.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
+    DELETE FROM outpost.compacted x USING outpost.bucket_state s
+     WHERE x.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
     DELETE FROM outpost.bucket_state WHERE def NOT IN (SELECT name FROM _outpost_new_defs);
     -- Lookups of changed definitions are rebuilt by the re-evaluation.
     DELETE FROM outpost.param_rows p
@@ -633,17 +674,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_t
             SELECT jsonb_agg(jsonb_build_object(
                        'bucket', b.bucket,
                        'checksum', coalesce(s.checksum, 0),
-                       'count', coalesce(s.op_count, 0),
+                       'count', coalesce(s.op_count, 0) - coalesce(x.removed, 0),
                        'priority', b.priority) ORDER BY b.priority, b.bucket)
-              FROM b LEFT JOIN outpost.bucket_state s ON s.bucket = b.bucket), '[]'::jsonb))
+              FROM b LEFT JOIN outpost.bucket_state s ON s.bucket = b.bucket
+                     LEFT JOIN outpost.compacted x ON x.bucket = b.bucket), '[]'::jsonb))
 $$;
 
 -- Ops of the given buckets with afters[i] < op_id <= checkpoint, bucket by bucket.
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
-               subkey text, data text, checksum bigint)
+               subkey text, data text, checksum bigint, target_op bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
-    SELECT o.bucket, o.op_id, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum
+    SELECT o.bucket, o.op_id, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum, o.target_op
       FROM unnest(buckets, afters) WITH ORDINALITY AS u(b, a, ord)
      CROSS JOIN LATERAL (
         SELECT x.* FROM outpost.ops x
@@ -669,6 +711,137 @@ BEGIN
 END
 $$;
 
+
+-- ------------------------------------------------------------- compaction --
+
+-- Settings (SET outpost.… or ALTER DATABASE … SET outpost.…):
+--   outpost.defrag_ratio    (default 0.2)  re-PUT a bucket's live rows when they
+--                                          are fewer than this fraction of its ops
+--   outpost.defrag_min_ops  (default 1000) ...and it has at least this many ops
+--   outpost.retention       (default '7 days') keep checkpoints and write
+--                                          checkpoints this long
+CREATE FUNCTION outpost._setting(name text, fallback text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting(name, true), ''), fallback)
+$$;
+
+-- Replaces superseded ops by MOVEs and the leading MOVE/REMOVE run of each
+-- touched bucket by one CLEAR. Checksums at every later checkpoint are
+-- unchanged: a MOVE keeps its op's checksum, a CLEAR carries the sum of what
+-- it replaces. Needs no tick lock: it only rewrites ops below the checkpoint
+-- it reads, which ticks never touch.
+CREATE FUNCTION outpost._compact_pass(upto bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET jit = off AS $$
+DECLARE
+    b         text;
+    first_put bigint;
+    run       record;
+    removed   bigint := 0;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS _outpost_touched (bucket text PRIMARY KEY) ON COMMIT DROP;
+    DELETE FROM _outpost_touched;
+
+    WITH s AS (
+        DELETE FROM outpost.superseded x WHERE x.by_op <= upto RETURNING x.bucket, x.op_id, x.by_op
+    ), moved AS (
+        UPDATE outpost.ops o
+           SET op = 'MOVE', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
+               target_op = s.by_op
+          FROM s
+         WHERE o.bucket = s.bucket AND o.op_id = s.op_id AND o.op IN ('PUT', 'REMOVE')
+        RETURNING o.bucket
+    )
+    INSERT INTO _outpost_touched SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
+
+    FOR b IN SELECT t.bucket FROM _outpost_touched t ORDER BY t.bucket LOOP
+        SELECT min(o.op_id) INTO first_put FROM outpost.ops o
+         WHERE o.bucket = b AND o.op = 'PUT';
+        SELECT count(*) AS n, max(o.op_id) AS last, bool_and(o.op = 'CLEAR') AS only_clear
+          INTO run
+          FROM outpost.ops o
+         WHERE o.bucket = b AND o.op_id <= upto AND (first_put IS NULL OR o.op_id < first_put);
+        CONTINUE WHEN run.n = 0 OR (run.n = 1 AND run.only_clear);
+        WITH gone AS (
+            DELETE FROM outpost.ops o
+             WHERE o.bucket = b AND o.op_id <= run.last
+            RETURNING o.op_id, o.checksum, coalesce(o.target_op, o.op_id) AS target
+        )
+        INSERT INTO outpost.ops (bucket, op_id, op, checksum, target_op)
+        SELECT b, max(op_id), 'CLEAR', sum(checksum) % 4294967296, max(target) FROM gone;
+        INSERT INTO outpost.compacted AS c (bucket, removed) VALUES (b, run.n - 1)
+        ON CONFLICT (bucket) DO UPDATE SET removed = c.removed + excluded.removed;
+        removed := removed + run.n - 1;
+    END LOOP;
+    RETURN removed;
+END
+$$;
+
+-- Re-PUTs the live rows of buckets whose ops are mostly history, so that a
+-- later pass folds that history into one CLEAR and a fresh client downloads
+-- about the live rows alone. Takes the tick lock (op ids are allocated).
+CREATE FUNCTION outpost._defragment() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET jit = off AS $$
+DECLARE
+    ratio   float8 := outpost._setting('outpost.defrag_ratio', '0.2')::float8;
+    min_ops bigint := outpost._setting('outpost.defrag_min_ops', '1000')::bigint;
+    last_cp bigint;
+    n_ops   bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(outpost._lock_key());
+    SELECT coalesce(max(op_id), 0) INTO last_cp FROM outpost.checkpoints;
+    INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
+                                  checksum, relid, pk, fingerprint, existed, old_op_id)
+    SELECT last_cp + row_number() OVER (), r.row_key, r.bucket, 'PUT', r.object_type, r.object_id,
+           r.subkey, o.data, o.checksum, r.relid, r.pk, r.fingerprint, true, r.op_id
+      FROM (SELECT s.bucket
+              FROM outpost.bucket_state s LEFT JOIN outpost.compacted c ON c.bucket = s.bucket
+             WHERE s.op_count - coalesce(c.removed, 0) >= min_ops
+               AND (SELECT count(*) FROM outpost.bucket_rows r WHERE r.bucket = s.bucket)
+                   < ratio * (s.op_count - coalesce(c.removed, 0))) d
+      JOIN outpost.bucket_rows r ON r.bucket = d.bucket
+      JOIN outpost.ops o ON o.bucket = r.bucket AND o.op_id = r.op_id;
+    GET DIAGNOSTICS n_ops = ROW_COUNT;
+    IF n_ops > 0 THEN
+        PERFORM outpost._apply_work_ops(n_ops);
+        INSERT INTO outpost.checkpoints (op_id, ops) VALUES (last_cp + n_ops, n_ops);
+        PERFORM pg_notify('outpost_checkpoint', (last_cp + n_ops)::text);
+        DELETE FROM outpost.work_ops;
+    END IF;
+    RETURN n_ops;
+END
+$$;
+
+-- Compacts the op log online; returns the number of ops removed.
+CREATE FUNCTION outpost.compact() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+DECLARE
+    removed   bigint;
+    retention interval := outpost._setting('outpost.retention', '7 days')::interval;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'outpost.compact() must run in READ COMMITTED, not %',
+            current_setting('transaction_isolation') USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    -- One compaction at a time; a second caller returns at once.
+    IF NOT pg_try_advisory_xact_lock(outpost._lock_key() + 1) THEN
+        RETURN 0;
+    END IF;
+    removed := outpost._compact_pass(outpost.checkpoint());
+    IF outpost._defragment() > 0 THEN
+        removed := removed + outpost._compact_pass(outpost.checkpoint());
+    END IF;
+    -- Retention: old checkpoints (the latest always stays) and idle write checkpoints.
+    DELETE FROM outpost.checkpoints c
+     WHERE c.created_at < now() - retention AND c.op_id < outpost.checkpoint();
+    DELETE FROM outpost.write_checkpoints w
+     WHERE NOT EXISTS (SELECT 1 FROM outpost.checkpoints c WHERE c.op_id = w.checkpoint)
+       AND w.checkpoint < (SELECT min(op_id) FROM outpost.checkpoints);
+    DELETE FROM outpost.compactions WHERE finished_at < now() - retention;
+    INSERT INTO outpost.compactions (finished_at, removed, checkpoint) VALUES (now(), removed, outpost.checkpoint());
+    RETURN removed;
+END
+$$;
+
 -- ------------------------------------------------------------------ stats --
 
 CREATE VIEW outpost.stats AS
@@ -681,6 +854,8 @@ SELECT (SELECT count(*) FROM outpost.bucket_defs) AS bucket_definitions,
        (SELECT max(created_at) FROM outpost.checkpoints) AS last_checkpoint_at,
        (SELECT version FROM outpost.rules WHERE active) AS rules_version,
        (SELECT count(*) FROM outpost.captured_tables) AS captured_tables,
+       (SELECT count(*) FROM outpost.superseded) AS superseded_ops,
+       (SELECT max(finished_at) FROM outpost.compactions) AS last_compaction_at,
        (SELECT coalesce(array_agg(c.qualified ORDER BY c.qualified), '{}')
           FROM outpost.captured_tables c
          WHERE NOT EXISTS (SELECT 1 FROM pg_class p WHERE p.oid = c.relid)) AS missing_tables;

@@ -4,6 +4,7 @@
 //! Sections (one module each): `extension` (capture overhead, tick and
 //! snapshot throughput). `OUTPOST_BENCH=extension,relay` runs a subset.
 
+mod compaction;
 mod extension;
 
 use anyhow::Result;
@@ -20,7 +21,10 @@ pub struct Row {
 type Section = fn(&mut Vec<Row>) -> Result<()>;
 
 fn main() -> Result<()> {
-    let sections: &[(&str, Section)] = &[("extension", extension::run)];
+    let sections: &[(&str, Section)] = &[
+        ("extension", extension::run),
+        ("compaction", compaction::run),
+    ];
     let only = std::env::var("OUTPOST_BENCH").ok();
     let mut rows: Vec<Row> = Vec::new();
     for (name, run) in sections {

@@ -39,11 +39,13 @@ CREATE TABLE outpost.captured_tables (
 
 -- ---------------------------------------------------------------- capture --
 
--- kind: 'k' a row key changed, 't' table truncated, 'f' re-evaluate whole table.
+-- kind: 'k' a row key changed, 't' table truncated, 'f' re-evaluate the whole
+-- table for bucket definition `def` (a deploy).
 CREATE TABLE outpost.changes (
     relid oid NOT NULL,
     pk    jsonb,
-    kind  "char" NOT NULL
+    kind  "char" NOT NULL,
+    def   text
 );
 
 CREATE TABLE outpost.write_checkpoint_counters (
@@ -111,6 +113,7 @@ CREATE TABLE outpost.bucket_rows (
 ) WITH (fillfactor = 80);  -- room for HOT updates: a changed row rewrites no index
 CREATE INDEX bucket_rows_row ON outpost.bucket_rows (row_key);
 CREATE INDEX bucket_rows_source ON outpost.bucket_rows (src_key);
+CREATE INDEX bucket_rows_bucket ON outpost.bucket_rows (hashtext(bucket));
 
 -- Running totals, kept current by every tick so a checkpoint costs O(buckets).
 CREATE TABLE outpost.bucket_state (
@@ -131,6 +134,7 @@ CREATE TABLE outpost.param_rows (
     bucket   text NOT NULL
 );
 CREATE INDEX param_rows_lookup ON outpost.param_rows (query_id, lookup);
+CREATE INDEX param_rows_def ON outpost.param_rows (split_part(query_id, '#', 1));
 CREATE INDEX param_rows_source ON outpost.param_rows (relid, pk);
 
 CREATE TABLE outpost.compactions (
@@ -155,8 +159,8 @@ CREATE TABLE outpost.write_checkpoints (
 
 -- Scratch space of the tick (only ever touched under the tick lock, emptied
 -- before it commits). Unlogged: its content never outlives a transaction.
-CREATE UNLOGGED TABLE outpost.work_keys (relid oid NOT NULL, pk jsonb NOT NULL);
-CREATE UNLOGGED TABLE outpost.work_full (relid oid NOT NULL);
+-- def: NULL when every definition re-evaluates the key, else the one that does.
+CREATE UNLOGGED TABLE outpost.work_keys (relid oid NOT NULL, pk jsonb NOT NULL, def text);
 CREATE UNLOGGED TABLE outpost.work_rows (
     bucket text, object_type text, object_id text, subkey text, relid oid, pk jsonb, data text
 );
@@ -333,12 +337,14 @@ BEGIN
         UNION ALL
         SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
                NULL, true, b.op_id
-          FROM outpost.work_keys k
+          FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+                  FROM outpost.work_keys GROUP BY relid, pk) k
          CROSS JOIN LATERAL (
               SELECT * FROM outpost.bucket_rows b
                WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
               OFFSET 0) b
-         WHERE NOT EXISTS (
+         WHERE (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
+           AND NOT EXISTS (
               SELECT 1 FROM outpost.work_rows n
                WHERE n.bucket = b.bucket AND n.object_type = b.object_type
                  AND n.object_id = b.object_id AND n.subkey = b.subkey)
@@ -352,9 +358,11 @@ BEGIN
     -- Parameter lookups of the touched rows: replace, and note whether any changed.
     INSERT INTO outpost.work_old_params
     SELECT p.query_id, p.relid, p.pk, p.lookup, p.bucket
-      FROM outpost.work_keys k
+      FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+              FROM outpost.work_keys GROUP BY relid, pk) k
      CROSS JOIN LATERAL (
-          SELECT * FROM outpost.param_rows p WHERE p.relid = k.relid AND p.pk = k.pk OFFSET 0) p;
+          SELECT * FROM outpost.param_rows p WHERE p.relid = k.relid AND p.pk = k.pk OFFSET 0) p
+     WHERE k.all_defs OR split_part(p.query_id, '#', 1) = ANY (k.defs);
     SELECT EXISTS (
         (SELECT * FROM outpost.work_old_params
          EXCEPT SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params)
@@ -364,7 +372,7 @@ BEGIN
     ) INTO params_changed;
     IF params_changed THEN
         DELETE FROM outpost.param_rows p USING outpost.work_old_params o
-         WHERE p.relid = o.relid AND p.pk = o.pk;
+         WHERE p.relid = o.relid AND p.pk = o.pk AND p.query_id = o.query_id;
         INSERT INTO outpost.param_rows (query_id, relid, pk, lookup, bucket)
         SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params;
     END IF;
@@ -386,11 +394,10 @@ BEGIN
     -- TRUNCATE leaves no dead rows to scan but rewrites catalog entries, so
     -- it is reserved for big ticks.
     IF n_changes > 5000 OR n_ops > 5000 THEN
-        TRUNCATE outpost.work_keys, outpost.work_full, outpost.work_rows, outpost.work_params,
+        TRUNCATE outpost.work_keys, outpost.work_rows, outpost.work_params,
                  outpost.work_write_checkpoints, outpost.work_ops, outpost.work_old_params;
     ELSE
         DELETE FROM outpost.work_keys;
-        DELETE FROM outpost.work_full;
         DELETE FROM outpost.work_rows;
         DELETE FROM outpost.work_params;
         DELETE FROM outpost.work_write_checkpoints;
@@ -447,10 +454,12 @@ $$;
 CREATE FUNCTION outpost._apply(new_sources jsonb, catalog jsonb) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
 DECLARE
-    plan      jsonb;
-    new_ver   bigint;
-    rel       record;
-    stmt      text;
+    plan         jsonb;
+    new_ver      bigint;
+    rel          record;
+    stmt         text;
+    removed_defs text[];
+    changed_defs text[];
 BEGIN
     plan := outpost._plan(new_sources, catalog);
     PERFORM outpost._check_plan(plan);
@@ -461,14 +470,15 @@ BEGIN
     INSERT INTO _outpost_new_defs
     SELECT b -> 'source' ->> 'name', b FROM jsonb_array_elements(plan -> 'buckets') b;
 
-    -- Tables to re-evaluate: those read by any changed, added or removed definition.
-    INSERT INTO outpost.changes (relid, pk, kind)
-    SELECT DISTINCT relid, NULL::jsonb, 'f'
-      FROM (SELECT d.compiled AS c FROM outpost.bucket_defs d
-              LEFT JOIN _outpost_new_defs n ON n.name = d.name
+    -- Re-evaluate each added or changed definition over the tables its old and
+    -- new versions read; other definitions are not touched.
+    INSERT INTO outpost.changes (relid, pk, kind, def)
+    SELECT DISTINCT relid, NULL::jsonb, 'f', changed.name
+      FROM (SELECT d.name, d.compiled AS c FROM outpost.bucket_defs d
+              JOIN _outpost_new_defs n ON n.name = d.name
              WHERE n.compiled IS DISTINCT FROM d.compiled
             UNION ALL
-            SELECT n.compiled FROM _outpost_new_defs n
+            SELECT n.name, n.compiled FROM _outpost_new_defs n
               LEFT JOIN outpost.bucket_defs d ON d.name = n.name
              WHERE d.compiled IS DISTINCT FROM n.compiled) changed,
            LATERAL (SELECT (q ->> 'relid')::oid AS relid FROM jsonb_array_elements(changed.c -> 'data_queries') q
@@ -476,21 +486,27 @@ BEGIN
                     SELECT (q ->> 'relid')::oid FROM jsonb_array_elements(changed.c -> 'parameter_queries') q
                      WHERE q ->> 'kind' = 'table') r;
 
-    -- Removed definitions: their buckets disappear.
-    DELETE FROM outpost.ops o USING outpost.bucket_state s
-     WHERE o.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
-    DELETE FROM outpost.bucket_rows r USING outpost.bucket_state s
-     WHERE r.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
-    DELETE FROM outpost.superseded x USING outpost.bucket_state s
-     WHERE x.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
-    DELETE FROM outpost.compacted x USING outpost.bucket_state s
-     WHERE x.bucket = s.bucket AND s.def NOT IN (SELECT name FROM _outpost_new_defs);
-    DELETE FROM outpost.bucket_state WHERE def NOT IN (SELECT name FROM _outpost_new_defs);
-    -- Lookups of changed definitions are rebuilt by the re-evaluation.
+    -- Removed definitions: their buckets disappear. Every statement goes
+    -- through the removed buckets' keys, so the cost follows what is removed.
+    removed_defs := ARRAY(SELECT d.name FROM outpost.bucket_defs d
+                           WHERE d.name NOT IN (SELECT name FROM _outpost_new_defs));
+    IF cardinality(removed_defs) > 0 THEN
+        CREATE TEMP TABLE IF NOT EXISTS _outpost_gone (bucket text) ON COMMIT DROP;
+        DELETE FROM _outpost_gone;
+        INSERT INTO _outpost_gone SELECT s.bucket FROM outpost.bucket_state s WHERE s.def = ANY (removed_defs);
+        DELETE FROM outpost.ops o USING _outpost_gone g WHERE o.bucket = g.bucket;
+        DELETE FROM outpost.bucket_rows r USING _outpost_gone g
+         WHERE hashtext(r.bucket) = hashtext(g.bucket) AND r.bucket = g.bucket;
+        DELETE FROM outpost.superseded x USING _outpost_gone g WHERE x.bucket = g.bucket;
+        DELETE FROM outpost.compacted x USING _outpost_gone g WHERE x.bucket = g.bucket;
+        DELETE FROM outpost.bucket_state s USING _outpost_gone g WHERE s.bucket = g.bucket;
+    END IF;
+    -- Lookups of changed and removed definitions are rebuilt by the re-evaluation.
+    changed_defs := ARRAY(SELECT d.name FROM outpost.bucket_defs d
+                            JOIN _outpost_new_defs n ON n.name = d.name
+                           WHERE n.compiled IS DISTINCT FROM d.compiled);
     DELETE FROM outpost.param_rows p
-     WHERE split_part(p.query_id, '#', 1) NOT IN (
-         SELECT n.name FROM _outpost_new_defs n JOIN outpost.bucket_defs d
-             ON d.name = n.name AND d.compiled = n.compiled);
+     WHERE split_part(p.query_id, '#', 1) = ANY (removed_defs || changed_defs);
 
     -- Capture: drop it where a table left the rules, install it where one joined.
     FOR rel IN SELECT c.relid, c.qualified FROM outpost.captured_tables c

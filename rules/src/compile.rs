@@ -115,11 +115,11 @@ fn limit0(sql: &str) -> String {
 fn no_ctes(sql: &str) -> String {
     sql.replace(
         FULL_MARK_PREFIX,
-        "TRUE OR EXISTS (SELECT 1 FROM (SELECT 0::oid AS relid) f WHERE f.relid = ",
+        "TRUE OR EXISTS (SELECT 1 FROM (SELECT 0::oid AS relid, ''::text AS def) f WHERE ",
     )
 }
 
-const FULL_MARK_PREFIX: &str = "EXISTS (SELECT 1 FROM _full f WHERE f.relid = ";
+const FULL_MARK_PREFIX: &str = "EXISTS (SELECT 1 FROM _full f WHERE ";
 
 /// Compiles every bucket; collects all problems rather than stopping at the first.
 pub fn compile(
@@ -298,12 +298,12 @@ fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
     let json = format!("jsonb_build_array({})", cols.join(", "));
     let keyed = if cols.len() == 1 {
         format!(
-            "{} IN (SELECT {} FROM _keys k WHERE k.relid = {})",
+            "{} IN (SELECT {} FROM _keys k WHERE k.relid = {} AND k.def IS NULL)",
             cols[0], casts[0], t.oid
         )
     } else {
         format!(
-            "({}) IN (SELECT {} FROM _keys k WHERE k.relid = {})",
+            "({}) IN (SELECT {} FROM _keys k WHERE k.relid = {} AND k.def IS NULL)",
             cols.join(", "),
             casts.join(", "),
             t.oid
@@ -312,14 +312,21 @@ fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
     Ok((json, keyed))
 }
 
-/// The keyed and full variants of a per-row query.
+/// The keyed and full variants of a per-row query. The keyed one evaluates
+/// the rows whose keys changed; the full one the whole table, when a deploy
+/// (re)defines this query's bucket (`_full` names table and bucket).
 fn variants(
     select_from: &str,
     mut conds: Vec<String>,
     t: &Table,
+    bucket: &str,
     keyed_cond: &str,
 ) -> (String, String) {
-    let full_mark = format!("({FULL_MARK_PREFIX}{}))", t.oid);
+    let full_mark = format!(
+        "({FULL_MARK_PREFIX}f.def = {} AND f.relid = {}))",
+        quote_literal(bucket),
+        t.oid
+    );
     conds.push(full_mark.clone());
     let full = format!("{select_from} WHERE {}", conds.join(" AND "));
     conds.pop();
@@ -553,7 +560,8 @@ fn compile_param_query_inner(
                 alias_q = quote_ident(&alias),
                 laterals = row_laterals.join(" "),
             );
-            let (sql_keyed, sql_full) = variants(select_from.trim_end(), conds, t, &keyed_cond);
+            let (sql_keyed, sql_full) =
+                variants(select_from.trim_end(), conds, t, &src.name, &keyed_cond);
             let where_ = if req_filters.is_empty() {
                 String::new()
             } else {
@@ -771,7 +779,8 @@ fn compile_data_query<'c>(
         laterals = laterals.join(" "),
     );
     let may_duplicate = !laterals.is_empty();
-    let (sql_keyed, sql_full) = variants(select_from.trim_end(), filters, t, &keyed_cond);
+    let (sql_keyed, sql_full) =
+        variants(select_from.trim_end(), filters, t, &src.name, &keyed_cond);
     Ok((
         DataQuery {
             relid: t.oid,

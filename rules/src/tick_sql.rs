@@ -10,7 +10,8 @@
 //!
 //! Queue entries (`outpost.changes.kind`): `k` a row key changed, `t` the table
 //! was truncated (re-check every row it had), `f` re-evaluate the whole table
-//! (a rules deploy).
+//! for one bucket definition (`def`; a rules deploy). Keys queued by `f` carry
+//! their definition, so only that definition's queries and old rows take part.
 
 use crate::compile::{CaptureTable, CompiledRules, ParamQuery};
 
@@ -39,15 +40,21 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
         }
     }
     let mut s = String::from(
-        "WITH _changes AS (DELETE FROM outpost.changes RETURNING relid, pk, kind),
-_full AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 'f'),
-_trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind IN ('t', 'f')),
+        "WITH _changes AS (DELETE FROM outpost.changes RETURNING relid, pk, kind, def),
+_full AS MATERIALIZED (SELECT DISTINCT relid, def FROM _changes WHERE kind = 'f'),
+_trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 't'),
 _keys AS MATERIALIZED (
-  SELECT relid, pk FROM _changes WHERE kind = 'k'
-  UNION SELECT b.relid, b.pk FROM outpost.bucket_rows b WHERE b.relid IN (SELECT relid FROM _trunc)
-  UNION SELECT p.relid, p.pk FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)),
-_wk AS (INSERT INTO outpost.work_keys (relid, pk) SELECT relid, pk FROM _keys),
-_wf AS (INSERT INTO outpost.work_full (relid) SELECT relid FROM _trunc),
+  SELECT relid, pk, NULL::text AS def FROM _changes WHERE kind = 'k'
+  UNION SELECT b.relid, b.pk, NULL FROM outpost.bucket_rows b WHERE b.relid IN (SELECT relid FROM _trunc)
+  UNION SELECT p.relid, p.pk, NULL FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)
+  UNION SELECT b.relid, b.pk, f.def FROM _full f
+          JOIN outpost.bucket_state s ON s.def = f.def
+          CROSS JOIN LATERAL (SELECT r.relid, r.pk FROM outpost.bucket_rows r
+                               WHERE hashtext(r.bucket) = hashtext(s.bucket) AND r.bucket = s.bucket
+                                 AND r.relid = f.relid OFFSET 0) b
+  UNION SELECT p.relid, p.pk, f.def FROM _full f
+          JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def),
+_wk AS (INSERT INTO outpost.work_keys (relid, pk, def) SELECT relid, pk, def FROM _keys),
 _wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client_id, seq),
 _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
   SELECT user_id, client_id, max(seq) FROM _wcr GROUP BY user_id, client_id)",

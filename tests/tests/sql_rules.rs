@@ -339,3 +339,100 @@ fn changes_touch_only_the_named_bucket() {
     assert_eq!(all_ops(&mut c, "by_list"), by_list_ops);
     assert_eq!(state(&mut c, "by_list"), by_list_state);
 }
+
+#[test]
+fn rules_change_while_writers_and_ticks_run() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (db, mut c) = setup("rules_concurrent");
+    define(
+        &mut c,
+        "all_todos",
+        &[],
+        &["SELECT id, title, done FROM todos"],
+        3,
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                for i in 0..150 {
+                    let id = 1000 + w * 1000 + i;
+                    c.execute("INSERT INTO todos VALUES ($1, 1, 'w', false)", &[&id])
+                        .unwrap();
+                    c.execute(
+                        "UPDATE todos SET done = NOT done WHERE id = $1",
+                        &[&(1 + i % 50)],
+                    )
+                    .unwrap();
+                    if i % 7 == 0 {
+                        c.execute("DELETE FROM todos WHERE id = $1", &[&(id - 1)])
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let ticker = {
+        let url = db.url.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                c.query_one("SELECT outpost.tick()", &[]).unwrap();
+            }
+        })
+    };
+    let mut deploys = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let filter = if deploys % 2 == 0 { "done" } else { "NOT done" };
+        let sql = format!("SELECT id, title FROM todos WHERE {filter}");
+        define(&mut c, "some_todos", &[], &[sql.as_str()], 3).unwrap();
+        deploys += 1;
+        if deploys % 3 == 0 {
+            c.query_one("SELECT outpost.drop_bucket('some_todos')", &[])
+                .unwrap();
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    ticker.join().unwrap();
+    tick(&mut c);
+    assert!(deploys > 2, "deploys ran while writing ({deploys})");
+    // Every bucket equals its rules over the final table.
+    let folded = |c: &mut Client, bucket: &str| -> Vec<String> {
+        let mut ids: Vec<String> = outpost_tests::fold_bucket(&ops(c, bucket))
+            .into_keys()
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let want = |c: &mut Client, filter: &str| -> Vec<String> {
+        let mut ids: Vec<String> = c
+            .query(&format!("SELECT id::text FROM todos WHERE {filter}"), &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(folded(&mut c, "all_todos[]"), want(&mut c, "true"));
+    let active: Option<Vec<String>> = c
+        .query_opt(
+            "SELECT data FROM outpost.buckets WHERE name = 'some_todos'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    if let Some(data) = active {
+        let filter = data[0].split("WHERE ").nth(1).unwrap().to_string();
+        assert_eq!(folded(&mut c, "some_todos[]"), want(&mut c, &filter));
+    }
+}

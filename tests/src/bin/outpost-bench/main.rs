@@ -6,6 +6,7 @@
 
 mod compaction;
 mod extension;
+mod rules;
 
 use anyhow::Result;
 use std::fmt::Write as _;
@@ -24,6 +25,7 @@ fn main() -> Result<()> {
     let sections: &[(&str, Section)] = &[
         ("extension", extension::run),
         ("compaction", compaction::run),
+        ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();
     let mut rows: Vec<Row> = Vec::new();

@@ -304,7 +304,17 @@ BEGIN
         stmt := outpost._empty_tick_sql();
     END IF;
     -- One statement, one snapshot: every read of user tables happens here.
-    EXECUTE stmt INTO n_changes;
+    BEGIN
+        EXECUTE stmt INTO n_changes;
+    EXCEPTION WHEN OTHERS THEN
+        -- Most likely the schema changed under the rules; say so briefly
+        -- instead of echoing the generated statement.
+        RAISE EXCEPTION 'outpost.tick: the compiled sync rules failed: %', SQLERRM
+            USING ERRCODE = SQLSTATE,
+                  DETAIL = coalesce((SELECT string_agg(p.message, '; ') FROM outpost.problems p),
+                                    'no schema problem recorded'),
+                  HINT = 'Fix the table or redeploy the rules (outpost.deploy_rules).';
+    END;
 
     SELECT coalesce(max(op_id), 0) INTO last_cp FROM outpost.checkpoints;
 
@@ -544,6 +554,7 @@ BEGIN
       FROM _outpost_new_defs n;
     DROP TABLE _outpost_new_defs;
 
+    DELETE FROM outpost.problems WHERE kind = 'schema';
     PERFORM outpost._tick_locked();
     RETURN new_ver;
 END
@@ -858,6 +869,86 @@ BEGIN
 END
 $$;
 
+-- ------------------------------------------------------------ schema changes --
+
+-- Problems sync cannot fix by itself (schema changes that break the rules).
+CREATE TABLE outpost.problems (
+    kind    text NOT NULL,
+    message text NOT NULL,
+    at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION outpost._active_sources() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+    SELECT r.sources FROM outpost.rules r WHERE r.active
+$$;
+
+CREATE FUNCTION outpost._record_problem(kind text, message text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+    DELETE FROM outpost.problems p WHERE p.kind = _record_problem.kind;
+    INSERT INTO outpost.problems (kind, message) VALUES (_record_problem.kind, _record_problem.message);
+$$;
+
+CREATE FUNCTION outpost._clear_problem(kind text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+    DELETE FROM outpost.problems p WHERE p.kind = _clear_problem.kind;
+$$;
+
+-- After ALTER TABLE on a synced table the rules are compiled again against the
+-- new catalog: an added column reaches `SELECT *` buckets, a type change is
+-- re-evaluated. When the rules no longer compile (a referenced column dropped
+-- or renamed, a table renamed) the DDL still succeeds, the problem is recorded
+-- in outpost.problems (and outpost.stats) and raised as a WARNING; ticks then
+-- fail with the same message until the rules or the table are fixed — sync
+-- stops rather than stream wrong rows. Runs with the caller's search_path so
+-- bare table names resolve as they did at deploy.
+CREATE FUNCTION outpost._on_alter_table() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    sources jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                    WHERE c.classid = 'pg_class'::regclass
+                      AND c.objid IN (SELECT relid FROM outpost.captured_tables)) THEN
+        RETURN;
+    END IF;
+    sources := outpost._active_sources();
+    IF sources IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM outpost._apply(sources, outpost._catalog());
+        PERFORM outpost._clear_problem('schema');
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM outpost._record_problem('schema', SQLERRM);
+        RAISE WARNING 'outpost: the sync rules no longer match the schema: %', SQLERRM
+            USING HINT = 'Sync is stopped until the table or the rules are fixed (outpost.deploy_rules).';
+    END;
+END
+$$;
+
+CREATE FUNCTION outpost._on_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    gone text;
+BEGIN
+    SELECT string_agg(o.object_identity, ', ') INTO gone
+      FROM pg_event_trigger_dropped_objects() o
+     WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0
+       AND o.objid IN (SELECT relid FROM outpost.captured_tables);
+    IF gone IS NOT NULL THEN
+        PERFORM outpost._record_problem('schema', format('synced table %s was dropped; the rules still read it', gone));
+        RAISE WARNING 'outpost: synced table % was dropped; the rules still read it', gone
+            USING HINT = 'Deploy rules without it (outpost.deploy_rules or outpost.drop_bucket).';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER outpost_alter_table ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION outpost._on_alter_table();
+CREATE EVENT TRIGGER outpost_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION outpost._on_drop();
+
 -- ------------------------------------------------------------------ stats --
 
 CREATE VIEW outpost.stats AS
@@ -872,6 +963,7 @@ SELECT (SELECT count(*) FROM outpost.bucket_defs) AS bucket_definitions,
        (SELECT count(*) FROM outpost.captured_tables) AS captured_tables,
        (SELECT count(*) FROM outpost.superseded) AS superseded_ops,
        (SELECT max(finished_at) FROM outpost.compactions) AS last_compaction_at,
+       (SELECT coalesce(array_agg(p.message ORDER BY p.at), '{}') FROM outpost.problems p) AS problems,
        (SELECT coalesce(array_agg(c.qualified ORDER BY c.qualified), '{}')
           FROM outpost.captured_tables c
          WHERE NOT EXISTS (SELECT 1 FROM pg_class p WHERE p.oid = c.relid)) AS missing_tables;

@@ -509,3 +509,86 @@ fn stats_view_reports_counts() {
         .get(0);
     assert_eq!(p, 1);
 }
+
+#[test]
+fn schema_changes_are_followed_or_reported() {
+    let (_db, mut c) = setup("schema_change");
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  all_lists:\n    data: SELECT * FROM lists\n  names:\n    data: SELECT id, name FROM lists\n"],
+    )
+    .unwrap();
+    // An added column reaches `SELECT *` buckets; other buckets do not move.
+    let names_before = ops(&mut c, "names[]");
+    c.batch_execute("ALTER TABLE lists ADD COLUMN color text DEFAULT 'red'")
+        .unwrap();
+    let all = rows(&mut c, "all_lists[]");
+    assert_eq!(all[0].2["color"], json!("red"), "{all:?}");
+    assert_eq!(ops(&mut c, "names[]"), names_before);
+    let problems: Vec<String> = c
+        .query_one("SELECT problems FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert!(problems.is_empty(), "{problems:?}");
+    // A referenced column dropped: the DDL succeeds, the problem is reported,
+    // and ticks refuse to run rather than stream wrong rows.
+    c.batch_execute("ALTER TABLE lists DROP COLUMN name")
+        .unwrap();
+    let problems: Vec<String> = c
+        .query_one("SELECT problems FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0]
+            .contains("bucket \"names\", data query 1: unknown column \"name\" in table \"lists\""),
+        "{problems:?}"
+    );
+    c.batch_execute("INSERT INTO lists VALUES (9, 'u9')")
+        .unwrap();
+    let err = c.query_one("SELECT outpost.tick()", &[]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(
+        db.message()
+            .starts_with("outpost.tick: the compiled sync rules failed"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.detail()
+            .unwrap_or_default()
+            .contains("unknown column \"name\""),
+        "{:?}",
+        db.detail()
+    );
+    // Fixing the rules clears the problem and sync resumes with the pending write.
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  all_lists:\n    data: SELECT * FROM lists\n"],
+    )
+    .unwrap();
+    let problems: Vec<String> = c
+        .query_one("SELECT problems FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert!(problems.is_empty());
+    tick(&mut c);
+    let ids: Vec<String> = rows(&mut c, "all_lists[]")
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert!(ids.contains(&"9".to_string()), "{ids:?}");
+    // A dropped synced table is reported too.
+    c.batch_execute("DROP TABLE todos").unwrap();
+    c.batch_execute("DROP TABLE lists").unwrap();
+    let problems: Vec<String> = c
+        .query_one("SELECT problems FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("public.lists was dropped")),
+        "{problems:?}"
+    );
+}

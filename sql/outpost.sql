@@ -366,10 +366,16 @@ BEGIN
     END IF;
 
     -- Parameter lookups of the touched rows: replace, and note whether any changed.
+    -- Only tables read by parameter queries can have lookups.
     INSERT INTO outpost.work_old_params
     SELECT p.query_id, p.relid, p.pk, p.lookup, p.bucket
       FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
-              FROM outpost.work_keys GROUP BY relid, pk) k
+              FROM outpost.work_keys
+             WHERE relid IN (SELECT (q ->> 'relid')::oid
+                               FROM outpost.bucket_defs d,
+                                    jsonb_array_elements(d.compiled -> 'parameter_queries') q
+                              WHERE q ->> 'kind' = 'table')
+             GROUP BY relid, pk) k
      CROSS JOIN LATERAL (
           SELECT * FROM outpost.param_rows p WHERE p.relid = k.relid AND p.pk = k.pk OFFSET 0) p
      WHERE k.all_defs OR split_part(p.query_id, '#', 1) = ANY (k.defs);

@@ -678,15 +678,22 @@ BEGIN
     FOR q IN SELECT d.priority AS prio, pq
                FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
     LOOP
-        IF q.pq ->> 'kind' = 'static' THEN
-            RETURN QUERY EXECUTE format('SELECT s.bucket::text, %s::int FROM (%s) s', q.prio, q.pq ->> 'sql')
-                USING claims, coalesce(params, '{}'::jsonb);
-        ELSE
-            RETURN QUERY EXECUTE
-                'SELECT DISTINCT p.bucket, $3::int FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
-                || (q.pq ->> 'lookup_sql') || ')'
-                USING claims, coalesce(params, '{}'::jsonb), q.prio, q.pq ->> 'id';
-        END IF;
+        -- Request values come from the client (parameters) or the token; one
+        -- that fails to evaluate (e.g. a non-number cast to int) grants that
+        -- query's buckets nothing instead of failing the whole request.
+        BEGIN
+            IF q.pq ->> 'kind' = 'static' THEN
+                RETURN QUERY EXECUTE format('SELECT s.bucket::text, %s::int FROM (%s) s', q.prio, q.pq ->> 'sql')
+                    USING claims, coalesce(params, '{}'::jsonb);
+            ELSE
+                RETURN QUERY EXECUTE
+                    'SELECT DISTINCT p.bucket, $3::int FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
+                    || (q.pq ->> 'lookup_sql') || ')'
+                    USING claims, coalesce(params, '{}'::jsonb), q.prio, q.pq ->> 'id';
+            END IF;
+        EXCEPTION WHEN data_exception THEN
+            RAISE WARNING 'outpost: parameter query % skipped for this request: %', q.pq ->> 'id', SQLERRM;
+        END;
     END LOOP;
 END
 $$;

@@ -292,3 +292,26 @@ mod tests {
         assert_eq!(r.client_id.as_deref(), Some("c"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, .. ProptestConfig::default() })]
+
+        /// The client's line decoder never panics: arbitrary bytes are an
+        /// error or a skipped line.
+        #[test]
+        fn arbitrary_lines_never_panic(s in ".{0,300}") {
+            let _ = SyncLine::parse(&s);
+        }
+
+        #[test]
+        fn json_shaped_lines_never_panic(key in "(checkpoint|checkpoint_diff|data|checkpoint_complete|partial_checkpoint_complete|token_expires_in|[a-z]{1,8})", body in ".{0,200}") {
+            let _ = SyncLine::parse(&format!("{{\"{key}\":{body}}}"));
+            let _ = SyncLine::parse(&format!("{{\"{key}\":{{\"last_op_id\":{body}}}}}"));
+        }
+    }
+}

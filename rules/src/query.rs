@@ -27,54 +27,49 @@ pub struct Select {
 /// membership in an array value; Postgres syntax needs parentheses there, so
 /// they are added before parsing: `IN x.y` → `IN (x.y)`, `IN f()` → `IN (f())`.
 fn parenthesize_in(sql: &str) -> String {
+    // Works on bytes and only ever inserts ASCII next to ASCII, so multi-byte
+    // characters pass through untouched.
     let bytes = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len() + 8);
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let skip_ws = |mut k: usize| {
+        while k < bytes.len() && bytes[k].is_ascii_whitespace() {
+            k += 1;
+        }
+        k
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
     let mut i = 0;
     let mut in_str = false;
     while i < bytes.len() {
-        let c = bytes[i] as char;
-        if c == '\'' {
+        let c = bytes[i];
+        if c == b'\'' {
             in_str = !in_str;
         }
-        let boundary_before =
-            i == 0 || !(bytes[i - 1] as char).is_ascii_alphanumeric() && bytes[i - 1] != b'_';
+        let boundary_before = i == 0 || !ident(bytes[i - 1]);
         if !in_str
             && boundary_before
             && i + 2 < bytes.len()
-            && sql[i..i + 2].eq_ignore_ascii_case("in")
-            && (bytes[i + 2] as char).is_whitespace()
+            && bytes[i..i + 2].eq_ignore_ascii_case(b"in")
+            && bytes[i + 2].is_ascii_whitespace()
         {
-            let mut j = i + 2;
-            while j < bytes.len() && (bytes[j] as char).is_whitespace() {
-                j += 1;
-            }
+            let mut j = skip_ws(i + 2);
             if j < bytes.len() && bytes[j] != b'(' {
                 // Operand: a dotted name, optionally called with `()`.
                 let start = j;
-                while j < bytes.len() {
-                    let ch = bytes[j] as char;
-                    if ch.is_ascii_alphanumeric() || ch == '_' || ch == '.' || ch == '"' {
-                        j += 1;
-                    } else {
-                        break;
-                    }
+                while j < bytes.len() && (ident(bytes[j]) || bytes[j] == b'.' || bytes[j] == b'"') {
+                    j += 1;
                 }
                 if j + 1 < bytes.len() && bytes[j] == b'(' && bytes[j + 1] == b')' {
                     j += 2;
                 }
                 // JSON access chains: `request.jwt() -> 'lists'`, `->> 0`.
                 loop {
-                    let mut k = j;
-                    while k < bytes.len() && (bytes[k] as char).is_whitespace() {
-                        k += 1;
-                    }
-                    if !sql[k..].starts_with("->") {
+                    let mut k = skip_ws(j);
+                    if !bytes[k..].starts_with(b"->") {
                         break;
                     }
-                    k += if sql[k..].starts_with("->>") { 3 } else { 2 };
-                    while k < bytes.len() && (bytes[k] as char).is_whitespace() {
-                        k += 1;
-                    }
+                    k += if bytes[k..].starts_with(b"->>") { 3 } else { 2 };
+                    k = skip_ws(k);
                     if k < bytes.len() && bytes[k] == b'\'' {
                         k += 1;
                         while k < bytes.len() && bytes[k] != b'\'' {
@@ -82,16 +77,16 @@ fn parenthesize_in(sql: &str) -> String {
                         }
                         k += 1;
                     } else {
-                        while k < bytes.len() && (bytes[k] as char).is_ascii_digit() {
+                        while k < bytes.len() && bytes[k].is_ascii_digit() {
                             k += 1;
                         }
                     }
                     j = k.min(bytes.len());
                 }
                 if j > start {
-                    out.push_str("IN (");
-                    out.push_str(&sql[start..j]);
-                    out.push(')');
+                    out.extend_from_slice(b"IN (");
+                    out.extend_from_slice(&bytes[start..j]);
+                    out.push(b')');
                     i = j;
                     continue;
                 }
@@ -100,7 +95,7 @@ fn parenthesize_in(sql: &str) -> String {
         out.push(c);
         i += 1;
     }
-    out
+    String::from_utf8(out).expect("only ASCII was inserted, at ASCII positions")
 }
 
 pub fn parse_select(sql: &str) -> Result<Select, String> {

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=5432 user=postgres dbname=postgres
 
-.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext
+.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext package test-package
 
 setup:
 	@scripts/setup.sh
@@ -36,3 +36,15 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## make package: dist/outpost-<version>-pg15-debian12-x86_64.tar.gz (extension
+## + install.sh) and stripped release binaries dist/outpost-relay, dist/outpost.
+package:
+	@SKIP_EXTENSION=1 scripts/setup.sh
+	@scripts/package.sh
+
+## make test-package: `make package`, then install the archive with its
+## install.sh into a second cluster (15/pkgtest on 127.0.0.1:5433), sync there.
+test-package:
+	@SKIP_EXTENSION=1 scripts/setup.sh
+	@scripts/test-package.sh

@@ -32,6 +32,11 @@ CREATE TABLE outpost.bucket_defs (
     version     bigint NOT NULL
 );
 
+-- pg_dump keeps the rules (outpost.redeploy() rebuilds everything else from
+-- them and the source tables) and the write-checkpoint counters (clients
+-- compare against them; they must not restart at 1).
+SELECT pg_catalog.pg_extension_config_dump('outpost.rules', '');
+
 CREATE TABLE outpost.captured_tables (
     relid     oid PRIMARY KEY,
     qualified text NOT NULL
@@ -54,6 +59,8 @@ CREATE TABLE outpost.write_checkpoint_counters (
     seq       bigint NOT NULL,
     PRIMARY KEY (user_id, client_id)
 );
+SELECT pg_catalog.pg_extension_config_dump('outpost.write_checkpoint_counters', '');
+
 CREATE TABLE outpost.write_checkpoint_requests (
     user_id   text NOT NULL,
     client_id text NOT NULL,
@@ -148,6 +155,10 @@ CREATE TABLE outpost.checkpoints (
     ops        bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- Dumped so that op ids continue above what clients already hold after a
+-- restore (retention keeps this table small).
+SELECT pg_catalog.pg_extension_config_dump('outpost.checkpoints', '');
 
 CREATE TABLE outpost.write_checkpoints (
     user_id    text NOT NULL,
@@ -548,6 +559,14 @@ BEGIN
         VALUES ((rel.plan_table ->> 'oid')::oid, rel.plan_table ->> 'qualified');
     END LOOP;
 
+    -- Capture functions no trigger uses any more (e.g. brought by a restored dump).
+    FOR stmt IN SELECT p.proname FROM pg_proc p
+                 WHERE p.pronamespace = 'outpost'::regnamespace AND p.proname LIKE 'capture\_%'
+                   AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = p.oid)
+    LOOP
+        EXECUTE format('DROP FUNCTION outpost.%I()', stmt);
+    END LOOP;
+
     SELECT coalesce(max(version), 0) + 1 INTO new_ver FROM outpost.rules;
     UPDATE outpost.rules SET active = false WHERE active;
     INSERT INTO outpost.rules (version, sources, tick_sql, active)
@@ -563,6 +582,21 @@ BEGIN
     DELETE FROM outpost.problems WHERE kind = 'schema';
     PERFORM outpost._tick_locked();
     RETURN new_ver;
+END
+$$;
+
+-- Re-applies the active rules against the current catalog: after restoring a
+-- dump (which keeps outpost.rules but not the op log) this rebuilds buckets,
+-- capture and lookups from the source tables.
+CREATE FUNCTION outpost.redeploy() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    sources jsonb := outpost._active_sources();
+BEGIN
+    IF sources IS NULL THEN
+        RAISE EXCEPTION 'no rules have been deployed' USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN outpost._apply(sources, outpost._catalog());
 END
 $$;
 

@@ -97,16 +97,18 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
   now_ms bigint;
 BEGIN
+  -- TG_RELID, not a constant: a dump restored into another database (new
+  -- table oids) keeps capturing correctly.
   IF TG_OP = 'INSERT' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT {oid}, {new_keys}, 'k' FROM outpost_new r;
+    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r;
   ELSIF TG_OP = 'UPDATE' THEN
     INSERT INTO outpost.changes (relid, pk, kind)
-      SELECT {oid}, {new_keys}, 'k' FROM outpost_new r
-      UNION SELECT {oid}, {new_keys}, 'k' FROM outpost_old r;
+      SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r
+      UNION SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
   ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT {oid}, {new_keys}, 'k' FROM outpost_old r;
+    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
   ELSE
-    INSERT INTO outpost.changes (relid, pk, kind) VALUES ({oid}, NULL, 't');
+    INSERT INTO outpost.changes (relid, pk, kind) VALUES (TG_RELID, NULL, 't');
   END IF;
   -- NOTIFY serializes committing transactions (a cluster-wide lock held
   -- through the commit's WAL flush), so writers wake the ticker at most once
@@ -121,7 +123,6 @@ BEGIN
 END
 $fn$",
         name = capture_function_name(t),
-        oid = t.oid,
     )
 }
 
@@ -129,7 +130,12 @@ $fn$",
 pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
     let f = capture_function_name(t);
     let tbl = &t.qualified;
+    // Dropped first: a restored dump brings these triggers along.
     vec![
+        format!("DROP TRIGGER IF EXISTS outpost_capture_ins ON {tbl}"),
+        format!("DROP TRIGGER IF EXISTS outpost_capture_upd ON {tbl}"),
+        format!("DROP TRIGGER IF EXISTS outpost_capture_del ON {tbl}"),
+        format!("DROP TRIGGER IF EXISTS outpost_capture_trunc ON {tbl}"),
         format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
         format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
         format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),

@@ -32,6 +32,15 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl TestDb {
     pub fn new(label: &str) -> TestDb {
+        let db = TestDb::empty(label);
+        db.connect()
+            .batch_execute("CREATE EXTENSION outpost")
+            .expect("CREATE EXTENSION outpost (is the extension installed? run scripts/setup.sh)");
+        db
+    }
+
+    /// A scratch database without the extension (e.g. to restore a dump into).
+    pub fn empty(label: &str) -> TestDb {
         let name = format!(
             "outpost_t_{}_{}_{}",
             label,
@@ -54,11 +63,7 @@ impl TestDb {
             "{} dbname={name}",
             server_url().replace("dbname=postgres", "")
         );
-        let db = TestDb { name, url };
-        db.connect()
-            .batch_execute("CREATE EXTENSION outpost")
-            .expect("CREATE EXTENSION outpost (is the extension installed? run scripts/setup.sh)");
-        db
+        TestDb { name, url }
     }
 
     pub fn connect(&self) -> Client {

@@ -10,6 +10,9 @@
 //!   database) and its Postgres implementation over a connection pool.
 //! - [`listener`]: the one LISTEN connection per process; fans checkpoint
 //!   notifications out through a `watch` channel and wakes the ticker.
+//! - [`fanout`]: reads shared by all streams of the process: what changed
+//!   since a checkpoint (one query per checkpoint, not per connection) and
+//!   pages of ops, both single-flight.
 //! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced.
 //! - [`sync`]: pure sync logic: checkpoint diffs, priority groups, paging.
 //! - [`routes`]: the router ([`app`]) and one module per endpoint.
@@ -20,6 +23,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fanout;
 pub mod listener;
 pub mod metrics;
 pub mod routes;

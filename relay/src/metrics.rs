@@ -20,6 +20,15 @@ pub struct Metrics {
     lag_micros_max: AtomicU64,
     pub ticks: AtomicU64,
     pub tick_errors: AtomicU64,
+    /// Shared `Changes` reads (one per process per checkpoint, ideally).
+    pub changes_queries: AtomicU64,
+    /// Stream advances derived from shared `Changes` (no per-stream query).
+    pub states_shared: AtomicU64,
+    /// Per-stream `sync_checkpoint` calls (stream starts and fallbacks).
+    pub sync_checkpoints: AtomicU64,
+    /// Pages of ops asked for by streams advancing, and those that were read.
+    pub ops_pages: AtomicU64,
+    pub ops_queries: AtomicU64,
     tick_micros_sum: AtomicU64,
     tick_micros_last: AtomicU64,
 }
@@ -134,6 +143,36 @@ impl Metrics {
             "gauge",
             "Largest such delay.",
             secs(self.lag_micros_max.load(Relaxed)).to_string(),
+        );
+        series(
+            "outpost_relay_changes_queries_total",
+            "counter",
+            "Shared reads of what changed since a checkpoint.",
+            g(&self.changes_queries),
+        );
+        series(
+            "outpost_relay_states_shared_total",
+            "counter",
+            "Stream advances derived from a shared read, with no query of their own.",
+            g(&self.states_shared),
+        );
+        series(
+            "outpost_relay_sync_checkpoints_total",
+            "counter",
+            "Per-stream sync_checkpoint queries.",
+            g(&self.sync_checkpoints),
+        );
+        series(
+            "outpost_relay_ops_pages_total",
+            "counter",
+            "Pages of ops requested by advancing streams.",
+            g(&self.ops_pages),
+        );
+        series(
+            "outpost_relay_ops_queries_total",
+            "counter",
+            "Pages of ops read from the database (the rest were shared).",
+            g(&self.ops_queries),
         );
         series(
             "outpost_relay_ticks_total",

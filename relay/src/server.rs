@@ -53,6 +53,8 @@ pub async fn run(
             wake: wake.clone(),
             checkpoints: cp_tx.clone(),
             metrics: metrics.clone(),
+            trailing: Some(crate::ticker::TRAILING),
+            fallback: crate::ticker::FALLBACK,
         };
         tasks.push(tokio::spawn(ticker.run(stop_rx.clone())));
     }
@@ -67,9 +69,10 @@ pub async fn run(
 
     let state = AppState {
         verifier,
-        store,
+        store: store.clone(),
         checkpoints: cp_rx,
         shutdown: stop_rx,
+        fanout: crate::fanout::Fanout::new(store.clone(), metrics.clone()),
         metrics,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,

@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,6 +20,33 @@ pub struct CheckpointState {
     pub write_checkpoint: Option<OpId>,
     #[serde(default)]
     pub buckets: Vec<BucketChecksum>,
+    /// The active rules version in the same snapshot, when the store can
+    /// tell; a state without it is never advanced by [`Changes`].
+    #[serde(default)]
+    pub rules_version: Option<i64>,
+}
+
+/// What changed after checkpoint `since`, read in ONE snapshot (at
+/// `checkpoint`): shared by every stream at `since`, so that a new checkpoint
+/// costs one query per process instead of one per connection.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub since: OpId,
+    pub checkpoint: OpId,
+    pub rules_version: Option<i64>,
+    /// True when no request's bucket set can have changed in
+    /// `(since, checkpoint]` other than by a new rules version: every
+    /// parameter query is static (reads only the token and client
+    /// parameters), or the extension recorded that no parameter lookup changed.
+    pub membership_fixed: bool,
+    /// True when `membership_fixed` will stay false for every range under
+    /// this rules version (parameter queries read tables and the extension
+    /// does not record lookup changes): asking again is pointless.
+    pub never_fixed: bool,
+    /// Every bucket with an op in `(since, checkpoint]`: checksum and count at `checkpoint`.
+    pub buckets: HashMap<String, (Checksum, u64)>,
+    /// Write checkpoints published in `(since, checkpoint]`: (user, client) → seq.
+    pub write_checkpoints: HashMap<(String, String), OpId>,
 }
 
 /// One row of `outpost.bucket_ops`.
@@ -46,6 +74,13 @@ pub trait Store: Send + Sync + 'static {
         checkpoint: OpId,
         max_ops: u32,
     ) -> BoxFuture<'a, Result<Vec<OpRow>, Error>>;
+
+    /// [`Changes`] after `since`, or `None` when the database cannot say
+    /// (callers then ask `sync_checkpoint` per stream).
+    fn changes_since(&self, since: OpId) -> BoxFuture<'_, Result<Option<Changes>, Error>> {
+        let _ = since;
+        Box::pin(async { Ok(None) })
+    }
 
     /// `outpost.request_write_checkpoint(user_id, client_id)`.
     fn request_write_checkpoint<'a>(
@@ -144,7 +179,41 @@ pub fn quote_ident(name: &str) -> String {
 /// The Postgres store: a pool of connections to the database with the extension.
 pub struct PgStore {
     pool: Pool,
+    catalog: tokio::sync::OnceCell<Catalog>,
 }
+
+/// What this relay's role may read besides the SQL API, probed once.
+#[derive(Clone, Copy, Debug)]
+struct Catalog {
+    /// SELECT on the extension's tables that [`Store::changes_since`] reads.
+    readable: bool,
+    /// `outpost.checkpoints.params_changed` exists (a newer extension).
+    params_changed: bool,
+}
+
+const CATALOG_PROBE: &str = "\
+SELECT coalesce(bool_and(has_table_privilege(t, 'SELECT')), false), \
+       EXISTS (SELECT 1 FROM pg_attribute a \
+                WHERE a.attrelid = 'outpost.checkpoints'::regclass \
+                  AND a.attname = 'params_changed' AND NOT a.attisdropped) \
+  FROM unnest(ARRAY['outpost.rules', 'outpost.bucket_defs', 'outpost.bucket_state', \
+                    'outpost.compacted', 'outpost.write_checkpoints', 'outpost.checkpoints']) t";
+
+/// One statement, one snapshot: the checkpoint, the rules version, whether
+/// bucket sets are fixed, buckets with ops after `$1`, and write checkpoints
+/// published after `$1`. `{PARAMS}` is replaced by the params_changed test.
+const CHANGES_SQL: &str = "\
+SELECT outpost.checkpoint(), \
+       (SELECT r.version FROM outpost.rules r WHERE r.active), \
+       NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d, \
+                          jsonb_array_elements(d.compiled -> 'parameter_queries') pq \
+                    WHERE pq ->> 'kind' IS DISTINCT FROM 'static') {PARAMS}, \
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(s.bucket, s.checksum, \
+                                                    s.op_count - coalesce(x.removed, 0))), '[]') \
+          FROM outpost.bucket_state s LEFT JOIN outpost.compacted x ON x.bucket = s.bucket \
+         WHERE s.last_op_id > $1)::text, \
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(w.user_id, w.client_id, w.seq)), '[]') \
+          FROM outpost.write_checkpoints w WHERE w.checkpoint > $1)::text";
 
 impl PgStore {
     /// Builds the pool; connections are opened lazily, so this does not fail
@@ -166,7 +235,31 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Config(format!("cannot build pool: {e}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            catalog: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn catalog(&self) -> Result<Catalog, Error> {
+        self.catalog
+            .get_or_try_init(|| async {
+                let client = self.pool.get().await?;
+                let row = client.query_one(CATALOG_PROBE, &[]).await?;
+                let c = Catalog {
+                    readable: row.get(0),
+                    params_changed: row.get(1),
+                };
+                if !c.readable {
+                    tracing::warn!(
+                        "the relay's role cannot read outpost's tables: every stream \
+                         asks sync_checkpoint on every checkpoint"
+                    );
+                }
+                Ok::<_, Error>(c)
+            })
+            .await
+            .copied()
     }
 }
 
@@ -198,12 +291,17 @@ impl Store for PgStore {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
+            let readable = self.catalog().await?.readable;
             let client = self.pool.get().await?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
-                )
-                .await?;
+            // The rules version in the same snapshot lets [`Changes`] advance this state.
+            let sql = if readable {
+                "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text, \
+                        (SELECT r.version FROM outpost.rules r WHERE r.active)"
+            } else {
+                "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text, \
+                        NULL::bigint"
+            };
+            let stmt = client.prepare_cached(sql).await?;
             let row = client
                 .query_one(
                     &stmt,
@@ -211,7 +309,57 @@ impl Store for PgStore {
                 )
                 .await?;
             let text: String = row.get(0);
-            serde_json::from_str(&text).map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))
+            let mut state: CheckpointState = serde_json::from_str(&text)
+                .map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))?;
+            state.rules_version = row.get(1);
+            Ok(state)
+        })
+    }
+
+    fn changes_since(&self, since: OpId) -> BoxFuture<'_, Result<Option<Changes>, Error>> {
+        Box::pin(async move {
+            let catalog = self.catalog().await?;
+            if !catalog.readable {
+                return Ok(None);
+            }
+            let params = if catalog.params_changed {
+                "OR NOT EXISTS (SELECT 1 FROM outpost.checkpoints c \
+                                 WHERE c.op_id > $1 AND c.params_changed)"
+            } else {
+                ""
+            };
+            let client = self.pool.get().await?;
+            let stmt = client
+                .prepare_cached(&CHANGES_SQL.replace("{PARAMS}", params))
+                .await?;
+            let row = client.query_one(&stmt, &[&to_i64(since)]).await?;
+            let buckets: String = row.get(3);
+            let buckets: Vec<(String, i64, i64)> = serde_json::from_str(&buckets)
+                .map_err(|e| Error::Decode(format!("changed buckets: {e}")))?;
+            let wcs: String = row.get(4);
+            let wcs: Vec<(String, String, i64)> = serde_json::from_str(&wcs)
+                .map_err(|e| Error::Decode(format!("changed write checkpoints: {e}")))?;
+            let buckets = buckets
+                .into_iter()
+                .map(|(b, sum, count)| {
+                    let sum = u32::try_from(sum)
+                        .map_err(|_| Error::Decode(format!("checksum {sum} out of u32 range")))?;
+                    Ok((b, (Checksum(sum), count.max(0) as u64)))
+                })
+                .collect::<Result<_, Error>>()?;
+            let write_checkpoints = wcs
+                .into_iter()
+                .map(|(u, c, seq)| Ok(((u, c), op_id(seq)?)))
+                .collect::<Result<_, Error>>()?;
+            Ok(Some(Changes {
+                since,
+                checkpoint: op_id(row.get(0))?,
+                rules_version: row.get(1),
+                membership_fixed: row.get(2),
+                never_fixed: !catalog.params_changed && !row.get::<_, bool>(2),
+                buckets,
+                write_checkpoints,
+            }))
         })
     }
 

@@ -2,7 +2,7 @@
 //! which order buckets are sent, and how a page of `bucket_ops` rows becomes
 //! data lines. The streaming task in `routes::sync_stream` drives it.
 
-use crate::store::{CheckpointState, OpRow};
+use crate::store::{Changes, CheckpointState, OpRow};
 use crate::Error;
 use outpost_protocol::{BucketChecksum, CheckpointDiff, DataLine, OpId};
 use std::collections::HashMap;
@@ -41,6 +41,51 @@ pub fn diff(old: &CheckpointState, new: &CheckpointState) -> Option<CheckpointDi
         write_checkpoint: new.write_checkpoint,
         updated_buckets,
         removed_buckets,
+    })
+}
+
+/// The user's view at `changes.checkpoint`, derived from their view at
+/// `changes.since` without asking the database, or `None` when that is not
+/// sound and `sync_checkpoint` must be asked: `last` is not at `since`, the
+/// rules version is unknown or changed, or bucket sets may have changed.
+/// Buckets keep their order and priority; changed ones take the new
+/// checksum and count; the write checkpoint of (`user_id`, `client_id`)
+/// follows a newer one.
+pub fn apply_changes(
+    last: &CheckpointState,
+    changes: &Changes,
+    user_id: &str,
+    client_id: &str,
+) -> Option<CheckpointState> {
+    if last.checkpoint != changes.since
+        || !changes.membership_fixed
+        || last.rules_version.is_none()
+        || last.rules_version != changes.rules_version
+    {
+        return None;
+    }
+    let buckets = last
+        .buckets
+        .iter()
+        .map(|b| match changes.buckets.get(&b.bucket) {
+            Some((checksum, count)) => BucketChecksum {
+                checksum: *checksum,
+                count: Some(*count),
+                ..b.clone()
+            },
+            None => b.clone(),
+        })
+        .collect();
+    let write_checkpoint = changes
+        .write_checkpoints
+        .get(&(user_id.to_string(), client_id.to_string()))
+        .copied()
+        .or(last.write_checkpoint);
+    Some(CheckpointState {
+        checkpoint: changes.checkpoint,
+        write_checkpoint,
+        buckets,
+        rules_version: last.rules_version,
     })
 }
 
@@ -131,7 +176,60 @@ mod tests {
             checkpoint: OpId(cp),
             write_checkpoint: wc.map(OpId),
             buckets,
+            rules_version: Some(1),
         }
+    }
+
+    fn changes(since: u64, cp: u64, buckets: &[(&str, u32)]) -> Changes {
+        Changes {
+            since: OpId(since),
+            checkpoint: OpId(cp),
+            rules_version: Some(1),
+            membership_fixed: true,
+            never_fixed: false,
+            buckets: buckets
+                .iter()
+                .map(|(b, c)| (b.to_string(), (Checksum(*c), 7)))
+                .collect(),
+            write_checkpoints: Default::default(),
+        }
+    }
+
+    #[test]
+    fn changes_update_only_held_buckets_and_own_write_checkpoint() {
+        let old = state(10, Some(1), vec![b("a[]", 1, None), b("b[]", 2, Some(0))]);
+        let mut c = changes(10, 15, &[("b[]", 9), ("other[]", 5)]);
+        c.write_checkpoints
+            .insert(("u1".into(), "c2".into()), OpId(4));
+        let next = apply_changes(&old, &c, "u1", "c1").unwrap();
+        assert_eq!(next.checkpoint, OpId(15));
+        assert_eq!(next.write_checkpoint, Some(OpId(1)), "another client's");
+        assert_eq!(next.buckets[0], old.buckets[0]);
+        assert_eq!(next.buckets[1].checksum, Checksum(9));
+        assert_eq!(next.buckets[1].count, Some(7));
+        assert_eq!(next.buckets[1].priority, Some(0));
+        assert_eq!(next.buckets.len(), 2, "buckets the user lacks stay out");
+        let next = apply_changes(&old, &c, "u1", "c2").unwrap();
+        assert_eq!(next.write_checkpoint, Some(OpId(4)));
+        // The same result as the database would give: diff sees only b[].
+        let d = diff(&old, &next).unwrap();
+        assert_eq!(d.updated_buckets.len(), 1);
+    }
+
+    #[test]
+    fn changes_are_refused_when_unsound() {
+        let old = state(10, None, vec![b("a[]", 1, None)]);
+        assert!(apply_changes(&old, &changes(9, 15, &[]), "u", "c").is_none());
+        let mut c = changes(10, 15, &[]);
+        c.membership_fixed = false;
+        assert!(apply_changes(&old, &c, "u", "c").is_none());
+        let mut c = changes(10, 15, &[]);
+        c.rules_version = Some(2);
+        assert!(apply_changes(&old, &c, "u", "c").is_none());
+        let mut unknown = old.clone();
+        unknown.rules_version = None;
+        assert!(apply_changes(&unknown, &changes(10, 15, &[]), "u", "c").is_none());
+        assert!(apply_changes(&old, &changes(10, 15, &[]), "u", "c").is_some());
     }
 
     #[test]

@@ -5,11 +5,14 @@ use crate::auth::{tests::SECRET, Verifier};
 use crate::listener::Announced;
 use crate::metrics::Metrics;
 use crate::routes::{app, App, AppState, Limits};
-use crate::store::{CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, Store};
+use crate::store::{
+    Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, Store,
+};
 use crate::Error;
 use futures_util::future::BoxFuture;
 use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
@@ -31,6 +34,10 @@ pub struct FakeStore {
     pub db: Mutex<FakeDb>,
     pub fail: AtomicBool,
     pub bucket_ops_calls: AtomicU64,
+    pub sync_checkpoint_calls: AtomicU64,
+    pub changes_calls: AtomicU64,
+    /// When false, `changes_since` answers `None` (a store that cannot say).
+    pub shared_changes: AtomicBool,
     pub ticks: AtomicU64,
     /// When set, each tick waits for one permit: lets tests hold a tick in flight.
     pub tick_gate: Option<Arc<Semaphore>>,
@@ -80,6 +87,7 @@ impl Store for FakeStore {
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
             self.fail_check()?;
+            self.sync_checkpoint_calls.fetch_add(1, SeqCst);
             let mut db = self.db.lock().unwrap();
             db.last_claims = Some(claims.clone());
             let cp = db.checkpoint;
@@ -104,6 +112,7 @@ impl Store for FakeStore {
                 checkpoint: OpId(cp),
                 write_checkpoint: db.write_checkpoint.map(OpId),
                 buckets,
+                rules_version: Some(1),
             })
         })
     }
@@ -133,6 +142,42 @@ impl Store for FakeStore {
             }
             out.truncate(max_ops as usize);
             Ok(out)
+        })
+    }
+
+    /// Bucket sets never change here, except that a bucket with its first
+    /// op joins every user's set: then the answer says they may have.
+    fn changes_since(&self, since: OpId) -> BoxFuture<'_, Result<Option<Changes>, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            self.changes_calls.fetch_add(1, SeqCst);
+            if !self.shared_changes.load(SeqCst) {
+                return Ok(None);
+            }
+            let db = self.db.lock().unwrap();
+            let mut buckets: HashMap<String, (Checksum, u64)> = HashMap::new();
+            for o in db.ops.iter().filter(|o| o.entry.op_id > since) {
+                buckets.entry(o.bucket.clone()).or_default();
+            }
+            let mut new_bucket = false;
+            for (name, v) in buckets.iter_mut() {
+                let ops: Vec<&OpRow> = db.ops.iter().filter(|o| &o.bucket == name).collect();
+                new_bucket |= ops.iter().all(|o| o.entry.op_id > since);
+                *v = (ops.iter().map(|o| o.entry.checksum).sum(), ops.len() as u64);
+            }
+            Ok(Some(Changes {
+                since,
+                checkpoint: OpId(db.checkpoint),
+                rules_version: Some(1),
+                membership_fixed: !new_bucket,
+                never_fixed: false,
+                buckets,
+                write_checkpoints: db
+                    .write_checkpoint
+                    .map(|w| (("u1".to_string(), String::new()), OpId(w)))
+                    .into_iter()
+                    .collect(),
+            }))
         })
     }
 
@@ -215,12 +260,14 @@ impl Harness {
     pub fn new(store: Arc<FakeStore>, limits: Limits) -> Harness {
         let (checkpoints, cp_rx) = watch::channel(Announced::initial());
         let (stop, stop_rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             verifier: Verifier::new(Some(SECRET), None, vec![]).unwrap(),
             store: store.clone(),
             checkpoints: cp_rx,
             shutdown: stop_rx,
-            metrics: Arc::new(Metrics::default()),
+            fanout: crate::fanout::Fanout::new(store.clone(), metrics.clone()),
+            metrics,
             limits,
             write_role: None,
         };
@@ -240,6 +287,7 @@ impl Harness {
             store: self.store.clone(),
             checkpoints: s.checkpoints.clone(),
             shutdown: s.shutdown.clone(),
+            fanout: crate::fanout::Fanout::new(self.store.clone(), s.metrics.clone()),
             metrics: s.metrics.clone(),
             limits: s.limits.clone(),
             write_role: role.map(str::to_string),

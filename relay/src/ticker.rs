@@ -2,12 +2,18 @@
 //! `Notify` holds at most one permit, so while a tick runs any number of
 //! wake-ups leave exactly one more tick pending. The extension serializes
 //! ticks itself, so several relays ticking the same database is safe.
+//!
+//! Capture triggers wake at most once per 5 ms (NOTIFY serializes commits),
+//! so a commit right after a wake-up may send none, and the tick that wake-up
+//! caused may start before that commit. Hence a trailing tick shortly after
+//! every wake-up, and a fallback tick when nothing woke the ticker for a
+//! while (a commit delayed past the trailing tick, a lost notification).
 
 use crate::listener::{publish, Announced};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 pub struct Ticker {
@@ -15,15 +21,32 @@ pub struct Ticker {
     pub wake: Arc<Notify>,
     pub checkpoints: watch::Sender<Announced>,
     pub metrics: Arc<Metrics>,
+    /// One more tick this long after a wake-up (`None`: none).
+    pub trailing: Option<Duration>,
+    /// A tick when nothing happened for this long.
+    pub fallback: Duration,
 }
+
+/// Defaults for [`Ticker::trailing`] and [`Ticker::fallback`].
+pub const TRAILING: Duration = Duration::from_millis(10);
+pub const FALLBACK: Duration = Duration::from_secs(1);
 
 impl Ticker {
     /// Ticks once at start, then once per wake-up, until `shutdown`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.wake.notify_one();
+        let mut trailing_at: Option<tokio::time::Instant> = None;
         loop {
+            let fallback = tokio::time::sleep(self.fallback);
+            let trailing = tokio::time::sleep_until(
+                trailing_at.unwrap_or_else(|| tokio::time::Instant::now() + self.fallback),
+            );
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    trailing_at = self.trailing.map(|t| tokio::time::Instant::now() + t);
+                }
+                _ = trailing, if trailing_at.is_some() => trailing_at = None,
+                _ = fallback => {}
                 _ = crate::stopped(&mut shutdown) => return,
             }
             let started = Instant::now();
@@ -70,6 +93,8 @@ mod tests {
             wake: wake.clone(),
             checkpoints: cp_tx,
             metrics: Arc::new(Metrics::default()),
+            trailing: None,
+            fallback: Duration::from_secs(3600),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -89,6 +114,36 @@ mod tests {
         wake.notify_one();
         settle().await;
         assert_eq!(store.ticks.load(SeqCst), 3);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn trailing_tick_after_a_wake_up_and_fallback_when_idle() {
+        let store = Arc::new(FakeStore::default());
+        let wake = Arc::new(Notify::new());
+        let (cp_tx, _cp_rx) = watch::channel(Announced::initial());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticker = Ticker {
+            store: store.clone(),
+            wake: wake.clone(),
+            checkpoints: cp_tx,
+            metrics: Arc::new(Metrics::default()),
+            trailing: Some(Duration::from_millis(10)),
+            fallback: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(ticker.run(stop_rx));
+        settle().await;
+        // The startup tick (a wake-up), then its trailing tick 10 ms later.
+        assert_eq!(store.ticks.load(SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.ticks.load(SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(store.ticks.load(SeqCst), 2, "trailing tick");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.ticks.load(SeqCst), 2, "nothing until the fallback");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(store.ticks.load(SeqCst), 3, "fallback tick after 1 s idle");
         stop_tx.send(true).unwrap();
         task.await.unwrap();
     }

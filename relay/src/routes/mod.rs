@@ -36,6 +36,10 @@ pub struct Limits {
     pub stream_buffer: usize,
     /// Entries per `POST /crud` batch; more is 413.
     pub max_crud_entries: usize,
+    /// Streams advance from one shared read of what changed (see
+    /// [`crate::fanout`]) once at least this many are open; below, each asks
+    /// `sync_checkpoint` itself (the shared read scans every bucket's state).
+    pub shared_changes_min_streams: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +50,7 @@ impl Default for Limits {
             keepalive: Duration::from_secs(20),
             stream_buffer: 8,
             max_crud_entries: 1000,
+            shared_changes_min_streams: 2,
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct AppState {
     /// Turns true when the relay shuts down; streams end cleanly on it.
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+    /// Reads shared by all streams (changes per checkpoint, pages of ops).
+    pub fanout: crate::fanout::Fanout,
     pub limits: Limits,
     /// Role for `POST /crud`; `None` disables the endpoint.
     pub write_role: Option<String>,

@@ -11,15 +11,15 @@ use crate::auth::{now_secs, Claims};
 use crate::listener::Announced;
 use crate::metrics::GaugeGuard;
 use crate::store::CheckpointState;
-use crate::sync::{diff, page, priority_groups};
+use crate::sync::{apply_changes, diff, page, priority_groups};
 use crate::Error;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use outpost_protocol::{
-    BucketChecksum, Checkpoint, CheckpointComplete, OpId, PartialCheckpointComplete, SyncLine,
-    SyncRequest,
+    BucketChecksum, Checkpoint, CheckpointComplete, CheckpointDiff, OpId,
+    PartialCheckpointComplete, SyncLine, SyncRequest,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResBody>, Error>
@@ -64,6 +64,7 @@ where
         params,
         client_id,
         afters,
+        incomplete: Vec::new(),
     };
     tokio::spawn(stream.run(initial, checkpoints));
 
@@ -119,7 +120,24 @@ struct Stream {
     client_id: String,
     /// Per bucket, the op id the client has everything up to.
     afters: HashMap<String, OpId>,
+    /// Buckets of the last checkpoint line whose data was cut short because
+    /// a newer checkpoint superseded it: sent with the next one.
+    incomplete: Vec<String>,
 }
+
+/// How sending a checkpoint's data ended.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    /// Every op and `checkpoint_complete`.
+    Complete,
+    /// A newer checkpoint was announced first; no `checkpoint_complete` was
+    /// sent and [`Stream::incomplete`] names what is left.
+    Superseded,
+}
+
+/// The keepalive sent this long before the token expires, so that clients
+/// fetch a new token in time (PowerSync clients react to small values).
+const EXPIRY_WARNING: Duration = Duration::from_secs(20);
 
 impl Stream {
     async fn run(mut self, initial: CheckpointState, checkpoints: watch::Receiver<Announced>) {
@@ -150,7 +168,11 @@ impl Stream {
         if let Err(s) = self.send(&line).await {
             return s;
         }
-        if let Err(s) = self.send_data(initial.checkpoint, &initial.buckets).await {
+        let buckets = initial.buckets.clone();
+        if let Err(s) = self
+            .send_data(initial.checkpoint, &buckets, &checkpoints, false)
+            .await
+        {
             return s;
         }
         let mut last = initial;
@@ -161,9 +183,12 @@ impl Stream {
             keepalive_every,
         );
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expires_in = (self.claims.exp - now_secs() as i64).max(0) as u64;
-        let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+        let expires_in = Duration::from_secs((self.claims.exp - now_secs() as i64).max(0) as u64);
+        let expiry = tokio::time::sleep(expires_in);
         tokio::pin!(expiry);
+        let warning = tokio::time::sleep(expires_in.saturating_sub(EXPIRY_WARNING));
+        tokio::pin!(warning);
+        let mut warned = expires_in <= EXPIRY_WARNING;
         let mut shutdown = self.state.shutdown.clone();
 
         loop {
@@ -172,17 +197,18 @@ impl Stream {
                     if changed.is_err() {
                         return Stop::End(End::Shutdown);
                     }
-                    let announced = *checkpoints.borrow_and_update();
-                    if announced.checkpoint <= last.checkpoint.0 {
-                        continue;
-                    }
-                    match self.advance(&last, announced.at).await {
-                        Ok(Some(next)) => last = next,
-                        Ok(None) => {}
-                        Err(s) => return s,
+                    if let Err(s) = self.catch_up(&mut last, &mut checkpoints).await {
+                        return s;
                     }
                 }
                 _ = keepalive.tick() => {
+                    let left = (self.claims.exp - now_secs() as i64).max(0);
+                    if let Err(s) = self.send(&SyncLine::TokenExpiresIn(left)).await {
+                        return s;
+                    }
+                }
+                _ = &mut warning, if !warned => {
+                    warned = true;
                     let left = (self.claims.exp - now_secs() as i64).max(0);
                     if let Err(s) = self.send(&SyncLine::TokenExpiresIn(left)).await {
                         return s;
@@ -198,42 +224,109 @@ impl Stream {
         }
     }
 
-    /// Reads the user's view at the newest checkpoint and sends what changed.
-    /// Returns the new view, or `None` if the database answered with nothing newer.
-    async fn advance(
+    /// Moves the client from `last` to the newest announced checkpoint,
+    /// through as many checkpoints as are announced meanwhile.
+    async fn catch_up(
         &mut self,
-        last: &CheckpointState,
-        announced_at: Instant,
-    ) -> Result<Option<CheckpointState>, Stop> {
-        let next = self
-            .state
-            .store
-            .sync_checkpoint(&self.claims.raw, &self.params, &self.client_id)
-            .await?;
-        if next.checkpoint <= last.checkpoint {
-            return Ok(None);
-        }
-        if let Some(d) = diff(last, &next) {
+        last: &mut CheckpointState,
+        checkpoints: &mut watch::Receiver<Announced>,
+    ) -> Result<(), Stop> {
+        loop {
+            let announced = *checkpoints.borrow_and_update();
+            if announced.checkpoint <= last.checkpoint.0 && self.incomplete.is_empty() {
+                return Ok(());
+            }
+            let next = self
+                .next_state(last, OpId(announced.checkpoint.max(last.checkpoint.0)))
+                .await?;
+            if next.checkpoint <= last.checkpoint {
+                return Ok(());
+            }
+            let d = diff(last, &next);
+            if d.is_none() && self.incomplete.is_empty() {
+                *last = next;
+                continue;
+            }
+            // A superseded checkpoint's unfinished buckets go out with this
+            // one even when their checksum did not change.
+            let d = d.unwrap_or_else(|| CheckpointDiff {
+                last_op_id: next.checkpoint,
+                write_checkpoint: next.write_checkpoint,
+                updated_buckets: Vec::new(),
+                removed_buckets: Vec::new(),
+            });
             for removed in &d.removed_buckets {
                 self.afters.remove(removed);
             }
-            let updated = d.updated_buckets.clone();
+            let mut to_send = d.updated_buckets.clone();
+            for name in std::mem::take(&mut self.incomplete) {
+                if to_send.iter().any(|b| b.bucket == name) {
+                    continue;
+                }
+                if let Some(b) = next.buckets.iter().find(|b| b.bucket == name) {
+                    to_send.push(b.clone());
+                }
+            }
             self.send(&SyncLine::CheckpointDiff(d)).await?;
-            self.send_data(next.checkpoint, &updated).await?;
-            self.state
-                .metrics
-                .observe_checkpoint_lag(announced_at.elapsed());
+            let sent = self
+                .send_data(next.checkpoint, &to_send, checkpoints, true)
+                .await?;
+            if sent == Sent::Complete {
+                self.state
+                    .metrics
+                    .observe_checkpoint_lag(announced.at.elapsed());
+            }
+            *last = next;
         }
-        Ok(Some(next))
+    }
+
+    /// The user's view at a checkpoint of at least `at_least` (when the
+    /// database has it): derived from the shared [`Changes`] when that is
+    /// sound, else from this stream's own `sync_checkpoint`.
+    async fn next_state(
+        &self,
+        last: &CheckpointState,
+        at_least: OpId,
+    ) -> Result<CheckpointState, Stop> {
+        let state = &self.state;
+        if last.rules_version.is_some()
+            && state.metrics.streams_open.load(Relaxed) >= state.limits.shared_changes_min_streams
+        {
+            let changes = state
+                .fanout
+                .changes_since(last.checkpoint, at_least, last.rules_version)
+                .await?;
+            if let Some(next) =
+                changes.and_then(|c| apply_changes(last, &c, &self.claims.sub, &self.client_id))
+            {
+                state.metrics.states_shared.fetch_add(1, Relaxed);
+                return Ok(next);
+            }
+        }
+        state.metrics.sync_checkpoints.fetch_add(1, Relaxed);
+        Ok(state
+            .store
+            .sync_checkpoint(&self.claims.raw, &self.params, &self.client_id)
+            .await?)
     }
 
     /// Data lines for `buckets` up to checkpoint `cp`, by priority group, then
     /// `partial_checkpoint_complete` between groups and `checkpoint_complete`.
-    async fn send_data(&mut self, cp: OpId, buckets: &[BucketChecksum]) -> Result<(), Stop> {
+    /// Stops early, without completing, when a newer checkpoint is announced
+    /// while more remains to send. `shared`: read pages through the
+    /// process-wide cache (streams advancing together ask the same pages).
+    async fn send_data(
+        &mut self,
+        cp: OpId,
+        buckets: &[BucketChecksum],
+        checkpoints: &watch::Receiver<Announced>,
+        shared: bool,
+    ) -> Result<Sent, Stop> {
         let groups = priority_groups(buckets);
         let max_ops = self.state.limits.max_ops_per_batch.max(1);
         let count = groups.len();
-        for (i, (priority, group)) in groups.into_iter().enumerate() {
+        let superseded = || checkpoints.borrow().checkpoint > cp.0;
+        for (i, (priority, group)) in groups.iter().enumerate() {
             let mut pending: Vec<(String, OpId)> = group
                 .iter()
                 .map(|b| {
@@ -247,11 +340,19 @@ impl Stream {
             while !pending.is_empty() {
                 let names: Vec<String> = pending.iter().map(|(b, _)| b.clone()).collect();
                 let afters: Vec<OpId> = pending.iter().map(|(_, a)| *a).collect();
-                let rows = self
-                    .state
-                    .store
-                    .bucket_ops(&names, &afters, cp, max_ops)
-                    .await?;
+                let rows = if shared {
+                    self.state
+                        .fanout
+                        .bucket_ops(&names, &afters, cp, max_ops)
+                        .await?
+                        .as_ref()
+                        .clone()
+                } else {
+                    self.state
+                        .store
+                        .bucket_ops(&names, &afters, cp, max_ops)
+                        .await?
+                };
                 let page = page(&pending, rows, max_ops)?;
                 for line in page.lines {
                     if let Some(next) = line.next_after {
@@ -264,8 +365,17 @@ impl Stream {
                     self.send(&SyncLine::Data(line)).await?;
                 }
                 pending = page.remaining;
+                let more = !pending.is_empty() || i + 1 < count;
+                if more && superseded() {
+                    self.incomplete = pending.into_iter().map(|(b, _)| b).collect();
+                    for (_, later) in &groups[i + 1..] {
+                        self.incomplete
+                            .extend(later.iter().map(|b| b.bucket.clone()));
+                    }
+                    return Ok(Sent::Superseded);
+                }
             }
-            for b in &group {
+            for b in group {
                 let after = self.afters.entry(b.bucket.clone()).or_default();
                 *after = (*after).max(cp);
             }
@@ -273,7 +383,7 @@ impl Stream {
                 self.send(&SyncLine::PartialCheckpointComplete(
                     PartialCheckpointComplete {
                         last_op_id: cp,
-                        priority,
+                        priority: *priority,
                     },
                 ))
                 .await?;
@@ -282,7 +392,8 @@ impl Stream {
         self.send(&SyncLine::CheckpointComplete(CheckpointComplete {
             last_op_id: cp,
         }))
-        .await
+        .await?;
+        Ok(Sent::Complete)
     }
 
     async fn send(&self, line: &SyncLine) -> Result<(), Stop> {

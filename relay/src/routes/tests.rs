@@ -536,7 +536,8 @@ async fn keepalive_then_zero_at_token_expiry_ends_stream() {
     let mut lines = Lines::new(res);
     lines.wait = Duration::from_secs(3600); // paused time would fire a short one first
     lines.until_complete().await;
-    // Paused time auto-advances: 20 s and 40 s keepalives, then expiry at 50 s.
+    // Paused time auto-advances: keepalives at 20 s and 40 s, the expiry
+    // warning 20 s before expiry (30 s), then 0 at expiry (50 s).
     let mut rest = Vec::new();
     while let Some(l) = lines.next().await {
         rest.push(l);
@@ -545,9 +546,9 @@ async fn keepalive_then_zero_at_token_expiry_ends_stream() {
         .iter()
         .map(|l| l["token_expires_in"].as_i64().unwrap())
         .collect();
-    assert_eq!(values.len(), 3, "{rest:?}");
-    assert!(values[0] > 0 && values[1] > 0, "{values:?}");
-    assert_eq!(values[2], 0);
+    assert_eq!(values.len(), 4, "{rest:?}");
+    assert!(values[..3].iter().all(|v| *v > 0), "{values:?}");
+    assert_eq!(values[3], 0);
 }
 
 #[tokio::test]
@@ -586,4 +587,178 @@ async fn slow_client_stalls_the_producer() {
     assert_eq!(got.iter().filter(|l| l.get("data").is_some()).count(), 20);
     assert_eq!(h.store.bucket_ops_calls.load(SeqCst), 21);
     let _ = Duration::ZERO;
+}
+
+/// Op ids of every data line for `bucket`, in order.
+fn op_ids(lines: &[Value], bucket: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.get("data"))
+        .filter(|d| d["bucket"] == bucket)
+        .flat_map(|d| d["data"].as_array().unwrap().iter())
+        .map(|op| op["op_id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_advance_from_one_shared_read_per_checkpoint() {
+    let h = harness();
+    h.store.shared_changes.store(true, SeqCst);
+    h.store.put("g[]", "a");
+    h.store.put("g[]", "b");
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+        let mut lines = Lines::new(res);
+        lines.until_complete().await;
+        streams.push(lines);
+    }
+    let starts = h.store.sync_checkpoint_calls.load(SeqCst);
+    let pages = h.store.bucket_ops_calls.load(SeqCst);
+    assert_eq!((starts, pages), (20, 20));
+
+    for round in 0..3u64 {
+        h.store.put("g[]", &format!("c{round}"));
+        h.announce();
+        for lines in &mut streams {
+            let got = lines.until_complete().await;
+            let keys: Vec<&str> = got.iter().map(key).collect();
+            assert_eq!(keys, ["checkpoint_diff", "data", "checkpoint_complete"]);
+            assert_eq!(op_ids(&got, "g[]"), [3 + round]);
+            assert_eq!(got[1]["data"]["after"], (2 + round).to_string());
+            let diff = &got[0]["checkpoint_diff"];
+            let expected: u32 = h
+                .store
+                .db
+                .lock()
+                .unwrap()
+                .ops
+                .iter()
+                .map(|o| o.entry.checksum.0)
+                .fold(0u32, u32::wrapping_add);
+            assert_eq!(
+                diff["updated_buckets"][0]["checksum"].as_i64().unwrap() as i32,
+                expected as i32
+            );
+        }
+    }
+    let m = &h.app.state().metrics;
+    assert_eq!(
+        h.store.sync_checkpoint_calls.load(SeqCst),
+        starts,
+        "no per-stream query"
+    );
+    assert_eq!(
+        h.store.changes_calls.load(SeqCst),
+        3,
+        "one shared read per checkpoint"
+    );
+    assert_eq!(
+        h.store.bucket_ops_calls.load(SeqCst),
+        pages + 3,
+        "one page per checkpoint"
+    );
+    assert_eq!(m.states_shared.load(SeqCst), 60);
+}
+
+#[tokio::test]
+async fn changed_bucket_sets_fall_back_to_sync_checkpoint() {
+    let h = harness();
+    h.store.shared_changes.store(true, SeqCst);
+    h.store.put("g[]", "a");
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+        let mut lines = Lines::new(res);
+        lines.until_complete().await;
+        streams.push(lines);
+    }
+    // A bucket's first op: every user holds it now (the fake's rule), which
+    // the shared read cannot know.
+    h.store.put("new[]", "x");
+    h.announce();
+    for lines in &mut streams {
+        let got = lines.until_complete().await;
+        let diff = &got[0]["checkpoint_diff"];
+        assert_eq!(diff["updated_buckets"][0]["bucket"], "new[]", "{got:?}");
+        assert_eq!(op_ids(&got, "new[]"), [2]);
+    }
+    assert_eq!(h.store.sync_checkpoint_calls.load(SeqCst), 6);
+    assert_eq!(h.app.state().metrics.states_shared.load(SeqCst), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_newer_checkpoint_supersedes_one_being_streamed() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 2,
+            stream_buffer: 1,
+            ..Limits::default()
+        },
+    );
+    for i in 0..10 {
+        h.store.put("b[]", &format!("r{i}"));
+    }
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let mut lines = Lines::new(res);
+    let mut got = vec![lines.next().await.unwrap(), lines.next().await.unwrap()];
+    assert_eq!(key(&got[0]), "checkpoint");
+    assert_eq!(key(&got[1]), "data");
+    h.store.put("b[]", "r10");
+    h.store.put("c[]", "x");
+    h.announce();
+    got.extend(lines.until_complete().await);
+    let keys: Vec<&str> = got.iter().map(key).collect();
+    let diff_at = keys
+        .iter()
+        .position(|k| *k == "checkpoint_diff")
+        .expect("a diff");
+    assert!(
+        !keys[..diff_at].contains(&"checkpoint_complete"),
+        "checkpoint 10 must not complete once superseded: {keys:?}"
+    );
+    assert_eq!(got[diff_at]["checkpoint_diff"]["last_op_id"], "12");
+    assert_eq!(
+        got.last().unwrap()["checkpoint_complete"]["last_op_id"],
+        "12"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| **k == "checkpoint_complete").count(),
+        1
+    );
+    assert_eq!(op_ids(&got, "b[]"), (1..=11).collect::<Vec<u64>>());
+    assert_eq!(op_ids(&got, "c[]"), [12]);
+}
+
+#[tokio::test]
+async fn superseded_buckets_are_finished_even_when_unchanged() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 2,
+            stream_buffer: 1,
+            ..Limits::default()
+        },
+    );
+    for i in 0..6 {
+        h.store.put("b[]", &format!("r{i}"));
+    }
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let mut lines = Lines::new(res);
+    let mut got = vec![lines.next().await.unwrap(), lines.next().await.unwrap()];
+    // A checkpoint that changes nothing for this user (write checkpoint of nobody).
+    h.store.db.lock().unwrap().checkpoint += 1;
+    h.announce();
+    got.extend(lines.until_complete().await);
+    let keys: Vec<&str> = got.iter().map(key).collect();
+    assert_eq!(
+        keys.iter().filter(|k| **k == "checkpoint_complete").count(),
+        1
+    );
+    assert_eq!(op_ids(&got, "b[]"), (1..=6).collect::<Vec<u64>>());
+    let done = got.last().unwrap()["checkpoint_complete"]["last_op_id"].clone();
+    assert_eq!(done, "7", "checkpoint 6 was superseded: {keys:?}");
+    let d = keys.iter().position(|k| *k == "checkpoint_diff").unwrap();
+    assert_eq!(got[d]["checkpoint_diff"]["updated_buckets"], json!([]));
 }

@@ -4,8 +4,10 @@
 //! Sections (one module each): `extension` (capture overhead, tick and
 //! snapshot throughput). `OUTPOST_BENCH=extension,relay` runs a subset.
 
+mod client;
 mod compaction;
 mod extension;
+mod relay;
 mod rules;
 
 use anyhow::Result;
@@ -25,6 +27,8 @@ fn main() -> Result<()> {
     let sections: &[(&str, Section)] = &[
         ("extension", extension::run),
         ("compaction", compaction::run),
+        ("client", client::run),
+        ("relay", relay::run),
         ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

@@ -131,6 +131,7 @@ CREATE TABLE outpost.bucket_state (
     last_op_id bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX bucket_state_def ON outpost.bucket_state (def);
+CREATE INDEX bucket_state_last_op ON outpost.bucket_state (last_op_id);
 
 -- Materialized parameter lookups: which bucket a request value maps to.
 CREATE TABLE outpost.param_rows (
@@ -153,6 +154,8 @@ CREATE TABLE outpost.compactions (
 CREATE TABLE outpost.checkpoints (
     op_id      bigint PRIMARY KEY,
     ops        bigint NOT NULL,
+    -- Parameter lookups changed: some users' bucket sets may differ.
+    params_changed boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
@@ -167,6 +170,7 @@ CREATE TABLE outpost.write_checkpoints (
     checkpoint bigint NOT NULL,
     PRIMARY KEY (user_id, client_id)
 );
+CREATE INDEX write_checkpoints_checkpoint ON outpost.write_checkpoints (checkpoint);
 
 -- Scratch space of the tick (only ever touched under the tick lock, emptied
 -- before it commits). Unlogged: its content never outlives a transaction.
@@ -408,7 +412,7 @@ BEGIN
 
     IF n_ops > 0 OR params_changed OR n_wc > 0 THEN
         cp := last_cp + greatest(n_ops, 1);
-        INSERT INTO outpost.checkpoints (op_id, ops) VALUES (cp, n_ops);
+        INSERT INTO outpost.checkpoints (op_id, ops, params_changed) VALUES (cp, n_ops, params_changed);
         INSERT INTO outpost.write_checkpoints AS w (user_id, client_id, seq, checkpoint)
         SELECT user_id, client_id, seq, cp FROM outpost.work_write_checkpoints
         ON CONFLICT (user_id, client_id) DO UPDATE
@@ -742,6 +746,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_t
     )
     SELECT jsonb_build_object(
         'checkpoint', outpost.checkpoint(),
+        'rules_version', (SELECT r.version FROM outpost.rules r WHERE r.active),
         'write_checkpoint', (SELECT w.seq FROM outpost.write_checkpoints w
                               WHERE w.user_id = claims ->> 'sub' AND w.client_id = sync_checkpoint.client_id),
         'buckets', coalesce((
@@ -767,6 +772,27 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_t
          ORDER BY x.op_id LIMIT max_ops) o
      ORDER BY u.ord, o.op_id
      LIMIT max_ops
+$$;
+
+-- What changed after checkpoint `since`, read once per checkpoint and shared
+-- by all of a relay's streams: the latest checkpoint, the rules version,
+-- whether every user's bucket set is as it was (no parameter lookup changed;
+-- false when `since` is older than the checkpoints kept), the changed buckets
+-- as [bucket, checksum, count] and new write checkpoints as [user, client, seq].
+CREATE FUNCTION outpost.changes_since(since bigint)
+RETURNS TABLE (checkpoint bigint, rules_version bigint, bucket_sets_stable boolean,
+               buckets jsonb, write_checkpoints jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+    SELECT outpost.checkpoint(),
+           (SELECT r.version FROM outpost.rules r WHERE r.active),
+           NOT EXISTS (SELECT 1 FROM outpost.checkpoints c WHERE c.op_id > since AND c.params_changed)
+             AND since >= coalesce((SELECT min(c.op_id) FROM outpost.checkpoints c), 0),
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(s.bucket, s.checksum,
+                                                        s.op_count - coalesce(x.removed, 0))), '[]')
+              FROM outpost.bucket_state s LEFT JOIN outpost.compacted x ON x.bucket = s.bucket
+             WHERE s.last_op_id > since),
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(w.user_id, w.client_id, w.seq)), '[]')
+              FROM outpost.write_checkpoints w WHERE w.checkpoint > since)
 $$;
 
 CREATE FUNCTION outpost.request_write_checkpoint(user_id text, client_id text) RETURNS bigint

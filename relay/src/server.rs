@@ -55,6 +55,7 @@ pub async fn run(
             metrics: metrics.clone(),
             trailing: Some(crate::ticker::TRAILING),
             fallback: crate::ticker::FALLBACK,
+            compact_every: (args.compact_every_ops > 0).then_some(args.compact_every_ops),
         };
         tasks.push(tokio::spawn(ticker.run(stop_rx.clone())));
     }

@@ -54,6 +54,9 @@ pub struct Changes {
 pub struct OpRow {
     pub bucket: String,
     pub entry: OplogEntry,
+    /// MOVE/CLEAR from compaction: the op that superseded what it replaced.
+    /// A checkpoint below it must not be completed (its rows would be wrong).
+    pub target_op: Option<OpId>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -91,6 +94,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// `outpost.tick()`: returns the latest checkpoint.
     fn tick(&self) -> BoxFuture<'_, Result<OpId, Error>>;
+
+    /// `outpost.compact()`: ops removed (0 when another compaction runs).
+    fn compact(&self) -> BoxFuture<'_, Result<i64, Error>>;
 
     /// `outpost.checkpoint()`: the latest published checkpoint.
     fn checkpoint(&self) -> BoxFuture<'_, Result<OpId, Error>>;
@@ -179,41 +185,11 @@ pub fn quote_ident(name: &str) -> String {
 /// The Postgres store: a pool of connections to the database with the extension.
 pub struct PgStore {
     pool: Pool,
-    catalog: tokio::sync::OnceCell<Catalog>,
 }
 
-/// What this relay's role may read besides the SQL API, probed once.
-#[derive(Clone, Copy, Debug)]
-struct Catalog {
-    /// SELECT on the extension's tables that [`Store::changes_since`] reads.
-    readable: bool,
-    /// `outpost.checkpoints.params_changed` exists (a newer extension).
-    params_changed: bool,
-}
-
-const CATALOG_PROBE: &str = "\
-SELECT coalesce(bool_and(has_table_privilege(t, 'SELECT')), false), \
-       EXISTS (SELECT 1 FROM pg_attribute a \
-                WHERE a.attrelid = 'outpost.checkpoints'::regclass \
-                  AND a.attname = 'params_changed' AND NOT a.attisdropped) \
-  FROM unnest(ARRAY['outpost.rules', 'outpost.bucket_defs', 'outpost.bucket_state', \
-                    'outpost.compacted', 'outpost.write_checkpoints', 'outpost.checkpoints']) t";
-
-/// One statement, one snapshot: the checkpoint, the rules version, whether
-/// bucket sets are fixed, buckets with ops after `$1`, and write checkpoints
-/// published after `$1`. `{PARAMS}` is replaced by the params_changed test.
-const CHANGES_SQL: &str = "\
-SELECT outpost.checkpoint(), \
-       (SELECT r.version FROM outpost.rules r WHERE r.active), \
-       NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d, \
-                          jsonb_array_elements(d.compiled -> 'parameter_queries') pq \
-                    WHERE pq ->> 'kind' IS DISTINCT FROM 'static') {PARAMS}, \
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(s.bucket, s.checksum, \
-                                                    s.op_count - coalesce(x.removed, 0))), '[]') \
-          FROM outpost.bucket_state s LEFT JOIN outpost.compacted x ON x.bucket = s.bucket \
-         WHERE s.last_op_id > $1)::text, \
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(w.user_id, w.client_id, w.seq)), '[]') \
-          FROM outpost.write_checkpoints w WHERE w.checkpoint > $1)::text";
+/// One shared read per checkpoint (see `outpost.changes_since` in sql/outpost.sql).
+const CHANGES_SQL: &str = "SELECT checkpoint, rules_version, bucket_sets_stable, buckets::text, \
+                                  write_checkpoints::text FROM outpost.changes_since($1)";
 
 impl PgStore {
     /// Builds the pool; connections are opened lazily, so this does not fail
@@ -235,31 +211,7 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Config(format!("cannot build pool: {e}")))?;
-        Ok(PgStore {
-            pool,
-            catalog: tokio::sync::OnceCell::new(),
-        })
-    }
-
-    async fn catalog(&self) -> Result<Catalog, Error> {
-        self.catalog
-            .get_or_try_init(|| async {
-                let client = self.pool.get().await?;
-                let row = client.query_one(CATALOG_PROBE, &[]).await?;
-                let c = Catalog {
-                    readable: row.get(0),
-                    params_changed: row.get(1),
-                };
-                if !c.readable {
-                    tracing::warn!(
-                        "the relay's role cannot read outpost's tables: every stream \
-                         asks sync_checkpoint on every checkpoint"
-                    );
-                }
-                Ok::<_, Error>(c)
-            })
-            .await
-            .copied()
+        Ok(PgStore { pool })
     }
 }
 
@@ -291,17 +243,14 @@ impl Store for PgStore {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
-            let readable = self.catalog().await?.readable;
             let client = self.pool.get().await?;
-            // The rules version in the same snapshot lets [`Changes`] advance this state.
-            let sql = if readable {
-                "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text, \
-                        (SELECT r.version FROM outpost.rules r WHERE r.active)"
-            } else {
-                "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text, \
-                        NULL::bigint"
-            };
-            let stmt = client.prepare_cached(sql).await?;
+            // The result carries the rules version of its snapshot, which lets
+            // [`Changes`] advance this state.
+            let stmt = client
+                .prepare_cached(
+                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
+                )
+                .await?;
             let row = client
                 .query_one(
                     &stmt,
@@ -309,29 +258,14 @@ impl Store for PgStore {
                 )
                 .await?;
             let text: String = row.get(0);
-            let mut state: CheckpointState = serde_json::from_str(&text)
-                .map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))?;
-            state.rules_version = row.get(1);
-            Ok(state)
+            serde_json::from_str(&text).map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))
         })
     }
 
     fn changes_since(&self, since: OpId) -> BoxFuture<'_, Result<Option<Changes>, Error>> {
         Box::pin(async move {
-            let catalog = self.catalog().await?;
-            if !catalog.readable {
-                return Ok(None);
-            }
-            let params = if catalog.params_changed {
-                "OR NOT EXISTS (SELECT 1 FROM outpost.checkpoints c \
-                                 WHERE c.op_id > $1 AND c.params_changed)"
-            } else {
-                ""
-            };
             let client = self.pool.get().await?;
-            let stmt = client
-                .prepare_cached(&CHANGES_SQL.replace("{PARAMS}", params))
-                .await?;
+            let stmt = client.prepare_cached(CHANGES_SQL).await?;
             let row = client.query_one(&stmt, &[&to_i64(since)]).await?;
             let buckets: String = row.get(3);
             let buckets: Vec<(String, i64, i64)> = serde_json::from_str(&buckets)
@@ -356,7 +290,7 @@ impl Store for PgStore {
                 checkpoint: op_id(row.get(0))?,
                 rules_version: row.get(1),
                 membership_fixed: row.get(2),
-                never_fixed: !catalog.params_changed && !row.get::<_, bool>(2),
+                never_fixed: false,
                 buckets,
                 write_checkpoints,
             }))
@@ -374,7 +308,7 @@ impl Store for PgStore {
             let client = self.pool.get().await?;
             let stmt = client
                 .prepare_cached(
-                    "SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum \
+                    "SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum, target_op \
                      FROM outpost.bucket_ops($1::text[], $2::bigint[], $3::bigint, $4::int)",
                 )
                 .await?;
@@ -400,6 +334,7 @@ impl Store for PgStore {
                             checksum: Checksum(checksum),
                             data: r.get(6),
                         },
+                        target_op: r.get::<_, Option<i64>>(8).map(op_id).transpose()?,
                     })
                 })
                 .collect()
@@ -428,6 +363,14 @@ impl Store for PgStore {
             let client = self.pool.get().await?;
             let row = client.query_one("SELECT outpost.tick()", &[]).await?;
             op_id(row.get(0))
+        })
+    }
+
+    fn compact(&self) -> BoxFuture<'_, Result<i64, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let row = client.query_one("SELECT outpost.compact()", &[]).await?;
+            Ok(row.get(0))
         })
     }
 

@@ -109,6 +109,8 @@ pub fn priority_groups(buckets: &[BucketChecksum]) -> Vec<(i32, Vec<BucketChecks
 #[derive(Debug, PartialEq)]
 pub struct Page {
     pub lines: Vec<DataLine>,
+    /// The highest `target_op` among the page's MOVE/CLEAR ops.
+    pub max_target: Option<OpId>,
     /// Buckets still to query, with the op id to continue after. Empty when done.
     pub remaining: Vec<(String, OpId)>,
 }
@@ -120,7 +122,9 @@ pub fn page(pending: &[(String, OpId)], rows: Vec<OpRow>, max_ops: u32) -> Resul
     let full = rows.len() as u64 >= u64::from(max_ops);
     let mut lines: Vec<DataLine> = Vec::new();
     let mut pos = 0usize; // index in `pending` of the bucket of the current line
+    let mut max_target: Option<OpId> = None;
     for row in rows {
+        max_target = max_target.max(row.target_op);
         if lines.last().map(|l| l.bucket != row.bucket).unwrap_or(true) {
             let idx = pending[pos..]
                 .iter()
@@ -154,7 +158,11 @@ pub fn page(pending: &[(String, OpId)], rows: Vec<OpRow>, max_ops: u32) -> Resul
             remaining.extend(pending[pos + 1..].iter().cloned());
         }
     }
-    Ok(Page { lines, remaining })
+    Ok(Page {
+        lines,
+        max_target,
+        remaining,
+    })
 }
 
 #[cfg(test)]
@@ -297,6 +305,7 @@ mod tests {
                 checksum: Checksum(op_id as u32),
                 data: Some("{}".into()),
             },
+            target_op: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub struct FakeStore {
     /// When false, `changes_since` answers `None` (a store that cannot say).
     pub shared_changes: AtomicBool,
     pub ticks: AtomicU64,
+    pub compactions: AtomicU64,
     /// When set, each tick waits for one permit: lets tests hold a tick in flight.
     pub tick_gate: Option<Arc<Semaphore>>,
 }
@@ -64,6 +65,7 @@ impl FakeStore {
                 checksum: Checksum(u32::MAX - op_id as u32),
                 data: Some(format!(r#"{{"id":"{id}"}}"#)),
             },
+            target_op: None,
         });
         op_id
     }
@@ -192,6 +194,14 @@ impl Store for FakeStore {
             let n = db.write_checkpoint.unwrap_or(0) + 1;
             db.write_checkpoint = Some(n);
             Ok(OpId(n))
+        })
+    }
+
+    fn compact(&self) -> BoxFuture<'_, Result<i64, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            self.compactions.fetch_add(1, SeqCst);
+            Ok(0)
         })
     }
 

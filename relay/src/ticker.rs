@@ -8,6 +8,10 @@
 //! caused may start before that commit. Hence a trailing tick shortly after
 //! every wake-up, and a fallback tick when nothing woke the ticker for a
 //! while (a commit delayed past the trailing tick, a lost notification).
+//!
+//! Compaction is scheduled here too: once `compact_every` op ids were
+//! allocated since the last compaction it started, the ticker starts
+//! `outpost.compact()` on its own task (one at a time; ticks go on meanwhile).
 
 use crate::listener::{publish, Announced};
 use crate::metrics::Metrics;
@@ -25,6 +29,8 @@ pub struct Ticker {
     pub trailing: Option<Duration>,
     /// A tick when nothing happened for this long.
     pub fallback: Duration,
+    /// Compact after this many op ids (`None`: never).
+    pub compact_every: Option<u64>,
 }
 
 /// Defaults for [`Ticker::trailing`] and [`Ticker::fallback`].
@@ -36,6 +42,8 @@ impl Ticker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.wake.notify_one();
         let mut trailing_at: Option<tokio::time::Instant> = None;
+        let compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut compacted_at: Option<u64> = None;
         loop {
             let fallback = tokio::time::sleep(self.fallback);
             let trailing = tokio::time::sleep_until(
@@ -56,6 +64,25 @@ impl Ticker {
                 // The NOTIFY will say the same; publishing now saves a round trip.
                 Ok(c) => {
                     publish(&self.checkpoints, &self.metrics, c.0);
+                    let since = *compacted_at.get_or_insert(c.0);
+                    if let Some(every) = self.compact_every {
+                        if c.0.saturating_sub(since) >= every
+                            && !compacting.swap(true, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            compacted_at = Some(c.0);
+                            let store = self.store.clone();
+                            let flag = compacting.clone();
+                            tokio::spawn(async move {
+                                match store.compact().await {
+                                    Ok(n) => tracing::info!(removed = n, "outpost.compact() done"),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "outpost.compact() failed")
+                                    }
+                                }
+                                flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                            });
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "outpost.tick() failed"),
             }
@@ -95,6 +122,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             trailing: None,
             fallback: Duration::from_secs(3600),
+            compact_every: None,
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -131,6 +159,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             trailing: Some(Duration::from_millis(10)),
             fallback: Duration::from_secs(1),
+            compact_every: None,
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -144,6 +173,39 @@ mod tests {
         assert_eq!(store.ticks.load(SeqCst), 2, "nothing until the fallback");
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(store.ticks.load(SeqCst), 3, "fallback tick after 1 s idle");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn compaction_starts_after_enough_op_ids() {
+        let store = Arc::new(FakeStore::default());
+        let wake = Arc::new(Notify::new());
+        let (cp_tx, _cp_rx) = watch::channel(Announced::initial());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticker = Ticker {
+            store: store.clone(),
+            wake: wake.clone(),
+            checkpoints: cp_tx,
+            metrics: Arc::new(Metrics::default()),
+            trailing: None,
+            fallback: Duration::from_secs(3600),
+            compact_every: Some(3),
+        };
+        let task = tokio::spawn(ticker.run(stop_rx));
+        settle().await;
+        for (puts, want) in [(2, 0), (1, 1), (1, 1), (3, 2)] {
+            for _ in 0..puts {
+                store.put("b[]", "x");
+            }
+            wake.notify_one();
+            settle().await;
+            assert_eq!(
+                store.compactions.load(SeqCst),
+                want,
+                "after {puts} more ops"
+            );
+        }
         stop_tx.send(true).unwrap();
         task.await.unwrap();
     }

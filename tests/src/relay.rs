@@ -61,6 +61,8 @@ impl Relay {
             max_connections: 1000,
             db_pool_size: 4,
             drive_ticks: true,
+            // Tests that compact call it themselves.
+            compact_every_ops: 0,
             max_ops_per_batch: 1000,
             max_body_bytes: 1 << 20,
         };

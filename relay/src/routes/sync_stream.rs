@@ -169,13 +169,21 @@ impl Stream {
             return s;
         }
         let buckets = initial.buckets.clone();
-        if let Err(s) = self
+        let sent = match self
             .send_data(initial.checkpoint, &buckets, &checkpoints, false)
             .await
         {
-            return s;
-        }
+            Ok(sent) => sent,
+            Err(s) => return s,
+        };
         let mut last = initial;
+        if sent == Sent::Superseded {
+            // A newer checkpoint may have been announced before this stream
+            // subscribed; move on now rather than at the next announcement.
+            if let Err(s) = self.catch_up(&mut last, &mut checkpoints).await {
+                return s;
+            }
+        }
 
         let keepalive_every = self.state.limits.keepalive;
         let mut keepalive = tokio::time::interval_at(
@@ -326,6 +334,10 @@ impl Stream {
         let max_ops = self.state.limits.max_ops_per_batch.max(1);
         let count = groups.len();
         let superseded = || checkpoints.borrow().checkpoint > cp.0;
+        // Compaction rewrote an op we sent into a MOVE/CLEAR whose superseding
+        // op lies beyond `cp`: checksums would match but rows would not, so
+        // `cp` must not be completed; the next checkpoint carries the rest.
+        let mut beyond = false;
         for (i, (priority, group)) in groups.iter().enumerate() {
             let mut pending: Vec<(String, OpId)> = group
                 .iter()
@@ -354,6 +366,7 @@ impl Stream {
                         .await?
                 };
                 let page = page(&pending, rows, max_ops)?;
+                beyond |= page.max_target.is_some_and(|t| t > cp);
                 for line in page.lines {
                     if let Some(next) = line.next_after {
                         self.afters.insert(line.bucket.clone(), next);
@@ -378,6 +391,13 @@ impl Stream {
             for b in group {
                 let after = self.afters.entry(b.bucket.clone()).or_default();
                 *after = (*after).max(cp);
+            }
+            if beyond {
+                self.incomplete = groups[i + 1..]
+                    .iter()
+                    .flat_map(|(_, later)| later.iter().map(|b| b.bucket.clone()))
+                    .collect();
+                return Ok(Sent::Superseded);
             }
             if i + 1 < count {
                 self.send(&SyncLine::PartialCheckpointComplete(

@@ -762,3 +762,36 @@ async fn superseded_buckets_are_finished_even_when_unchanged() {
     let d = keys.iter().position(|k| *k == "checkpoint_diff").unwrap();
     assert_eq!(got[d]["checkpoint_diff"]["updated_buckets"], json!([]));
 }
+
+#[tokio::test]
+async fn a_move_beyond_the_checkpoint_holds_back_its_completion() {
+    let h = harness();
+    h.store.put("a[]", "x");
+    h.store.put("a[]", "y");
+    {
+        // Compaction turned op 1 into a MOVE superseded by op 3, which is
+        // beyond the checkpoint (2) this stream starts at.
+        let mut db = h.store.db.lock().unwrap();
+        let first = &mut db.ops[0];
+        first.entry.op = outpost_protocol::OpType::Move;
+        first.entry.object_type = None;
+        first.entry.object_id = None;
+        first.entry.subkey = None;
+        first.entry.data = None;
+        first.target_op = Some(outpost_protocol::OpId(3));
+    }
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
+    let mut lines = Lines::new(res);
+    assert_eq!(key(&lines.next().await.unwrap()), "checkpoint");
+    assert_eq!(key(&lines.next().await.unwrap()), "data");
+    h.store.put("a[]", "x");
+    h.announce();
+    let got = lines.until_complete().await;
+    let keys: Vec<&str> = got.iter().map(key).collect();
+    assert_eq!(
+        keys,
+        ["checkpoint_diff", "data", "checkpoint_complete"],
+        "checkpoint 2 is never completed: {got:?}"
+    );
+    assert_eq!(got[2]["checkpoint_complete"]["last_op_id"], "3");
+}

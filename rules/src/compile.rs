@@ -769,7 +769,10 @@ fn compile_data_query<'c>(
     filters.push(format!("({id_expr}) IS NOT NULL"));
 
     let data = json_object_sql(&columns);
-    let subkey = format!("({} || ({pk_json})::text)", quote_literal(&format!("{}:", t.oid)));
+    let subkey = format!(
+        "({} || ({pk_json})::text)",
+        quote_literal(&format!("{}:", t.oid))
+    );
     let select_from = format!(
         "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data FROM {tbl} AS {a} {laterals}",
         bucket = bucket_id_sql(&src.name, &values),

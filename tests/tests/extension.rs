@@ -679,3 +679,43 @@ fn a_restored_dump_redeploys_and_keeps_capturing() {
         .get(0);
     assert_eq!(next, 2);
 }
+
+#[test]
+fn unprivileged_roles_write_but_cannot_read_across_users() {
+    let (db, mut c) = setup("privileges");
+    // Roles are cluster-wide: one fixed name, created idempotently.
+    let role = "outpost_test_app";
+    c.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON todos, lists TO {role};"
+    ))
+    .unwrap();
+    let mut app =
+        postgres::Client::connect(&format!("{} user={role}", db.url), postgres::NoTls).unwrap();
+    // Writes by an ordinary role are captured.
+    app.batch_execute("INSERT INTO todos VALUES (90, 1, 'by app role', false)")
+        .unwrap();
+    tick(&mut c);
+    assert!(rows(&mut c, "user_lists[1]").iter().any(|r| r.1 == "90"));
+    // But it cannot read other users' buckets or change rules.
+    for sql in [
+        "SELECT outpost.sync_checkpoint('{\"sub\":\"u2\"}', '{}', 'c')",
+        "SELECT * FROM outpost.bucket_ops(ARRAY['user_lists[2]'], ARRAY[0::bigint], 100, 10)",
+        "SELECT outpost.deploy_rules('bucket_definitions: {x: {data: \"SELECT id FROM lists\"}}')",
+        "SELECT outpost._apply('[]', '{}')",
+        "SELECT outpost._tick_locked()",
+        "SELECT * FROM outpost.ops",
+    ] {
+        let err = app.query(sql, &[]).unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
+    }
+    // A relay role gets exactly what it needs.
+    c.batch_execute(&format!("SELECT outpost.grant_relay('{role}')"))
+        .unwrap();
+    app.query_one(
+        "SELECT outpost.sync_checkpoint('{\"sub\":\"u1\"}', '{}', 'c')",
+        &[],
+    )
+    .unwrap();
+    app.query_one("SELECT outpost.tick()", &[]).unwrap();
+}

@@ -483,7 +483,8 @@ $$;
 -- Buckets whose compiled definition did not change keep their ops; changed
 -- ones are re-evaluated in place (the tick emits only the differences).
 CREATE FUNCTION outpost._apply(new_sources jsonb, catalog jsonb) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp
+SET client_min_messages = warning AS $$
 DECLARE
     plan         jsonb;
     new_ver      bigint;
@@ -759,19 +760,32 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_t
                      LEFT JOIN outpost.compacted x ON x.bucket = b.bucket), '[]'::jsonb))
 $$;
 
--- Ops of the given buckets with afters[i] < op_id <= checkpoint, bucket by bucket.
+-- Ops of the given buckets with afters[i] < op_id <= checkpoint, bucket by
+-- bucket in the given order, at most max_ops rows. One index range scan per
+-- bucket, stopping as soon as the page is full: cost follows the page, not
+-- the number of buckets asked for.
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
                subkey text, data text, checksum bigint, target_op bigint)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
-    SELECT o.bucket, o.op_id, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum, o.target_op
-      FROM unnest(buckets, afters) WITH ORDINALITY AS u(b, a, ord)
-     CROSS JOIN LATERAL (
-        SELECT x.* FROM outpost.ops x
-         WHERE x.bucket = u.b AND x.op_id > u.a AND x.op_id <= bucket_ops.checkpoint
-         ORDER BY x.op_id LIMIT max_ops) o
-     ORDER BY u.ord, o.op_id
-     LIMIT max_ops
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+DECLARE
+    i    int;
+    remaining int := max_ops;
+    n    bigint;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(buckets, 1), 0) LOOP
+        EXIT WHEN remaining <= 0;
+        RETURN QUERY
+            SELECT x.bucket, x.op_id, x.op, x.object_type, x.object_id, x.subkey, x.data,
+                   x.checksum, x.target_op
+              FROM outpost.ops x
+             WHERE x.bucket = buckets[i] AND x.op_id > afters[i] AND x.op_id <= bucket_ops.checkpoint
+             ORDER BY x.op_id
+             LIMIT remaining;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        remaining := remaining - n::int;
+    END LOOP;
+END
 $$;
 
 -- What changed after checkpoint `since`, read once per checkpoint and shared

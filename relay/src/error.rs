@@ -16,6 +16,8 @@ pub enum Error {
     BadRequest(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request body not received in time")]
+    RequestTimeout,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -24,7 +26,9 @@ pub enum Error {
     NotImplemented(&'static str),
     #[error("forbidden: {0}")]
     Forbidden(String),
-    #[error("database error: {0}")]
+    /// Logged with Postgres' own message (tokio_postgres' Display says only
+    /// "db error"); never shown to clients.
+    #[error("database error: {}", db_detail(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -42,6 +46,7 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -60,6 +65,7 @@ impl Error {
             Error::Unauthorized(_) => "PSYNC_S2101",
             Error::BadRequest(_) => "OUTPOST_BAD_REQUEST",
             Error::PayloadTooLarge => "OUTPOST_PAYLOAD_TOO_LARGE",
+            Error::RequestTimeout => "OUTPOST_REQUEST_TIMEOUT",
             Error::NotFound => "OUTPOST_NOT_FOUND",
             Error::MethodNotAllowed => "OUTPOST_METHOD_NOT_ALLOWED",
             Error::NotImplemented(_) => "OUTPOST_NOT_IMPLEMENTED",
@@ -116,4 +122,21 @@ pub fn json_response<T: serde::Serialize>(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)).boxed())
         .expect("static response parts are valid")
+}
+
+/// Postgres' message, detail and context for logs.
+fn db_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!("; where: {w}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }

@@ -386,3 +386,40 @@ fn schema_endpoint_serves_client_schema() {
         .collect();
     assert_eq!(names, vec!["lists", "todos"]);
 }
+
+/// No hard bucket limit: a user holding 100,000 buckets gets a checkpoint
+/// listing all of them, then every bucket's data, then checkpoint_complete.
+#[test]
+fn a_user_with_100k_buckets_gets_a_checkpoint() {
+    const N: i32 = 100_000;
+    let db = TestDb::new("relay_100k");
+    let mut c = db.connect();
+    c.batch_execute(&format!(
+        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL, name text);
+         INSERT INTO lists SELECT g, 'many', 'list ' || g FROM generate_series(1, {N}) g;"
+    ))
+    .unwrap();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  one_list:\n    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()\n    data: SELECT id, name FROM lists WHERE id = bucket.list_id\n"],
+    )
+    .unwrap();
+    let relay = Relay::start(&db);
+    let mut s = relay.stream(&relay.token("many", 600), &request());
+    let cp = next(&mut s);
+    let buckets = cp["checkpoint"]["buckets"].as_array().expect("a checkpoint line");
+    assert_eq!(buckets.len(), N as usize);
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let l = s
+            .next_line(Duration::from_secs(120))
+            .expect("stream ended early");
+        if l.get("checkpoint_complete").is_some() {
+            break;
+        }
+        if let Some(d) = l.get("data") {
+            seen.insert(d["bucket"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen.len(), N as usize, "every bucket's data arrived before completion");
+}

@@ -38,7 +38,12 @@ where
 {
     let claims = authenticate(&state, &req)?;
     check_content_length(&req, state.limits.max_body_bytes)?;
-    let request: SyncRequest = read_json(req.into_body(), state.limits.max_body_bytes).await?;
+    let request: SyncRequest = read_json(
+        req.into_body(),
+        state.limits.max_body_bytes,
+        state.limits.read_timeout,
+    )
+    .await?;
     let params = Value::Object(request.parameters.clone().unwrap_or_default());
     let client_id = request.client_id.clone().unwrap_or_default();
 
@@ -350,8 +355,11 @@ impl Stream {
                 .filter(|(_, after)| *after < cp)
                 .collect();
             while !pending.is_empty() {
-                let names: Vec<String> = pending.iter().map(|(b, _)| b.clone()).collect();
-                let afters: Vec<OpId> = pending.iter().map(|(_, a)| *a).collect();
+                // A page holds at most `max_ops` ops, so asking for more buckets
+                // than that per query only ships names that cannot be answered.
+                let asked = pending.len().min(max_ops as usize);
+                let names: Vec<String> = pending[..asked].iter().map(|(b, _)| b.clone()).collect();
+                let afters: Vec<OpId> = pending[..asked].iter().map(|(_, a)| *a).collect();
                 let rows = if shared {
                     self.state
                         .fanout
@@ -365,7 +373,8 @@ impl Stream {
                         .bucket_ops(&names, &afters, cp, max_ops)
                         .await?
                 };
-                let page = page(&pending, rows, max_ops)?;
+                let mut page = page(&pending[..asked], rows, max_ops)?;
+                page.remaining.extend(pending[asked..].iter().cloned());
                 beyond |= page.max_target.is_some_and(|t| t > cp);
                 for line in page.lines {
                     if let Some(next) = line.next_after {

@@ -55,7 +55,15 @@ impl Database {
         let sink = touched.clone();
         store.connection_mut().update_hook(Some(
             move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
-                *sink.lock().unwrap().entry(table.to_string()).or_insert(0) += 1;
+                // Called for every row written (a million on an initial sync): no
+                // allocation unless the table is new in this batch.
+                let mut t = sink.lock().unwrap();
+                match t.get_mut(table) {
+                    Some(n) => *n += 1,
+                    None => {
+                        t.insert(table.to_string(), 1);
+                    }
+                }
             },
         ))?;
         let status = SyncStatus {

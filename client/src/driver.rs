@@ -61,6 +61,23 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
+/// Data lines already received are stored together, in one SQLite transaction,
+/// up to about this many ops (bounding the memory of decoded lines held at once).
+pub const MAX_BATCH_OPS: usize = 50_000;
+
+/// Whether more lines that are ready may join a batch that has produced
+/// `instructions`: only data lines batch, up to [`MAX_BATCH_OPS`].
+pub fn batch_open(instructions: &[Instruction]) -> bool {
+    let mut ops = 0;
+    for i in instructions {
+        match i {
+            Instruction::SaveData(d) => ops += d.data.len(),
+            _ => return false,
+        }
+    }
+    ops < MAX_BATCH_OPS
+}
+
 enum Iteration {
     /// A full checkpoint was applied and `once` was asked.
     Done(String),
@@ -136,7 +153,18 @@ impl Database {
                 let instructions = tokio::select! {
                     line = stream.next_line() => match line? {
                         None => return Ok(Iteration::Reconnect),
-                        Some(line) => machine.handle_line(line)?,
+                        Some(line) => {
+                            let mut batch = machine.handle_line(line)?;
+                            // A client slower than the stream finds more lines waiting:
+                            // store them together.
+                            while batch_open(&batch) {
+                                match stream.next_line_ready()? {
+                                    Some(line) => batch.extend(machine.handle_line(line)?),
+                                    None => break,
+                                }
+                            }
+                            batch
+                        }
                     },
                     Some(()) = upload_done.recv() => machine.upload_completed(),
                 };

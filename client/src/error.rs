@@ -37,6 +37,18 @@ impl Error {
     pub fn is_auth(&self) -> bool {
         matches!(self, Error::Http { status: 401, .. })
     }
+
+    /// The local database could not grow (disk full, or a size limit): the write
+    /// that hit it was rolled back whole, so the database is still at its last
+    /// applied checkpoint and the upload queue is intact. Syncing resumes once
+    /// there is room.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

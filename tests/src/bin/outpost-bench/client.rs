@@ -13,9 +13,10 @@
 use crate::Row;
 use anyhow::{bail, Context, Result};
 use outpost_client::connector::fetch_relay_schema;
+use outpost_client::driver::batch_open;
 use outpost_client::store::Effect;
 use outpost_client::sync::Instruction;
-use outpost_client::transport::Http;
+use outpost_client::transport::{parse_line, Http};
 use outpost_client::{Credentials, Database, SchemaMode, StaticConnector, Store, SyncOptions};
 use outpost_protocol::SyncLine;
 use outpost_tests::relay::Relay;
@@ -170,6 +171,13 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+fn parse(text: &str, p: &mut Phases) -> Result<Option<SyncLine>> {
+    let t = Instant::now();
+    let line = parse_line(text)?;
+    p.parse += t.elapsed();
+    Ok(line)
+}
+
 #[derive(Default)]
 struct Phases {
     total: Duration,
@@ -186,20 +194,30 @@ fn apply_recorded(path: &Path, mode: SchemaMode, lines: &[String]) -> Result<Pha
     let mut p = Phases::default();
     let start = Instant::now();
     let mut applied = false;
-    for text in lines {
-        let t = Instant::now();
-        let Some(line) = SyncLine::parse(text)? else {
+    let mut rest = lines.iter().peekable();
+    while let Some(text) = rest.next() {
+        let Some(line) = parse(text, &mut p)? else {
             continue;
         };
-        p.parse += t.elapsed();
         let is_complete = matches!(line, SyncLine::CheckpointComplete(_));
         let t = Instant::now();
-        let instructions: Vec<Instruction> = machine.handle_line(line)?;
-        let effects = store.execute(&mut machine, instructions)?;
+        let parsed_before = p.parse;
+        let mut batch: Vec<Instruction> = machine.handle_line(line)?;
+        // As the driver does with lines already received (here: all of them).
+        while batch_open(&batch) && rest.peek().is_some_and(|l| l.starts_with("{\"data\"")) {
+            if let Some(text) = rest.next() {
+                if let Some(line) = parse(text, &mut p)? {
+                    batch.extend(machine.handle_line(line)?);
+                }
+            }
+        }
+        let effects = store.execute(&mut machine, batch)?;
+        // The batch's time, less the parsing counted apart.
+        let took = t.elapsed().saturating_sub(p.parse - parsed_before);
         if is_complete {
-            p.apply += t.elapsed();
+            p.apply += took;
         } else {
-            p.save += t.elapsed();
+            p.save += took;
         }
         applied |= effects
             .iter()

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=5432 user=postgres dbname=postgres
 
-.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext package test-package
+.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext package test-package test-compat
 
 setup:
 	@scripts/setup.sh
@@ -48,3 +48,8 @@ package:
 test-package:
 	@SKIP_EXTENSION=1 scripts/setup.sh
 	@scripts/test-package.sh
+
+## make test-compat: PowerSync's own Node SDK (compat/powersync-node, pinned)
+## syncs from outpost-relay; needs Node 20+ and npm.
+test-compat: setup
+	@scripts/test-compat.sh

@@ -94,12 +94,14 @@ impl Database {
         options: SyncOptions,
     ) -> Result<Option<String>> {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let uploader = tokio::spawn(upload_loop(
+        // Aborted when `connect` returns *or* its future is dropped (the app
+        // stops syncing by dropping or aborting it): no orphaned uploader.
+        let uploader = AbortOnDrop(tokio::spawn(upload_loop(
             self.clone(),
             connector.clone(),
             done_tx,
             options.clone(),
-        ));
+        )));
         let http = Http::new();
         let mut failures = 0u32;
         let result = loop {
@@ -128,7 +130,7 @@ impl Database {
                 }
             }
         };
-        uploader.abort();
+        drop(uploader);
         self.set_status(|s| s.connected = false);
         result
     }
@@ -265,6 +267,15 @@ async fn upload_loop<C: Connector>(
             _ = db.crud_changed().notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

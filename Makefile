@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=5432 user=postgres dbname=postgres
 
-.PHONY: setup test test-unit test-integration demo bench lint fmt install-ext package test-package test-compat
+.PHONY: setup test test-unit test-integration test-faults demo bench lint fmt install-ext package test-package test-compat
 
 setup:
 	@scripts/setup.sh
@@ -17,6 +17,11 @@ install-ext: setup
 test: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) test --workspace --exclude outpost --no-fail-fast
+
+## make test-faults: Postgres restarted under a running relay and client, on a
+## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after).
+test-faults: setup
+	@scripts/test-faults.sh
 
 ## Tier 1 only: pure crates, no Postgres needed.
 test-unit:

@@ -4,7 +4,8 @@
 //! selected key allows (so `none`, or HS256 against an RSA key, is refused);
 //! a token with a `kid` must name a configured key, one without uses the
 //! keys that have none (the HS256 secret); `sub`, `iat` and `exp` are
-//! required with 60 s of clock leeway; a lifetime over 24 h is refused;
+//! required with 60 s of clock leeway (as is `nbf` when present); a
+//! lifetime over 24 h is refused;
 //! `aud` must match when an audience is configured.
 
 use crate::Error;
@@ -15,6 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const LEEWAY_SECS: u64 = 60;
 pub const MAX_LIFETIME_SECS: i64 = 86_400;
+
+/// Longest token accepted (bytes). Real tokens are well under 2 KB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The verified claims of a client token.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +86,11 @@ impl Verifier {
 
     /// Verifies a token at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Error> {
+        // The claims go to Postgres with every checkpoint query of the stream:
+        // a (validly signed) token of 100 KB would cost that on every query.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(unauthorized("token too large"));
+        }
         // Fails for `alg: none` and unknown algorithms: jsonwebtoken has no such variant.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("malformed token or unsupported algorithm"))?;
@@ -152,6 +161,16 @@ fn check_claims(claims: Map<String, Value>, now: u64) -> Result<Claims, Error> {
     }
     if iat > now as i64 + LEEWAY_SECS as i64 {
         return Err(unauthorized("token issued in the future"));
+    }
+    // jsonwebtoken checks `nbf` only when asked, and against the system clock:
+    // check it here, against `now`, like `exp`.
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf
+            .as_i64()
+            .ok_or_else(|| unauthorized("nbf must be an integer"))?;
+        if nbf > now as i64 + LEEWAY_SECS as i64 {
+            return Err(unauthorized("token not yet valid (nbf)"));
+        }
     }
     if exp - iat > MAX_LIFETIME_SECS {
         return Err(unauthorized("token lifetime exceeds 86400 seconds"));
@@ -330,6 +349,37 @@ pub(crate) mod tests {
         assert!(v.verify(&t, NOW).is_ok(), "30 s past exp is within leeway");
         let t = hs256(SECRET, &claims(NOW - 1000, NOW - 61));
         assert_eq!(reason(v.verify(&t, NOW)), "token expired");
+    }
+
+    #[test]
+    fn refuses_oversized_tokens() {
+        let mut c = claims(NOW, NOW + 600);
+        c["pad"] = json!("x".repeat(MAX_TOKEN_BYTES));
+        assert_eq!(
+            reason(verifier().verify(&hs256(SECRET, &c), NOW)),
+            "token too large"
+        );
+    }
+
+    #[test]
+    fn not_before_honours_leeway() {
+        let v = verifier();
+        let mut c = claims(NOW, NOW + 600);
+        c["nbf"] = json!(NOW + 30);
+        assert!(
+            v.verify(&hs256(SECRET, &c), NOW).is_ok(),
+            "nbf 30 s ahead is within leeway"
+        );
+        c["nbf"] = json!(NOW + 3600);
+        assert_eq!(
+            reason(v.verify(&hs256(SECRET, &c), NOW)),
+            "token not yet valid (nbf)"
+        );
+        c["nbf"] = json!("soon");
+        assert_eq!(
+            reason(v.verify(&hs256(SECRET, &c), NOW)),
+            "nbf must be an integer"
+        );
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Maximum request body size in bytes.
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+
+    /// Seconds a client gets to send a request's headers, and again its body;
+    /// a slower client is disconnected (headers) or answered 408 (body).
+    #[arg(long, env = "OUTPOST_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

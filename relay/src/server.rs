@@ -9,7 +9,7 @@ use crate::routes::{app, App, AppState, Limits};
 use crate::store::{PgStore, Store};
 use crate::ticker::Ticker;
 use crate::Error;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -78,6 +78,7 @@ pub async fn run(
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_ops_per_batch: args.max_ops_per_batch,
+            read_timeout: Duration::from_secs(args.read_timeout_secs),
             ..Limits::default()
         },
         write_role: args.write_role.clone(),
@@ -109,7 +110,15 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper applies no header timeout at all: a client sending
+    // its headers a byte at a time (slowloris) would hold a connection forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.state().limits.read_timeout);
+    let read_timeout = app.state().limits.read_timeout;
+    let builder = Arc::new(builder);
     let metrics = app.state().metrics.clone();
     tokio::pin!(shutdown);
     loop {
@@ -126,14 +135,27 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let conn = builder.serve_connection(io, app.clone());
-                let conn = graceful.watch(conn.into_owned());
                 let metrics = metrics.clone();
+                let app = app.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _open = GaugeGuard::new(&metrics.connections_open);
+                    // hyper's header timeout starts at the first byte: a client
+                    // that connects and sends nothing would hold a connection
+                    // slot forever. Give it the same read timeout.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(read_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            tracing::debug!(%peer, "connection sent nothing in time; closed");
+                            return;
+                        }
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), app);
+                    let conn = watcher.watch(conn.into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
@@ -143,7 +165,7 @@ pub async fn serve(
             Err(_) => {
                 metrics.connections_rejected.fetch_add(1, Relaxed);
                 let conn = builder.serve_connection(
-                    io,
+                    TokioIo::new(stream),
                     hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(
                             Error::Unavailable("too many connections".into()).into_response(),

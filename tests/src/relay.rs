@@ -65,6 +65,7 @@ impl Relay {
             compact_every_ops: 0,
             max_ops_per_batch: 1000,
             max_body_bytes: 1 << 20,
+            read_timeout_secs: 30,
         };
         configure(&mut args);
 

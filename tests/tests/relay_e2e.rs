@@ -407,7 +407,9 @@ fn a_user_with_100k_buckets_gets_a_checkpoint() {
     let relay = Relay::start(&db);
     let mut s = relay.stream(&relay.token("many", 600), &request());
     let cp = next(&mut s);
-    let buckets = cp["checkpoint"]["buckets"].as_array().expect("a checkpoint line");
+    let buckets = cp["checkpoint"]["buckets"]
+        .as_array()
+        .expect("a checkpoint line");
     assert_eq!(buckets.len(), N as usize);
     let mut seen = std::collections::BTreeSet::new();
     loop {
@@ -421,5 +423,9 @@ fn a_user_with_100k_buckets_gets_a_checkpoint() {
             seen.insert(d["bucket"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(seen.len(), N as usize, "every bucket's data arrived before completion");
+    assert_eq!(
+        seen.len(),
+        N as usize,
+        "every bucket's data arrived before completion"
+    );
 }

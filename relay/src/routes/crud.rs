@@ -66,7 +66,12 @@ where
         ));
     };
     check_content_length(&req, state.limits.max_body_bytes)?;
-    let body: RawBatch = read_json(req.into_body(), state.limits.max_body_bytes).await?;
+    let body: RawBatch = read_json(
+        req.into_body(),
+        state.limits.max_body_bytes,
+        state.limits.read_timeout,
+    )
+    .await?;
     if body.batch.len() > state.limits.max_crud_entries {
         return Err(Error::PayloadTooLarge);
     }

@@ -40,6 +40,9 @@ pub struct Limits {
     /// [`crate::fanout`]) once at least this many are open; below, each asks
     /// `sync_checkpoint` itself (the shared read scans every bucket's state).
     pub shared_changes_min_streams: u64,
+    /// Time a client gets to send a request body (408 beyond); headers get the
+    /// same bound from the HTTP/1 server (see [`crate::server::serve`]).
+    pub read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             stream_buffer: 8,
             max_crud_entries: 1000,
             shared_changes_min_streams: 2,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -158,14 +162,19 @@ fn authenticate<B>(state: &AppState, req: &Request<B>) -> Result<Claims, Error> 
     state.verifier.verify_header(header)
 }
 
-/// Reads a JSON body of at most `limit` bytes (413 beyond, 400 if malformed).
-async fn read_json<B, T>(body: B, limit: usize) -> Result<T, Error>
+/// Reads a JSON body of at most `limit` bytes within `timeout` (413 beyond the
+/// size, 408 beyond the time: a client trickling its body must not hold a
+/// connection and a task forever; 400 if malformed).
+async fn read_json<B, T>(body: B, limit: usize, timeout: Duration) -> Result<T, Error>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     T: serde::de::DeserializeOwned,
 {
-    let bytes = match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| Error::RequestTimeout)?;
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(Error::PayloadTooLarge)

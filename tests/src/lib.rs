@@ -6,10 +6,12 @@
 //!   points at the server; `make test` sets one up on 127.0.0.1:5432).
 //! - [`fold_bucket`], [`Op`]: read a bucket's ops and replay them the way a client does.
 //! - [`relay`]: an in-process relay against a [`TestDb`] and a small HTTP client for it.
+//! - [`client`]: waits on client sync status and live queries.
 //! - `tests/`: the test files, one per area (extension, concurrency, relay, client).
 //!
 //! The extension must be installed (`scripts/setup.sh` does it).
 
+pub mod client;
 pub mod relay;
 
 use postgres::{Client, NoTls};

@@ -23,14 +23,13 @@ use outpost_client::{Connector, Credentials, Database, SyncOptions, SyncStatus};
 use outpost_protocol::http::{CrudBatch, CrudOp};
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(30);
 const WRITE_ROLE: &str = "outpost_test_writer";
 const SHARED: &str = "00000000-0000-4000-8000-000000000001";
 const ALICE_LIST: &str = "00000000-0000-4000-8000-0000000000a1";
@@ -124,13 +123,7 @@ fn setup(label: &str) -> (TestDb, postgres::Client) {
     (db, c)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use outpost_tests::client::runtime;
 
 /// A TCP proxy in front of the relay that can be cut: offline, it drops every
 /// open connection and closes new ones at once, so the client behind it sees
@@ -253,22 +246,9 @@ fn wait_status(
     rt: &tokio::runtime::Runtime,
     c: &Client,
     what: &str,
-    mut pred: impl FnMut(&SyncStatus) -> bool,
+    pred: impl FnMut(&SyncStatus) -> bool,
 ) -> SyncStatus {
-    let mut rx = c.db.status();
-    let got = rt.block_on(async {
-        tokio::time::timeout(WAIT, rx.wait_for(|s| pred(s)))
-            .await
-            .map(|r| r.map(|s| s.clone()))
-    });
-    match got {
-        Ok(Ok(s)) => s,
-        _ => panic!(
-            "timed out waiting for {what}; status {:?}, sync task finished: {}",
-            *c.db.status().borrow(),
-            c.task.is_finished()
-        ),
-    }
+    outpost_tests::client::wait_status(rt, &c.db, what, || c.task.is_finished(), pred)
 }
 
 fn wait_synced(rt: &tokio::runtime::Runtime, c: &Client) {
@@ -288,7 +268,7 @@ fn wait_offline(rt: &tokio::runtime::Runtime, c: &Client, what: &str) {
     wait_status(rt, c, what, |s| !s.connected);
 }
 
-type Rows = Vec<Map<String, Value>>;
+use outpost_tests::client::Rows;
 
 /// Runs `sql` as a live query until `pred` holds for its rows; returns them.
 fn wait_rows(
@@ -296,28 +276,9 @@ fn wait_rows(
     c: &Client,
     sql: &str,
     what: &str,
-    mut pred: impl FnMut(&Rows) -> bool,
+    pred: impl FnMut(&Rows) -> bool,
 ) -> Rows {
-    let mut w = c.db.watch(sql, &[]).unwrap();
-    let mut last = Rows::new();
-    let r = rt.block_on(async {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let rows = w.next().await.unwrap();
-                if pred(&rows) {
-                    return rows;
-                }
-                last = rows;
-            }
-        })
-        .await
-    });
-    r.unwrap_or_else(|_| {
-        panic!(
-            "timed out waiting for {what}: last rows {last:?}; status {:?}",
-            *c.db.status().borrow()
-        )
-    })
+    outpost_tests::client::wait_rows(rt, &c.db, sql, what, pred)
 }
 
 fn query(c: &Client, sql: &str) -> Rows {

@@ -855,17 +855,25 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS _outpost_touched (bucket text PRIMARY KEY) ON COMMIT DROP;
     DELETE FROM _outpost_touched;
 
-    WITH s AS (
-        DELETE FROM outpost.superseded x WHERE x.by_op <= upto RETURNING x.bucket, x.op_id, x.by_op
-    ), moved AS (
-        UPDATE outpost.ops o
-           SET op = 'MOVE', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
-               target_op = s.by_op
-          FROM s
-         WHERE o.bucket = s.bucket AND o.op_id = s.op_id AND o.op IN ('PUT', 'REMOVE')
-        RETURNING o.bucket
-    )
-    INSERT INTO _outpost_touched SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
+    -- In batches, so each statement's memory stays bounded however much
+    -- history piled up since the last compaction.
+    LOOP
+        WITH s AS (
+            DELETE FROM outpost.superseded x
+             WHERE x.ctid = ANY (ARRAY(SELECT y.ctid FROM outpost.superseded y
+                                        WHERE y.by_op <= upto LIMIT 10000))
+            RETURNING x.bucket, x.op_id, x.by_op
+        ), moved AS (
+            UPDATE outpost.ops o
+               SET op = 'MOVE', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
+                   target_op = s.by_op
+              FROM s
+             WHERE o.bucket = s.bucket AND o.op_id = s.op_id AND o.op IN ('PUT', 'REMOVE')
+            RETURNING o.bucket
+        )
+        INSERT INTO _outpost_touched SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM outpost.superseded y WHERE y.by_op <= upto);
+    END LOOP;
 
     FOR b IN SELECT t.bucket FROM _outpost_touched t ORDER BY t.bucket LOOP
         SELECT min(o.op_id) INTO first_put FROM outpost.ops o

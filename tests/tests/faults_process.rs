@@ -341,16 +341,22 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
     }
 
     // Kills walk around the moment the apply commits: start at 0.8x the
-    // timed sync; after a kill that left the old state wait longer (x1.25),
-    // after one that found the new state shorter (x0.85). Machine load moves
-    // that moment, so the walk, not a fixed schedule, keeps kills near it:
+    // timed sync; after a kill that left the old state wait longer (x1.3),
+    // after one that found the new state shorter (x0.6). Machine load moves
+    // that moment (a cold first sync can take several times longer than the
+    // next ones), so the walk, not a fixed schedule, keeps kills near it:
     // early ones land in the download, the others in the apply (one SQLite
-    // transaction) or just after its commit.
+    // transaction) or just after its commit. At least KILLS kills, more (up
+    // to MAX_KILLS) until both outcomes were seen.
     const KILLS: usize = 10;
+    const MAX_KILLS: usize = 40;
     let (mut old, mut new) = (0, 0);
     let mut held = version; // what the file holds
     let mut delay = full.mul_f64(0.8);
-    for _ in 0..KILLS {
+    for kill in 0..MAX_KILLS {
+        if kill >= KILLS && old > 0 && new > 0 {
+            break;
+        }
         let f = delay.as_secs_f64() / full.as_secs_f64();
         version += 1;
         bump(&mut c, version);
@@ -367,13 +373,13 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
         );
         if lo == version {
             new += 1;
-            delay = delay.mul_f64(0.85);
+            delay = delay.mul_f64(0.6);
         } else {
             // Not applied: the file must still hold the previous state; the
             // next round's checkpoint covers both updates.
             assert_eq!(lo, held, "kill at {f:.2}: neither old nor new");
             old += 1;
-            delay = delay.mul_f64(1.25);
+            delay = delay.mul_f64(1.3);
         }
         held = lo;
     }

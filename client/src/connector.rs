@@ -49,11 +49,15 @@ const BATCH: usize = 1000;
 /// relay whole; the local transaction holding the refused entry (the one the answer
 /// names, else the batch's first) moves to `ps_crud_rejected`, the rest is retried,
 /// and [`SyncStatus::last_rejected`](crate::SyncStatus) says why. The next
-/// checkpoint restores the server's version of the rows it touched. Anything else
-/// (network, 401, 5xx) fails the upload, which is retried with backoff.
+/// checkpoint restores the server's version of the rows it touched. A batch too
+/// large for the relay (413) is sent again in smaller batches; a single local
+/// transaction that is too large on its own is refused for good the same way.
+/// Anything else (network, 401, 5xx) fails the upload, which is retried with
+/// backoff.
 pub async fn upload_to_relay(db: &Database, http: &Http, creds: &Credentials) -> Result<()> {
+    let mut limit = BATCH;
     loop {
-        let items = db.with_store(|s| s.crud_batch(BATCH))?;
+        let items = db.with_store(|s| s.crud_batch(limit))?;
         let Some(last) = items.last().map(|i| i.id) else {
             break;
         };
@@ -68,10 +72,14 @@ pub async fn upload_to_relay(db: &Database, http: &Http, creds: &Credentials) ->
                 Some(&serde_json::to_value(&batch)?),
             )
             .await;
+        let several_txs = items.iter().any(|i| i.entry.tx_id != items[0].entry.tx_id);
         match sent {
             Ok(_) => db.with_store(|s| s.complete_crud(last))?,
+            Err(Error::Http { status: 413, .. }) if several_txs => {
+                limit = (items.len() / 2).max(1);
+            }
             Err(Error::Http {
-                status: status @ (400 | 403 | 422),
+                status: status @ (400 | 403 | 413 | 422),
                 body,
                 ..
             }) => {

@@ -357,6 +357,88 @@ async fn refused_write_is_set_aside_and_the_rest_uploads() {
 }
 
 #[tokio::test]
+async fn too_large_batches_are_split_and_a_too_large_transaction_is_refused() {
+    // The relay accepts at most 2 entries per request (413 beyond that).
+    let (endpoint, log) = serve(Arc::new(|seen: &Seen| {
+        if seen.path == "/crud" {
+            let body: Value = serde_json::from_str(&seen.body).unwrap();
+            if body["batch"].as_array().unwrap().len() > 2 {
+                return (413, json!({"error": {"code": "OUTPOST_TOO_LARGE", "status": 413,
+                    "description": "at most 2 entries per batch"}}).to_string());
+            }
+            (200, r#"{"data":{"applied":1}}"#.into())
+        } else if seen.path.starts_with("/write-checkpoint2.json") {
+            (200, r#"{"data":{"write_checkpoint":"5"}}"#.into())
+        } else {
+            (200, stream(&[
+                json!({"checkpoint": {"last_op_id": "1", "write_checkpoint": "5", "buckets": [{"bucket": "b[]", "checksum": 1}]}}),
+                json!({"data": {"bucket": "b[]", "data": [put(1, "t1", "one", 1)]}}),
+                json!({"checkpoint_complete": {"last_op_id": "1"}}),
+            ]))
+        }
+    }))
+    .await;
+    let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
+    // Three one-row transactions (together too large), then one three-row
+    // transaction (too large on its own).
+    for id in ["a", "b", "c"] {
+        db.execute(
+            &format!("INSERT INTO todos(id, title, done) VALUES ('{id}', 'x', 0)"),
+            &[],
+        )
+        .unwrap();
+    }
+    db.execute_batch(
+        "INSERT INTO todos(id, title, done) VALUES ('big1', 'x', 0);
+         INSERT INTO todos(id, title, done) VALUES ('big2', 'x', 0);
+         INSERT INTO todos(id, title, done) VALUES ('big3', 'x', 0);",
+    )
+    .unwrap();
+    let options = SyncOptions {
+        max_attempts: Some(50),
+        ..once()
+    };
+    let cp = tokio::time::timeout(
+        Duration::from_secs(20),
+        db.connect(connector(&endpoint), options),
+    )
+    .await
+    .expect("a too-large batch must not wedge the queue")
+    .unwrap();
+    assert_eq!(cp.as_deref(), Some("1"));
+    let uploaded: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path == "/crud")
+        .filter_map(|s| {
+            let body: Value = serde_json::from_str(&s.body).unwrap();
+            let batch = body["batch"].as_array().unwrap().clone();
+            (batch.len() <= 2).then(|| {
+                batch
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        uploaded,
+        ["a", "b", "c"],
+        "the small transactions went up in smaller batches"
+    );
+    let status = db.status().borrow().clone();
+    assert_eq!(status.upload_pending, 0);
+    assert!(status.last_rejected.expect("reported").contains("413"));
+    let kept = db
+        .query("SELECT DISTINCT status FROM ps_crud_rejected", &[])
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["status"], 413);
+}
+
+#[tokio::test]
 async fn watch_wakes_on_relevant_writes_only() {
     let schema = Schema::new(vec![
         Table::new("todos", vec![Column::new("title", ColumnType::Text)]),

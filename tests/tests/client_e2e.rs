@@ -22,88 +22,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WRITE_ROLE: &str = "outpost_test_writer";
-const SHARED: &str = "00000000-0000-4000-8000-000000000001";
-const ALICE_LIST: &str = "00000000-0000-4000-8000-0000000000a1";
-const BOB_LIST: &str = "00000000-0000-4000-8000-0000000000b1";
-
-const SCHEMA: &str = "
-CREATE TABLE lists (id uuid PRIMARY KEY, owner_id text, name text NOT NULL);
-CREATE TABLE todos (
-  id uuid PRIMARY KEY,
-  list_id uuid NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
-  owner_id text NOT NULL,
-  description text NOT NULL,
-  completed boolean NOT NULL DEFAULT false,
-  created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE FUNCTION test_user_id() RETURNS text LANGUAGE sql STABLE AS $$
-  SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                  nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-$$;
-GRANT USAGE ON SCHEMA public TO outpost_test_writer;
-GRANT EXECUTE ON FUNCTION test_user_id() TO outpost_test_writer;
-GRANT SELECT, INSERT, UPDATE, DELETE ON lists, todos TO outpost_test_writer;
-ALTER TABLE lists ENABLE ROW LEVEL SECURITY;
-ALTER TABLE todos ENABLE ROW LEVEL SECURITY;
-CREATE POLICY lists_read ON lists FOR SELECT TO outpost_test_writer
-  USING (owner_id = test_user_id() OR owner_id IS NULL);
-CREATE POLICY todos_read ON todos FOR SELECT TO outpost_test_writer
-  USING (list_id IN (SELECT id FROM lists));
-CREATE POLICY todos_insert ON todos FOR INSERT TO outpost_test_writer
-  WITH CHECK (owner_id = test_user_id() AND list_id IN (SELECT id FROM lists));
-CREATE POLICY todos_update ON todos FOR UPDATE TO outpost_test_writer
-  USING (owner_id = test_user_id())
-  WITH CHECK (owner_id = test_user_id() AND list_id IN (SELECT id FROM lists));
-CREATE POLICY todos_delete ON todos FOR DELETE TO outpost_test_writer
-  USING (owner_id = test_user_id());
-
-INSERT INTO lists VALUES
-  ('00000000-0000-4000-8000-000000000001', NULL, 'shared'),
-  ('00000000-0000-4000-8000-0000000000a1', 'alice', 'alice list'),
-  ('00000000-0000-4000-8000-0000000000b1', 'bob', 'bob list');
-INSERT INTO todos(id, list_id, owner_id, description, completed)
-SELECT gen_random_uuid(), l, o, o || ' todo ' || g, g % 3 = 0
-  FROM (VALUES ('00000000-0000-4000-8000-0000000000a1'::uuid, 'alice', 50),
-               ('00000000-0000-4000-8000-0000000000b1'::uuid, 'bob', 30),
-               ('00000000-0000-4000-8000-000000000001'::uuid, 'bob', 10)) v(l, o, n),
-       generate_series(1, n) g;
-";
-
-const RULES: &str = "
-bucket_definitions:
-  user_lists:
-    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
-    data:
-      - SELECT id, owner_id, name FROM lists WHERE id = bucket.list_id
-      - SELECT * FROM todos WHERE list_id = bucket.list_id
-  shared:
-    data:
-      - SELECT id, owner_id, name FROM lists WHERE owner_id IS NULL
-      - SELECT * FROM todos WHERE list_id = '00000000-0000-4000-8000-000000000001'
-";
+use outpost_tests::client::todo_app::{self, ALICE_LIST, BOB_LIST, SHARED, WRITE_ROLE};
 
 /// The database with schema, RLS, seed rows and rules deployed.
 fn setup(label: &str) -> (TestDb, postgres::Client) {
-    // Roles are cluster-wide; parallel tests may race to create it.
-    let mut admin = postgres::Client::connect(&outpost_tests::server_url(), postgres::NoTls)
-        .expect("connect to Postgres");
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WRITE_ROLE}') THEN
-                 CREATE ROLE {WRITE_ROLE} NOLOGIN;
-               END IF;
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-             END $$"
-        ))
-        .unwrap();
-    let db = TestDb::new(label);
-    let mut c = db.connect();
-    c.batch_execute(SCHEMA).unwrap();
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&RULES])
-        .unwrap();
-    (db, c)
+    todo_app::setup(label, "", &todo_app::seed(50, 30, 10))
 }
 
 use outpost_tests::client::runtime;

@@ -14,9 +14,12 @@ setup:
 install-ext: setup
 
 ## make test: every test tier (unit, integration on real Postgres).
-test: setup
-	$(CARGO) fmt --all --check
+test: setup lint
 	$(CARGO) test --workspace --exclude outpost --no-fail-fast
+
+## Tier 2 only: the integration tests on real Postgres (tests/tests/*).
+test-integration: setup
+	$(CARGO) test -p outpost-tests --no-fail-fast
 
 ## make test-faults: Postgres restarted under a running relay and client, on a
 ## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after).
@@ -25,7 +28,7 @@ test-faults: setup
 
 ## Tier 1 only: pure crates, no Postgres needed.
 test-unit:
-	$(CARGO) test -p outpost-protocol -p outpost-rules -p outpost-relay -p outpost-client --lib --bins
+	$(CARGO) test -p outpost-protocol -p outpost-rules -p outpost-relay -p outpost-client --lib --bins --tests
 
 ## make demo: Postgres + extension + relay + two clients syncing demo data.
 demo: setup
@@ -35,7 +38,8 @@ demo: setup
 bench: setup
 	$(CARGO) run --release -p outpost-tests --bin outpost-bench
 
-lint:
+## make lint: formatting and clippy (warnings are errors); part of `make test`.
+lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

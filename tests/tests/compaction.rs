@@ -148,10 +148,10 @@ fn random_histories_with_compaction_converge() {
         let mut stopped: Vec<(String, BucketClient)> = Vec::new();
         let mut compactions = 0;
         for _step in 0..40 {
-            for _ in 0..rng.gen_range(1..15) {
-                let id: i32 = rng.gen_range(1..30);
-                let v: i32 = rng.gen_range(0..1000);
-                match rng.gen_range(0..4) {
+            for _ in 0..rng.random_range(1..15) {
+                let id: i32 = rng.random_range(1..30);
+                let v: i32 = rng.random_range(0..1000);
+                match rng.random_range(0..4) {
                     0 | 1 => c.execute(
                         "INSERT INTO t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = $2",
                         &[&id, &v],
@@ -163,14 +163,14 @@ fn random_histories_with_compaction_converge() {
             }
             let cp = tick(&mut c);
             // A client stops here, part way into a bucket's ops or at the checkpoint.
-            if rng.gen_bool(0.3) {
-                let bucket = if rng.gen_bool(0.5) { "even[]" } else { "odd[]" };
+            if rng.random_bool(0.3) {
+                let bucket = if rng.random_bool(0.5) { "even[]" } else { "odd[]" };
                 let mut client = BucketClient::default();
-                let stop_at = rng.gen_range(0..=cp);
+                let stop_at = rng.random_range(0..=cp);
                 client.apply_to(&mut c, bucket, stop_at, false);
                 stopped.push((bucket.to_string(), client));
             }
-            if rng.gen_bool(0.25) {
+            if rng.random_bool(0.25) {
                 let removed: i64 = c.query_one("SELECT outpost.compact()", &[]).unwrap().get(0);
                 compactions += 1;
                 let _ = removed;
@@ -285,13 +285,13 @@ fn compaction_runs_alongside_writers_and_ticks() {
             let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             let mut rng = StdRng::seed_from_u64(w);
             for _ in 0..300 {
-                let id: i32 = rng.gen_range(1..120);
-                let v: i32 = rng.gen_range(0..1000);
+                let id: i32 = rng.random_range(1..120);
+                let v: i32 = rng.random_range(0..1000);
                 let _ = c.execute(
                     "INSERT INTO t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = $2",
                     &[&id, &v],
                 );
-                if rng.gen_bool(0.1) {
+                if rng.random_bool(0.1) {
                     let _ = c.execute("DELETE FROM t WHERE id = $1", &[&id]);
                 }
             }

@@ -45,15 +45,15 @@ bucket_definitions:
         let url = db.url.clone();
         writers.push(thread::spawn(move || {
             let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rng();
             let mut committed = 0;
             for _ in 0..TXNS_PER_WRITER {
                 let mut tx = c.transaction().unwrap();
                 let mut ok = true;
-                for _ in 0..rng.gen_range(1..5) {
-                    let id: i32 = rng.gen_range(1..400);
-                    let list: i32 = rng.gen_range(1..7);
-                    let r = match rng.gen_range(0..10) {
+                for _ in 0..rng.random_range(1..5) {
+                    let id: i32 = rng.random_range(1..400);
+                    let list: i32 = rng.random_range(1..7);
+                    let r = match rng.random_range(0..10) {
                         0..=2 => tx.execute(
                             "INSERT INTO todos VALUES ($1, $2, 'w', 0) ON CONFLICT (id) DO UPDATE SET n = todos.n + 1",
                             &[&id, &list],
@@ -72,14 +72,14 @@ bucket_definitions:
                         break;
                     }
                 }
-                if ok && rng.gen_bool(0.8) {
+                if ok && rng.random_bool(0.8) {
                     if tx.commit().is_ok() {
                         committed += 1;
                     }
                 } else {
                     let _ = tx.rollback();
                 }
-                if rng.gen_bool(0.1) {
+                if rng.random_bool(0.1) {
                     thread::yield_now();
                 }
             }

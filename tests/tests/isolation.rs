@@ -116,11 +116,11 @@ fn no_request_reads_beyond_its_token() {
     let mut leaks = 0usize;
     for _round in 0..25 {
         // Random writes to parameter rows and data rows.
-        for _ in 0..rng.gen_range(5..30) {
-            let list: i32 = rng.gen_range(1..20);
-            let owner = &users[rng.gen_range(0..users.len())];
-            let members: Vec<&String> = users.iter().filter(|_| rng.gen_bool(0.2)).collect();
-            match rng.gen_range(0..6) {
+        for _ in 0..rng.random_range(5..30) {
+            let list: i32 = rng.random_range(1..20);
+            let owner = &users[rng.random_range(0..users.len())];
+            let members: Vec<&String> = users.iter().filter(|_| rng.random_bool(0.2)).collect();
+            match rng.random_range(0..6) {
                 0 | 1 => {
                     c.execute(
                         "INSERT INTO lists VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET owner_id = $2, members = $3",
@@ -133,7 +133,7 @@ fn no_request_reads_beyond_its_token() {
                         .unwrap();
                 }
                 3 | 4 => {
-                    let id: i32 = rng.gen_range(1..300);
+                    let id: i32 = rng.random_range(1..300);
                     c.execute(
                         "INSERT INTO todos VALUES ($1, $2, 't') ON CONFLICT (id) DO UPDATE SET list_id = $2",
                         &[&id, &list],
@@ -141,8 +141,8 @@ fn no_request_reads_beyond_its_token() {
                     .unwrap();
                 }
                 _ => {
-                    let id: i32 = rng.gen_range(1..100);
-                    let org = orgs[rng.gen_range(0..orgs.len())];
+                    let id: i32 = rng.random_range(1..100);
+                    let org = orgs[rng.random_range(0..orgs.len())];
                     c.execute(
                         "INSERT INTO notes VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET org = $2",
                         &[&id, &org],
@@ -153,13 +153,13 @@ fn no_request_reads_beyond_its_token() {
         }
         tick(&mut c);
         for user in &users {
-            let org = orgs[rng.gen_range(0..orgs.len())];
+            let org = orgs[rng.random_range(0..orgs.len())];
             let claims = json!({"sub": user, "org": org});
             // Honest and forged client parameters: another user's list, a
             // bucket id, SQL in a parameter.
             let forged = [
                 json!({}),
-                json!({"list": rng.gen_range(1..20)}),
+                json!({"list": rng.random_range(1..20)}),
                 json!({"list": "1 OR true"}),
                 json!({"list": "owned[1]", "org": "acme"}),
                 json!({"sub": "u0", "user_id": "u0"}),

@@ -1099,6 +1099,8 @@ BEGIN
         outpost.client_schema(), outpost.sync_checkpoint(jsonb, jsonb, text),
         outpost.bucket_ops(text[], bigint[], bigint, int), outpost.changes_since(bigint),
         outpost.request_write_checkpoint(text, text) TO %I', role);
+    -- sql/checkpoint_request.sql
+    EXECUTE format('GRANT EXECUTE ON FUNCTION outpost.request_checkpoint(text, text, bigint) TO %I', role);
 END
 $$;
 REVOKE EXECUTE ON FUNCTION outpost.grant_relay(name) FROM PUBLIC;

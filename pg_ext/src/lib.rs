@@ -22,6 +22,11 @@ extension_sql_file!(
     name = "outpost_crud",
     requires = ["outpost_core"]
 );
+extension_sql_file!(
+    "../../sql/checkpoint_request.sql",
+    name = "outpost_checkpoint_request",
+    requires = ["outpost_core"]
+);
 
 fn rules_error(message: String) -> ! {
     ereport!(

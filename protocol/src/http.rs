@@ -16,6 +16,23 @@ pub struct WriteCheckpoint {
     pub write_checkpoint: OpId,
 }
 
+/// The body of `POST /sync/checkpoint-request`: a client-chosen id that
+/// only grows per client; PowerSync clients send it as a string (an int64
+/// may exceed what a JSON number holds exactly), a number is accepted too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    #[serde(default)]
+    pub client_id: Option<String>,
+    pub checkpoint_request_id: OpId,
+}
+
+/// `POST /sync/checkpoint-request` → `{"data":{"checkpoint_request_id":"n"}}`:
+/// the id stored after the request (larger than the one sent when that was stale).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRequestAck {
+    pub checkpoint_request_id: OpId,
+}
+
 /// `{"error":{"code":…,"status":…,"description":…}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -82,6 +99,27 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
             r#"{"data":{"write_checkpoint":"3"}}"#
+        );
+    }
+
+    #[test]
+    fn checkpoint_request_shapes() {
+        let r: CheckpointRequest = serde_json::from_str(
+            r#"{"client_id":"c1","checkpoint_request_id":"9007199254740993","x":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.checkpoint_request_id, OpId(9_007_199_254_740_993));
+        assert_eq!(r.client_id.as_deref(), Some("c1"));
+        let r: CheckpointRequest = serde_json::from_str(r#"{"checkpoint_request_id":3}"#).unwrap();
+        assert_eq!((r.checkpoint_request_id, r.client_id), (OpId(3), None));
+        let ack = DataEnvelope {
+            data: CheckpointRequestAck {
+                checkpoint_request_id: OpId(5),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&ack).unwrap(),
+            r#"{"data":{"checkpoint_request_id":"5"}}"#
         );
     }
 

@@ -2,20 +2,20 @@
 //!
 //! Layout:
 //! - [`checksum`]: per-op checksums (blake3-derived u32) and wrapping bucket sums.
-//! - [`bucket`]: bucket ids (`name` + compact JSON array of parameter values).
 //! - [`lines`]: the NDJSON lines of `POST /sync/stream` (server → client) and the request body.
-//! - [`http`]: the small JSON bodies of the other endpoints (`/write-checkpoint2.json`, `/crud`, errors).
+//! - [`http`]: the small JSON bodies of the other endpoints (`/write-checkpoint2.json`,
+//!   `/sync/checkpoint-request`, `/crud`, errors).
 //!
-//! The shapes follow PowerSync's protocol (see `shared/reference/powersync-protocol.md`):
-//! op ids travel as decimal strings, checksums as 32-bit numbers that may arrive
-//! signed, unsigned or as whole floats.
+//! The shapes follow PowerSync's sync protocol: op ids travel as decimal
+//! strings, checksums as 32-bit numbers that may arrive signed, unsigned or as
+//! whole floats. Bucket ids are opaque text here; the extension builds them
+//! (definition name + compact JSON array of parameter values, e.g.
+//! `user_lists["u1"]`, `global[]`).
 
-pub mod bucket;
 pub mod checksum;
 pub mod http;
 pub mod lines;
 
-pub use bucket::bucket_id;
 pub use checksum::{op_checksum, Checksum};
 pub use lines::{
     BucketChecksum, BucketRequest, Checkpoint, CheckpointComplete, CheckpointDiff, DataLine, OpId,

@@ -81,6 +81,31 @@ pub struct ServeArgs {
     /// a slower client is disconnected (headers) or answered 408 (body).
     #[arg(long, env = "OUTPOST_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout_secs: u64,
+
+    // Reaching the relay over real networks: browsers, TLS, compression.
+    /// Origins allowed to call the client endpoints from a browser (CORS):
+    /// `*` for any, or a comma-separated list like `https://app.example.com`.
+    #[arg(
+        long,
+        env = "OUTPOST_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// PEM certificate chain to serve HTTPS with (h1 and h2); needs --tls-key.
+    /// Both files are read again on SIGHUP.
+    #[arg(long, env = "OUTPOST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OUTPOST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Compress /sync/stream with zstd or gzip when the request's
+    /// Accept-Encoding allows it (flushed whenever the stream catches up).
+    #[arg(long, env = "OUTPOST_COMPRESSION", default_value_t = true, action = ArgAction::Set)]
+    pub compression: bool,
 }
 
 #[derive(Debug, Clone, Args)]

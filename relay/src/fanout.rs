@@ -20,7 +20,6 @@ use crate::store::{Changes, OpRow, Store};
 use crate::Error;
 use outpost_protocol::OpId;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -43,8 +42,6 @@ pub struct Fanout {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     changes: Mutex<HashMap<OpId, ChangesCell>>,
-    /// A rules version under which [`Changes`] can never be applied.
-    useless_for: Mutex<Option<i64>>,
     pages: Mutex<HashMap<PageKey, PageCell>>,
 }
 
@@ -54,24 +51,18 @@ impl Fanout {
             store,
             metrics,
             changes: Mutex::default(),
-            useless_for: Mutex::default(),
             pages: Mutex::default(),
         }
     }
 
     /// What changed after `since`, as of a checkpoint of at least
     /// `at_least` when possible (an answer read before `at_least` was
-    /// announced is replaced once). `None`: the store cannot say, or not
-    /// usefully for a view under `rules_version`.
+    /// announced is replaced once). `None`: the store cannot say.
     pub async fn changes_since(
         &self,
         since: OpId,
         at_least: OpId,
-        rules_version: Option<i64>,
     ) -> Result<Option<Arc<Changes>>, Error> {
-        if rules_version.is_some() && *self.useless_for.lock().unwrap() == rules_version {
-            return Ok(None);
-        }
         let mut answer = None;
         for _ in 0..2 {
             let cell = {
@@ -82,7 +73,7 @@ impl Fanout {
             };
             let got = cell
                 .get_or_try_init(|| async {
-                    self.metrics.changes_queries.fetch_add(1, Relaxed);
+                    self.metrics.changes_queries.inc();
                     Ok::<_, Error>(self.store.changes_since(since).await?.map(Arc::new))
                 })
                 .await?
@@ -90,9 +81,6 @@ impl Fanout {
             match got {
                 None => return Ok(None),
                 Some(c) => {
-                    if c.never_fixed {
-                        *self.useless_for.lock().unwrap() = c.rules_version;
-                    }
                     if c.checkpoint >= at_least {
                         return Ok(Some(c));
                     }
@@ -128,10 +116,10 @@ impl Fanout {
             evict(&mut map, MAX_PAGES, |k| k.checkpoint);
             cell
         };
-        self.metrics.ops_pages.fetch_add(1, Relaxed);
+        self.metrics.ops_pages.inc();
         let rows = cell
             .get_or_try_init(|| async {
-                self.metrics.ops_queries.fetch_add(1, Relaxed);
+                self.metrics.ops_queries.inc();
                 let rows = self
                     .store
                     .bucket_ops(buckets, afters, checkpoint, max_ops)
@@ -188,7 +176,7 @@ mod tests {
         let rows = f.bucket_ops(&names, &[OpId(1)], OpId(2), 10).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(store.bucket_ops_calls.load(SeqCst), 2);
-        assert_eq!(metrics.ops_queries.load(Relaxed), 2);
+        assert_eq!(metrics.ops_queries.get(), 2);
     }
 
     #[tokio::test]
@@ -200,7 +188,7 @@ mod tests {
         let names = vec!["g[]".to_string()];
         store.fail.store(true, SeqCst);
         assert!(f.bucket_ops(&names, &[OpId(0)], OpId(1), 10).await.is_err());
-        assert!(f.changes_since(OpId(0), OpId(1), Some(1)).await.is_err());
+        assert!(f.changes_since(OpId(0), OpId(1)).await.is_err());
         store.fail.store(false, SeqCst);
         assert_eq!(
             f.bucket_ops(&names, &[OpId(0)], OpId(1), 10)
@@ -209,11 +197,7 @@ mod tests {
                 .len(),
             1
         );
-        assert!(f
-            .changes_since(OpId(0), OpId(1), Some(1))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(f.changes_since(OpId(0), OpId(1)).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -223,23 +207,15 @@ mod tests {
         store.shared_changes.store(true, SeqCst);
         let metrics = Arc::new(Metrics::default());
         let f = Fanout::new(store.clone(), metrics.clone());
-        let c = f
-            .changes_since(OpId(0), OpId(1), Some(1))
-            .await
-            .unwrap()
-            .unwrap();
+        let c = f.changes_since(OpId(0), OpId(1)).await.unwrap().unwrap();
         assert_eq!(c.checkpoint, OpId(1));
         // Cached: no new query.
-        f.changes_since(OpId(0), OpId(1), Some(1)).await.unwrap();
-        assert_eq!(metrics.changes_queries.load(Relaxed), 1);
+        f.changes_since(OpId(0), OpId(1)).await.unwrap();
+        assert_eq!(metrics.changes_queries.get(), 1);
         store.put("g[]", "2");
-        let c = f
-            .changes_since(OpId(0), OpId(2), Some(1))
-            .await
-            .unwrap()
-            .unwrap();
+        let c = f.changes_since(OpId(0), OpId(2)).await.unwrap().unwrap();
         assert_eq!(c.checkpoint, OpId(2));
-        assert_eq!(metrics.changes_queries.load(Relaxed), 2);
+        assert_eq!(metrics.changes_queries.get(), 2);
     }
 
     #[test]

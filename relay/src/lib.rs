@@ -3,25 +3,34 @@
 //! streams checkpoints and ops as PowerSync-compatible NDJSON. It keeps no
 //! durable state, so any number of relays can serve one database.
 //!
-//! Layout:
+//! Layout (a module imports only modules listed before it):
+//! - [`error`]: the one error type and its HTTP mapping.
 //! - [`config`]: command line and environment (`serve`, `token`).
+//! - [`metrics`]: counters, gauges and histograms, exposed by `prometheus-client`.
 //! - [`auth`]: JWT verification (HS256 secret, JWKS file) and dev tokens.
+//! - [`db`]: opening Postgres connections (the pool and the LISTEN connection).
 //! - [`store`]: the [`store::Store`] trait (everything the relay asks the
-//!   database) and its Postgres implementation over a connection pool.
+//!   database), the values it exchanges, and its Postgres implementation.
+//! - [`sync`]: pure sync logic: checkpoint diffs, priority groups, paging, and
+//!   what a stream has sent (positions, superseded checkpoints).
 //! - [`listener`]: the one LISTEN connection per process; fans checkpoint
 //!   notifications out through a `watch` channel and wakes the ticker.
+//! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced,
+//!   and schedules compaction.
 //! - [`fanout`]: reads shared by all streams of the process: what changed
 //!   since a checkpoint (one query per checkpoint, not per connection) and
 //!   pages of ops, both single-flight.
-//! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced.
-//! - [`sync`]: pure sync logic: checkpoint diffs, priority groups, paging.
+//! - [`compress`]: content negotiation and flushable gzip/zstd encoders for streams.
+//! - [`tls`]: HTTPS: certificates loaded (and reloaded) into a rustls acceptor.
 //! - [`routes`]: the router ([`app`]) and one module per endpoint.
-//! - [`server`]: accept loop, connection cap, graceful shutdown.
-//! - [`metrics`]: counters and gauges, Prometheus text exposition.
-//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`server`]: accept loop, connection cap, graceful shutdown, and [`server::run`],
+//!   which wires the relay together.
+//! - `testing` (tests only): an in-memory [`store::Store`] and a router harness.
 
 pub mod auth;
+pub mod compress;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod listener;
@@ -33,6 +42,7 @@ pub mod sync;
 #[cfg(test)]
 mod testing;
 pub mod ticker;
+pub mod tls;
 
 pub use error::Error;
 pub use routes::{app, App, AppState, Limits};

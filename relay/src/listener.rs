@@ -43,7 +43,10 @@ pub fn publish(tx: &watch::Sender<Announced>, metrics: &Metrics, checkpoint: u64
         }
     });
     if changed {
-        metrics.checkpoint_latest.fetch_max(checkpoint, Relaxed);
+        metrics
+            .checkpoint_latest
+            .inner()
+            .fetch_max(i64::try_from(checkpoint).unwrap_or(i64::MAX), Relaxed);
     }
     changed
 }
@@ -77,13 +80,11 @@ impl Listener {
         }
     }
 
-    async fn listen_once(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+    async fn listen_once(&self) -> Result<(), crate::Error> {
+        let (client, mut messages) = crate::db::connect(&self.database_url).await?;
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
         // The connection must be polled for notifications to arrive at all.
         let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(msg) = messages.next().await {
                 match msg {
                     Ok(AsyncMessage::Notification(n)) => {

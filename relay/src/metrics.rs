@@ -1,203 +1,252 @@
-//! Process metrics as atomics, rendered in the Prometheus text format by hand
-//! (a handful of series does not justify a metrics framework).
+//! Process metrics, exposed at `GET /metrics` in the OpenMetrics text format
+//! by `prometheus-client`. Names are part of the operator's interface (the
+//! README's monitoring table): counters are registered without `_total`,
+//! which the encoder appends.
 
-use std::fmt::Write;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-#[derive(Default)]
+/// A gauge of seconds.
+type Seconds = Gauge<f64, AtomicU64>;
+
 pub struct Metrics {
-    pub connections_open: AtomicU64,
-    pub connections_rejected: AtomicU64,
-    pub streams_open: AtomicU64,
-    pub streams_total: AtomicU64,
-    pub ops_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub lines_sent: AtomicU64,
-    pub checkpoint_latest: AtomicU64,
-    lag_micros_sum: AtomicU64,
-    lag_count: AtomicU64,
-    lag_micros_max: AtomicU64,
-    pub ticks: AtomicU64,
-    pub tick_errors: AtomicU64,
+    pub connections_open: Gauge,
+    pub connections_rejected: Counter,
+    pub streams_open: Gauge,
+    pub streams_total: Counter,
+    pub ops_sent: Counter,
+    pub bytes_sent: Counter,
+    pub lines_sent: Counter,
+    /// Bytes of `/sync/stream` bodies as sent (after compression).
+    pub wire_bytes_sent: Counter,
+    pub checkpoint_latest: Gauge,
+    checkpoint_lag: Histogram,
+    checkpoint_lag_max: Seconds,
+    pub ticks: Counter,
+    pub tick_errors: Counter,
+    tick_duration: Histogram,
+    tick_duration_last: Seconds,
+    /// Time a stream waited for its client to take a line (backpressure).
+    stream_send: Histogram,
     /// Shared `Changes` reads (one per process per checkpoint, ideally).
-    pub changes_queries: AtomicU64,
+    pub changes_queries: Counter,
     /// Stream advances derived from shared `Changes` (no per-stream query).
-    pub states_shared: AtomicU64,
+    pub states_shared: Counter,
     /// Per-stream `sync_checkpoint` calls (stream starts and fallbacks).
-    pub sync_checkpoints: AtomicU64,
+    pub sync_checkpoints: Counter,
     /// Pages of ops asked for by streams advancing, and those that were read.
-    pub ops_pages: AtomicU64,
-    pub ops_queries: AtomicU64,
-    tick_micros_sum: AtomicU64,
-    tick_micros_last: AtomicU64,
+    pub ops_pages: Counter,
+    pub ops_queries: Counter,
+    /// Certificate reloads on SIGHUP, and those that failed.
+    pub tls_reloads: Counter,
+    pub tls_reload_errors: Counter,
+    registry: Registry,
 }
 
-/// Decrements a gauge when dropped, so early returns and panics keep it right.
-pub struct GaugeGuard<'a>(&'a AtomicU64);
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let m = Metrics {
+            connections_open: Gauge::default(),
+            connections_rejected: Counter::default(),
+            streams_open: Gauge::default(),
+            streams_total: Counter::default(),
+            ops_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            lines_sent: Counter::default(),
+            wire_bytes_sent: Counter::default(),
+            checkpoint_latest: Gauge::default(),
+            // 0.5 ms .. 16 s
+            checkpoint_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            checkpoint_lag_max: Seconds::default(),
+            ticks: Counter::default(),
+            tick_errors: Counter::default(),
+            // 1 ms .. 16 s
+            tick_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            tick_duration_last: Seconds::default(),
+            // 0.1 ms .. 26 s
+            stream_send: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            changes_queries: Counter::default(),
+            states_shared: Counter::default(),
+            sync_checkpoints: Counter::default(),
+            ops_pages: Counter::default(),
+            ops_queries: Counter::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        m.registered()
+    }
+}
+
+/// Increments a gauge while alive, so early returns and panics keep it right.
+pub struct GaugeGuard<'a>(&'a Gauge);
 
 impl<'a> GaugeGuard<'a> {
-    pub fn new(g: &'a AtomicU64) -> GaugeGuard<'a> {
-        g.fetch_add(1, Relaxed);
+    pub fn new(g: &'a Gauge) -> GaugeGuard<'a> {
+        g.inc();
         GaugeGuard(g)
     }
 }
 
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.dec();
     }
 }
 
 impl Metrics {
+    fn registered(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "outpost_relay_connections_open",
+            "Open client connections.",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "outpost_relay_connections_rejected",
+            "Connections refused over the cap.",
+            self.connections_rejected.clone(),
+        );
+        r.register(
+            "outpost_relay_streams_open",
+            "Open sync streams.",
+            self.streams_open.clone(),
+        );
+        r.register(
+            "outpost_relay_streams",
+            "Sync streams started.",
+            self.streams_total.clone(),
+        );
+        r.register(
+            "outpost_relay_ops_sent",
+            "Ops sent in data lines.",
+            self.ops_sent.clone(),
+        );
+        r.register(
+            "outpost_relay_lines_sent",
+            "NDJSON lines sent.",
+            self.lines_sent.clone(),
+        );
+        r.register(
+            "outpost_relay_bytes_sent",
+            "Bytes of NDJSON sent (before compression).",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "outpost_relay_wire_bytes_sent",
+            "Bytes of sync stream bodies as sent (after compression).",
+            self.wire_bytes_sent.clone(),
+        );
+        r.register(
+            "outpost_relay_checkpoint",
+            "Latest checkpoint seen.",
+            self.checkpoint_latest.clone(),
+        );
+        r.register(
+            "outpost_relay_checkpoint_lag_seconds",
+            "Delay from a checkpoint announced to its checkpoint_complete sent on a stream.",
+            self.checkpoint_lag.clone(),
+        );
+        r.register(
+            "outpost_relay_checkpoint_lag_seconds_max",
+            "Largest such delay.",
+            self.checkpoint_lag_max.clone(),
+        );
+        r.register(
+            "outpost_relay_stream_send_seconds",
+            "Time a stream waited for its client to take a line.",
+            self.stream_send.clone(),
+        );
+        r.register(
+            "outpost_relay_changes_queries",
+            "Shared reads of what changed since a checkpoint.",
+            self.changes_queries.clone(),
+        );
+        r.register(
+            "outpost_relay_states_shared",
+            "Stream advances derived from a shared read, with no query of their own.",
+            self.states_shared.clone(),
+        );
+        r.register(
+            "outpost_relay_sync_checkpoints",
+            "Per-stream sync_checkpoint queries.",
+            self.sync_checkpoints.clone(),
+        );
+        r.register(
+            "outpost_relay_ops_pages",
+            "Pages of ops requested by advancing streams.",
+            self.ops_pages.clone(),
+        );
+        r.register(
+            "outpost_relay_ops_queries",
+            "Pages of ops read from the database (the rest were shared).",
+            self.ops_queries.clone(),
+        );
+        r.register(
+            "outpost_relay_tls_reloads",
+            "TLS certificate reloads (SIGHUP).",
+            self.tls_reloads.clone(),
+        );
+        r.register(
+            "outpost_relay_tls_reload_errors",
+            "TLS certificate reloads that failed (the previous certificate stays).",
+            self.tls_reload_errors.clone(),
+        );
+        r.register(
+            "outpost_relay_ticks",
+            "outpost.tick() calls.",
+            self.ticks.clone(),
+        );
+        r.register(
+            "outpost_relay_tick_errors",
+            "Failed outpost.tick() calls.",
+            self.tick_errors.clone(),
+        );
+        r.register(
+            "outpost_relay_tick_duration_seconds",
+            "Time in outpost.tick().",
+            self.tick_duration.clone(),
+        );
+        r.register(
+            "outpost_relay_tick_duration_seconds_last",
+            "Duration of the last tick.",
+            self.tick_duration_last.clone(),
+        );
+        self
+    }
+
     /// Time from a checkpoint being announced to a stream completing it.
     pub fn observe_checkpoint_lag(&self, d: Duration) {
-        let us = d.as_micros() as u64;
-        self.lag_micros_sum.fetch_add(us, Relaxed);
-        self.lag_count.fetch_add(1, Relaxed);
-        self.lag_micros_max.fetch_max(us, Relaxed);
+        let secs = d.as_secs_f64();
+        self.checkpoint_lag.observe(secs);
+        // Non-negative floats order like their bit patterns.
+        self.checkpoint_lag_max
+            .inner()
+            .fetch_max(secs.to_bits(), Relaxed);
     }
 
     pub fn observe_tick(&self, d: Duration, ok: bool) {
-        let us = d.as_micros() as u64;
-        self.ticks.fetch_add(1, Relaxed);
+        self.ticks.inc();
         if !ok {
-            self.tick_errors.fetch_add(1, Relaxed);
+            self.tick_errors.inc();
         }
-        self.tick_micros_sum.fetch_add(us, Relaxed);
-        self.tick_micros_last.store(us, Relaxed);
+        self.tick_duration.observe(d.as_secs_f64());
+        self.tick_duration_last.set(d.as_secs_f64());
+    }
+
+    /// Time one line waited to be taken by its stream's client.
+    pub fn observe_send(&self, d: Duration) {
+        self.stream_send.observe(d.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let secs = |us: u64| us as f64 / 1e6;
-        let mut series = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let g = |a: &AtomicU64| a.load(Relaxed).to_string();
-        series(
-            "outpost_relay_connections_open",
-            "gauge",
-            "Open client connections.",
-            g(&self.connections_open),
-        );
-        series(
-            "outpost_relay_connections_rejected_total",
-            "counter",
-            "Connections refused over the cap.",
-            g(&self.connections_rejected),
-        );
-        series(
-            "outpost_relay_streams_open",
-            "gauge",
-            "Open sync streams.",
-            g(&self.streams_open),
-        );
-        series(
-            "outpost_relay_streams_total",
-            "counter",
-            "Sync streams started.",
-            g(&self.streams_total),
-        );
-        series(
-            "outpost_relay_ops_sent_total",
-            "counter",
-            "Ops sent in data lines.",
-            g(&self.ops_sent),
-        );
-        series(
-            "outpost_relay_lines_sent_total",
-            "counter",
-            "NDJSON lines sent.",
-            g(&self.lines_sent),
-        );
-        series(
-            "outpost_relay_bytes_sent_total",
-            "counter",
-            "Bytes of NDJSON sent.",
-            g(&self.bytes_sent),
-        );
-        series(
-            "outpost_relay_checkpoint",
-            "gauge",
-            "Latest checkpoint seen.",
-            g(&self.checkpoint_latest),
-        );
-        series(
-            "outpost_relay_checkpoint_lag_seconds_sum",
-            "counter",
-            "Sum of delays from checkpoint announced to checkpoint_complete sent.",
-            secs(self.lag_micros_sum.load(Relaxed)).to_string(),
-        );
-        series(
-            "outpost_relay_checkpoint_lag_seconds_count",
-            "counter",
-            "Checkpoints completed on streams after an announcement.",
-            g(&self.lag_count),
-        );
-        series(
-            "outpost_relay_checkpoint_lag_seconds_max",
-            "gauge",
-            "Largest such delay.",
-            secs(self.lag_micros_max.load(Relaxed)).to_string(),
-        );
-        series(
-            "outpost_relay_changes_queries_total",
-            "counter",
-            "Shared reads of what changed since a checkpoint.",
-            g(&self.changes_queries),
-        );
-        series(
-            "outpost_relay_states_shared_total",
-            "counter",
-            "Stream advances derived from a shared read, with no query of their own.",
-            g(&self.states_shared),
-        );
-        series(
-            "outpost_relay_sync_checkpoints_total",
-            "counter",
-            "Per-stream sync_checkpoint queries.",
-            g(&self.sync_checkpoints),
-        );
-        series(
-            "outpost_relay_ops_pages_total",
-            "counter",
-            "Pages of ops requested by advancing streams.",
-            g(&self.ops_pages),
-        );
-        series(
-            "outpost_relay_ops_queries_total",
-            "counter",
-            "Pages of ops read from the database (the rest were shared).",
-            g(&self.ops_queries),
-        );
-        series(
-            "outpost_relay_ticks_total",
-            "counter",
-            "outpost.tick() calls.",
-            g(&self.ticks),
-        );
-        series(
-            "outpost_relay_tick_errors_total",
-            "counter",
-            "Failed outpost.tick() calls.",
-            g(&self.tick_errors),
-        );
-        series(
-            "outpost_relay_tick_duration_seconds_sum",
-            "counter",
-            "Total time in outpost.tick().",
-            secs(self.tick_micros_sum.load(Relaxed)).to_string(),
-        );
-        series(
-            "outpost_relay_tick_duration_seconds_last",
-            "gauge",
-            "Duration of the last tick.",
-            secs(self.tick_micros_last.load(Relaxed)).to_string(),
-        );
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -211,7 +260,7 @@ mod tests {
         let m = Metrics::default();
         {
             let _g = GaugeGuard::new(&m.streams_open);
-            m.ops_sent.fetch_add(7, Relaxed);
+            m.ops_sent.inc_by(7);
             m.observe_tick(Duration::from_millis(1500), false);
             let text = m.render();
             assert!(text.contains("\noutpost_relay_streams_open 1\n"));
@@ -220,5 +269,38 @@ mod tests {
             assert!(text.contains("\noutpost_relay_tick_errors_total 1\n"));
         }
         assert!(m.render().contains("\noutpost_relay_streams_open 0\n"));
+    }
+
+    #[test]
+    fn histograms_give_quantiles_and_the_lag_keeps_its_maximum() {
+        let m = Metrics::default();
+        for ms in [1, 2, 3, 900] {
+            m.observe_checkpoint_lag(Duration::from_millis(ms));
+        }
+        m.observe_checkpoint_lag(Duration::from_millis(5));
+        m.observe_send(Duration::from_micros(50));
+        let text = m.render();
+        assert!(
+            text.contains("\noutpost_relay_checkpoint_lag_seconds_count 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\noutpost_relay_checkpoint_lag_seconds_max 0.9\n"),
+            "{text}"
+        );
+        // Three of five at or under 4 ms: the p50 is readable from the buckets.
+        assert!(
+            text.contains("outpost_relay_checkpoint_lag_seconds_bucket{le=\"0.004\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\noutpost_relay_stream_send_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE outpost_relay_tick_duration_seconds histogram"));
+        for name in ["connections_open", "streams_open", "checkpoint"] {
+            let family = format!("# TYPE outpost_relay_{name} gauge\n");
+            assert_eq!(text.matches(&family).count(), 1, "{name}");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Accept loop, connection cap and graceful shutdown, plus [`run`], which
-//! wires the whole relay together from `serve` arguments.
+//! Accept loop, connection cap, TLS handshakes and graceful shutdown, plus
+//! [`run`], which wires the whole relay together from `serve` arguments.
 
 use crate::auth::Verifier;
 use crate::config::ServeArgs;
@@ -8,15 +8,16 @@ use crate::metrics::{GaugeGuard, Metrics};
 use crate::routes::{app, App, AppState, Limits};
 use crate::store::{PgStore, Store};
 use crate::ticker::Ticker;
+use crate::tls::Tls;
 use crate::Error;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// How long open connections get to finish after shutdown starts.
@@ -72,7 +73,7 @@ pub async fn run(
         verifier,
         store: store.clone(),
         checkpoints: cp_rx,
-        shutdown: stop_rx,
+        shutdown: stop_rx.clone(),
         fanout: crate::fanout::Fanout::new(store.clone(), metrics.clone()),
         metrics,
         limits: Limits {
@@ -82,12 +83,28 @@ pub async fn run(
             ..Limits::default()
         },
         write_role: args.write_role.clone(),
+        cors: crate::routes::cors::layer(&args.cors_origins)?,
+        compression: args.compression,
     };
-    tracing::info!(addr = %listener.local_addr().map_err(|e| Error::Config(e.to_string()))?, "outpost-relay listening");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(Tls::load(cert, key)?);
+            tasks.push(tokio::spawn(reload_on_hangup(
+                tls.clone(),
+                state.metrics.clone(),
+                stop_rx.clone(),
+            )));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr().map_err(|e| Error::Config(e.to_string()))?, scheme, "outpost-relay listening");
     serve(
         listener,
         app(state),
         args.max_connections,
+        tls,
         shutdown,
         &stop_tx,
     )
@@ -98,27 +115,40 @@ pub async fn run(
     Ok(())
 }
 
+/// A client connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// Serves `app` until `shutdown` resolves, then stops accepting, tells
 /// streams (and background tasks) to end through `stop`, and waits, bounded,
-/// for connections to finish.
+/// for connections to finish. With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     app: App,
     max_connections: usize,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
     stop: &watch::Sender<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let read_timeout = app.state().limits.read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper applies no header timeout at all: a client sending
     // its headers a byte at a time (slowloris) would hold a connection forever.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.state().limits.read_timeout);
-    let read_timeout = app.state().limits.read_timeout;
+        .header_read_timeout(read_timeout);
     let builder = Arc::new(builder);
+    // Over the cap: one 503, then the connection closes.
+    let mut refuse = auto::Builder::new(TokioExecutor::new());
+    refuse
+        .http1()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let refuse = Arc::new(refuse);
     let metrics = app.state().metrics.clone();
     tokio::pin!(shutdown);
     loop {
@@ -135,6 +165,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let metrics = metrics.clone();
@@ -143,18 +174,11 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _open = GaugeGuard::new(&metrics.connections_open);
-                    // hyper's header timeout starts at the first byte: a client
-                    // that connects and sends nothing would hold a connection
-                    // slot forever. Give it the same read timeout.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(read_timeout, stream.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            tracing::debug!(%peer, "connection sent nothing in time; closed");
-                            return;
-                        }
-                    }
-                    let conn = builder.serve_connection(TokioIo::new(stream), app);
+                    let Some(io) = handshake(stream, tls.as_deref(), read_timeout, peer).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(io), app);
                     let conn = watcher.watch(conn.into_owned());
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
@@ -163,18 +187,29 @@ pub async fn serve(
                 });
             }
             Err(_) => {
-                metrics.connections_rejected.fetch_add(1, Relaxed);
-                let conn = builder.serve_connection(
-                    TokioIo::new(stream),
-                    hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(
-                            Error::Unavailable("too many connections".into()).into_response(),
-                        )
-                    }),
-                );
-                let conn = graceful.watch(conn.into_owned());
+                metrics.connections_rejected.inc();
+                let refuse = refuse.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let Some(io) = handshake(stream, tls.as_deref(), read_timeout, peer).await
+                    else {
+                        return;
+                    };
+                    let conn = refuse.serve_connection(
+                        TokioIo::new(io),
+                        hyper::service::service_fn(|_req| async {
+                            let mut res =
+                                Error::Unavailable("too many connections".into()).into_response();
+                            res.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                            Ok::<_, std::convert::Infallible>(res)
+                        }),
+                    );
+                    let conn = watcher.watch(conn.into_owned());
+                    // h2 has no keep-alive switch: bound the connection instead.
+                    let _ = tokio::time::timeout(read_timeout, conn).await;
                 });
             }
         }
@@ -185,5 +220,89 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(GRACE) => tracing::warn!("grace period over; dropping remaining connections"),
+    }
+}
+
+/// Waits (bounded) for the client's first byte, then completes the TLS
+/// handshake when `tls` is set. `None`: the client sent nothing in time or
+/// the handshake failed; the connection is dropped.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<&Tls>,
+    read_timeout: Duration,
+    peer: std::net::SocketAddr,
+) -> Option<Box<dyn Io>> {
+    // hyper's header timeout starts at the first byte: a client that
+    // connects and sends nothing would hold a connection slot forever.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(read_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => {
+            tracing::debug!(%peer, "connection sent nothing in time; closed");
+            return None;
+        }
+    }
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(read_timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not done in time; closed");
+            None
+        }
+    }
+}
+
+/// Reloads the certificate on every SIGHUP until `stop`. The handler is
+/// installed before this returns, so a SIGHUP sent once the relay serves is
+/// never the default action (which ends the process).
+fn reload_on_hangup(
+    tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS certificates will not reload");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    got = hup.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        match tls.reload() {
+                            Ok(()) => {
+                                metrics.tls_reloads.inc();
+                                tracing::info!("TLS certificate reloaded");
+                            }
+                            Err(e) => {
+                                metrics.tls_reload_errors.inc();
+                                tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one");
+                            }
+                        }
+                    }
+                    _ = crate::stopped(&mut stop) => return,
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (tls, metrics);
+            crate::stopped(&mut stop).await;
+        }
     }
 }

@@ -172,7 +172,6 @@ impl Store for FakeStore {
                 checkpoint: OpId(db.checkpoint),
                 rules_version: Some(1),
                 membership_fixed: !new_bucket,
-                never_fixed: false,
                 buckets,
                 write_checkpoints: db
                     .write_checkpoint
@@ -194,6 +193,22 @@ impl Store for FakeStore {
             let n = db.write_checkpoint.unwrap_or(0) + 1;
             db.write_checkpoint = Some(n);
             Ok(OpId(n))
+        })
+    }
+
+    /// One sequence per store, as the extension keeps one per (user, client).
+    fn request_checkpoint<'a>(
+        &'a self,
+        _user_id: &'a str,
+        _client_id: &'a str,
+        request_id: i64,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            let mut db = self.db.lock().unwrap();
+            let n = db.write_checkpoint.unwrap_or(0).max(request_id as u64);
+            db.write_checkpoint = Some(n);
+            Ok(n)
         })
     }
 
@@ -280,6 +295,8 @@ impl Harness {
             metrics,
             limits,
             write_role: None,
+            cors: crate::routes::cors::layer(&["*".into()]).unwrap(),
+            compression: true,
         };
         Harness {
             app: app(state),
@@ -291,6 +308,18 @@ impl Harness {
 
     /// Rebuilds the router with `/crud` enabled (or not) for `role`.
     pub fn set_write_role(&mut self, role: Option<&str>) {
+        let cors = self.app.state().cors.clone();
+        self.rebuild(role.map(str::to_string), cors);
+    }
+
+    /// Rebuilds the router with CORS restricted to `origins`.
+    pub fn set_cors(&mut self, origins: &[&str]) {
+        let origins: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
+        let role = self.app.state().write_role.clone();
+        self.rebuild(role, crate::routes::cors::layer(&origins).unwrap());
+    }
+
+    fn rebuild(&mut self, write_role: Option<String>, cors: tower_http::cors::CorsLayer) {
         let s = self.app.state();
         let state = AppState {
             verifier: Verifier::new(Some(SECRET), None, vec![]).unwrap(),
@@ -300,7 +329,9 @@ impl Harness {
             fanout: crate::fanout::Fanout::new(self.store.clone(), s.metrics.clone()),
             metrics: s.metrics.clone(),
             limits: s.limits.clone(),
-            write_role: role.map(str::to_string),
+            write_role,
+            cors,
+            compression: s.compression,
         };
         self.app = app(state);
     }

@@ -1,32 +1,85 @@
-//! An in-process relay for end-to-end tests, and a tiny blocking HTTP/1.1
-//! client to talk to it.
+//! An in-process relay for end-to-end tests, and a blocking client for it
+//! built on hyper's.
 //!
 //! [`Relay::start`] runs `outpost_relay::server::run` on its own tokio
 //! runtime in a background thread, bound to `127.0.0.1:0`, with a fresh
 //! HS256 secret; dropping the [`Relay`] resolves its shutdown future and
 //! joins the thread. [`Relay::token`] mints tokens the relay accepts.
 //!
-//! The client side is deliberately plain: [`Relay::request`] sends one
-//! request on a fresh connection (`Connection: close`) and reads the whole
-//! response; [`Relay::stream`] opens `POST /sync/stream` and hands back a
-//! [`SyncStream`] whose [`SyncStream::next_line`] waits, bounded, for the
-//! next NDJSON line. Tests wait on lines, never on fixed sleeps.
+//! The client side: [`Relay::request`] sends one request on a fresh
+//! connection (no pooling, so a test's connections are its own) and reads
+//! the whole response; [`Relay::stream`] opens `POST /sync/stream` and hands
+//! back a [`SyncStream`] whose [`SyncStream::next_line`] waits, bounded, for
+//! the next NDJSON line. [`Relay::send`] sends any request and returns the
+//! response with its body still streaming. Tests wait on lines, never on
+//! fixed sleeps. Requests run on one runtime shared by the tests of a
+//! process ([`block_on`]).
 
 use crate::TestDb;
-use outpost_relay::config::ServeArgs;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use outpost_relay::config::{Cli, Command, ServeArgs};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a single request or line may take before a test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Runs `f` on the runtime of the tests' HTTP clients (hyper spawns each
+/// connection's task there).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-http-client")
+            .enable_all()
+            .build()
+            .expect("test client runtime")
+    })
+    .block_on(f)
+}
+
+/// hyper's client over plain TCP, without a connection pool.
+fn http_client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(TIMEOUT));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector)
+    })
+}
+
+/// `serve` arguments as the command line would give them for `database_url`,
+/// so that every option has its documented default.
+pub fn serve_args(database_url: &str) -> ServeArgs {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "outpost-relay",
+        "serve",
+        "--database-url",
+        database_url,
+    ])
+    .expect("serve arguments parse");
+    match cli.command {
+        Command::Serve(args) => args,
+        Command::Token(_) => unreachable!("parsed serve"),
+    }
+}
+
 /// A running relay; stopped (gracefully) on drop.
 pub struct Relay {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` with TLS.
     pub url: String,
     pub addr: SocketAddr,
     /// The HS256 secret the relay verifies tokens with.
@@ -51,23 +104,15 @@ impl Relay {
             std::process::id(),
             SECRETS.fetch_add(1, Ordering::SeqCst)
         );
-        let mut args = ServeArgs {
-            database_url: db.url.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            jwt_secret: Some(secret.clone()),
-            jwks: None,
-            jwt_audience: vec![],
-            write_role: None,
-            max_connections: 1000,
-            db_pool_size: 4,
-            drive_ticks: true,
-            // Tests that compact call it themselves.
-            compact_every_ops: 0,
-            max_ops_per_batch: 1000,
-            max_body_bytes: 1 << 20,
-            read_timeout_secs: 30,
-        };
+        let mut args = serve_args(&db.url);
+        args.listen = "127.0.0.1:0".parse().unwrap();
+        args.jwt_secret = Some(secret.clone());
+        args.max_connections = 1000;
+        args.db_pool_size = 4;
+        // Tests that compact call it themselves.
+        args.compact_every_ops = 0;
         configure(&mut args);
+        let tls = args.tls_cert.is_some();
 
         let std_listener = std::net::TcpListener::bind(args.listen).expect("bind relay listener");
         std_listener.set_nonblocking(true).unwrap();
@@ -93,13 +138,21 @@ impl Relay {
             })
             .expect("spawn relay thread");
         let relay = Relay {
-            url: format!("http://{addr}"),
+            url: if tls {
+                format!("https://localhost:{}", addr.port())
+            } else {
+                format!("http://{addr}")
+            },
             addr,
             secret,
             stop: Some(stop_tx),
             thread: Some(thread),
         };
-        relay.wait_healthy();
+        // Over TLS the caller's client (which trusts the test's CA) waits:
+        // the socket is bound already, so its first connection queues.
+        if !tls {
+            relay.wait_healthy();
+        }
         relay
     }
 
@@ -145,98 +198,71 @@ impl Relay {
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
-    ) -> std::io::Result<Response> {
+    ) -> Result<Response, String> {
         let body = body.map(|b| b.to_string());
-        let mut reader = self.send(method, path, token, body.as_deref())?;
-        let (status, chunked) = read_head(&mut reader)?;
-        let mut bytes = Vec::new();
-        if chunked {
-            while let Some(chunk) = read_chunk(&mut reader)? {
-                bytes.extend_from_slice(&chunk);
-            }
-        } else {
-            reader.read_to_end(&mut bytes)?;
-        }
-        Ok(Response {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
+        let req = self.build(method, path, token, body.as_deref());
+        block_on(async {
+            let res = tokio::time::timeout(TIMEOUT, http_client().request(req))
+                .await
+                .map_err(|_| format!("no response within {TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?;
+            let status = res.status().as_u16();
+            let bytes = tokio::time::timeout(TIMEOUT, res.into_body().collect())
+                .await
+                .map_err(|_| format!("no complete body within {TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Response {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
         })
     }
 
-    /// Sends raw bytes as a request body (for malformed or oversized bodies).
-    pub fn request_raw(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> Response {
-        let mut reader = self.send(method, path, token, Some(body)).unwrap();
-        let (status, chunked) = read_head(&mut reader).unwrap();
-        let mut bytes = Vec::new();
-        if chunked {
-            while let Some(chunk) = read_chunk(&mut reader).unwrap() {
-                bytes.extend_from_slice(&chunk);
-            }
-        } else {
-            let _ = reader.read_to_end(&mut bytes);
-        }
-        Response {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    fn send(
+    /// A request to this relay: `token` as `Bearer` authorization, `body` as JSON.
+    pub fn build(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&str>,
-    ) -> std::io::Result<BufReader<TcpStream>> {
-        let mut s = TcpStream::connect_timeout(&self.addr, TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        s.set_write_timeout(Some(TIMEOUT))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+    ) -> http::Request<Full<Bytes>> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
         if let Some(t) = token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let body = body.unwrap_or("");
         if !body.is_empty() || method == "POST" {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            b = b.header(http::header::CONTENT_TYPE, "application/json");
         }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes())?;
-        s.write_all(body.as_bytes())?;
-        s.flush()?;
-        Ok(BufReader::new(s))
+        b.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .expect("valid request parts")
+    }
+
+    /// Sends `req` and returns the response once its head arrived; its body
+    /// streams (read it inside [`block_on`]). Panics on a connection error.
+    pub fn send(&self, req: http::Request<Full<Bytes>>) -> http::Response<Incoming> {
+        let what = format!("{} {}", req.method(), req.uri());
+        block_on(async {
+            tokio::time::timeout(TIMEOUT, http_client().request(req))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no response within {TIMEOUT:?}"))
+                .unwrap_or_else(|e| panic!("{what} failed: {e}"))
+        })
     }
 
     /// Opens `POST /sync/stream` with `request` as body. Panics unless the
     /// relay answers 200.
     pub fn stream(&self, token: &str, request: &Value) -> SyncStream {
-        let body = request.to_string();
-        let mut reader = self
-            .send("POST", "/sync/stream", Some(token), Some(&body))
-            .expect("open sync stream");
-        let (status, chunked) = read_head(&mut reader).expect("sync stream response head");
-        if status != 200 {
-            let mut rest = String::new();
-            let _ = reader.read_to_string(&mut rest);
-            panic!("sync stream answered {status}: {rest}");
-        }
-        SyncStream {
-            reader,
-            chunked,
-            buf: Vec::new(),
-            ended: false,
-        }
+        let req = self.build(
+            "POST",
+            "/sync/stream",
+            Some(token),
+            Some(&request.to_string()),
+        );
+        SyncStream::open(self.send(req))
     }
 }
 
@@ -268,13 +294,36 @@ impl Response {
 
 /// An open sync stream.
 pub struct SyncStream {
-    reader: BufReader<TcpStream>,
-    chunked: bool,
+    body: Incoming,
     buf: Vec<u8>,
     ended: bool,
 }
 
 impl SyncStream {
+    /// Takes a `/sync/stream` response; panics (with the body) unless it is 200.
+    pub fn open(res: http::Response<Incoming>) -> SyncStream {
+        let status = res.status();
+        if status != http::StatusCode::OK {
+            let rest = block_on(async {
+                tokio::time::timeout(TIMEOUT, res.into_body().collect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default()
+            });
+            panic!(
+                "sync stream answered {status}: {}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+        SyncStream {
+            body: res.into_body(),
+            buf: Vec::new(),
+            ended: false,
+        }
+    }
+
     /// The next NDJSON line, waiting at most `timeout`. `None` if the stream
     /// ended; panics if no line arrives in time.
     pub fn next_line(&mut self, timeout: Duration) -> Option<Value> {
@@ -298,27 +347,16 @@ impl SyncStream {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no stream line within {timeout:?}");
-            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
-            let got = if self.chunked {
-                read_chunk(&mut self.reader)
-            } else {
-                let mut b = [0u8; 8192];
-                self.reader
-                    .read(&mut b)
-                    .map(|n| (n > 0).then(|| b[..n].to_vec()))
-            };
-            match got {
-                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
-                Ok(None) => self.ended = true,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    panic!("no stream line within {timeout:?}")
+            let frame = block_on(async { tokio::time::timeout(left, self.body.frame()).await })
+                .unwrap_or_else(|_| panic!("no stream line within {timeout:?}"));
+            match frame {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
                 }
-                Err(e) => panic!("sync stream read failed: {e}"),
+                None => self.ended = true,
+                Some(Err(e)) => panic!("sync stream read failed: {e}"),
             }
         }
     }
@@ -341,50 +379,4 @@ impl SyncStream {
             }
         }
     }
-}
-
-/// Reads the status line and headers; returns the status and whether the
-/// body is chunked.
-fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool)> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-            {
-                chunked = true;
-            }
-        }
-    }
-    Ok((status, chunked))
-}
-
-/// One chunk of a chunked body; `None` at the terminating chunk.
-fn read_chunk(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
-    let mut size = String::new();
-    if r.read_line(&mut size)? == 0 {
-        return Ok(None);
-    }
-    let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-        .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut data = vec![0u8; n + 2];
-    r.read_exact(&mut data)?;
-    data.truncate(n);
-    Ok(Some(data))
 }

@@ -1,9 +1,13 @@
 //! The router: [`app`] builds a hyper `Service` from shared state, with no
-//! socket involved, so tests drive it directly. One module per endpoint.
+//! socket involved, so tests drive it directly. One module per endpoint,
+//! plus [`cors`] (the layer in front of the client endpoints) and
+//! `stream_body` (the sync stream's response body, compressed or not).
 
+pub mod cors;
 mod crud;
 mod health;
 mod schema;
+mod stream_body;
 mod sync_stream;
 mod write_checkpoint;
 
@@ -19,8 +23,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, LengthLimitError, Limited};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
+use tower::{Layer, ServiceExt};
+use tower_http::cors::{Cors, CorsLayer};
 
 pub type ResBody = BoxBody<Bytes, Infallible>;
 
@@ -72,18 +79,27 @@ pub struct AppState {
     pub limits: Limits,
     /// Role for `POST /crud`; `None` disables the endpoint.
     pub write_role: Option<String>,
+    /// CORS in front of [`cors::CLIENT_PATHS`] (see [`cors::layer`]).
+    pub cors: CorsLayer,
+    /// Compress `/sync/stream` when the client accepts it.
+    pub compression: bool,
 }
 
 /// The relay's HTTP service.
 #[derive(Clone)]
 pub struct App {
     state: Arc<AppState>,
+    cors: Cors<Router>,
 }
 
 /// Builds the router over `state`.
 pub fn app(state: AppState) -> App {
+    let state = Arc::new(state);
     App {
-        state: Arc::new(state),
+        cors: state.cors.clone().layer(Router {
+            state: state.clone(),
+        }),
+        state,
     }
 }
 
@@ -103,8 +119,52 @@ where
     type Future = BoxFuture<'static, Result<Response<ResBody>, Infallible>>;
 
     fn call(&self, req: Request<B>) -> Self::Future {
+        if cors::CLIENT_PATHS.contains(&req.uri().path()) {
+            Box::pin(self.cors.clone().oneshot(req))
+        } else {
+            Router {
+                state: self.state.clone(),
+            }
+            .handle(req)
+        }
+    }
+}
+
+/// [`route`] as a tower service, for the CORS layer to wrap.
+#[derive(Clone)]
+struct Router {
+    state: Arc<AppState>,
+}
+
+impl Router {
+    fn handle<B>(
+        &self,
+        req: Request<B>,
+    ) -> BoxFuture<'static, Result<Response<ResBody>, Infallible>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let state = self.state.clone();
         Box::pin(async move { Ok(route(state, req).await.unwrap_or_else(Error::into_response)) })
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Router
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ResBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ResBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.handle(req)
     }
 }
 
@@ -129,6 +189,10 @@ where
         "/write-checkpoint2.json" => {
             allow(Method::GET)?;
             write_checkpoint::handle(state, req).await
+        }
+        "/sync/checkpoint-request" => {
+            allow(Method::POST)?;
+            write_checkpoint::checkpoint_request(state, req).await
         }
         "/crud" => {
             allow(Method::POST)?;

@@ -6,28 +6,24 @@
 //! body drains: a slow client fills the channel, the task waits on `send`,
 //! and nothing more is read from the database for it, which bounds memory.
 
+use super::stream_body::StreamBody;
 use super::{authenticate, check_content_length, read_json, AppState, ResBody};
 use crate::auth::{now_secs, Claims};
+use crate::compress::Encoding;
 use crate::listener::Announced;
 use crate::metrics::GaugeGuard;
 use crate::store::CheckpointState;
-use crate::sync::{apply_changes, diff, page, priority_groups};
+use crate::sync::{apply_changes, Download, Progress, Step};
 use crate::Error;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
 use outpost_protocol::{
-    BucketChecksum, Checkpoint, CheckpointComplete, CheckpointDiff, OpId,
-    PartialCheckpointComplete, SyncLine, SyncRequest,
+    BucketChecksum, Checkpoint, CheckpointComplete, OpId, PartialCheckpointComplete, SyncLine,
+    SyncRequest,
 };
 use serde_json::Value;
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +34,15 @@ where
 {
     let claims = authenticate(&state, &req)?;
     check_content_length(&req, state.limits.max_body_bytes)?;
+    let encoding = if state.compression {
+        Encoding::negotiate(
+            req.headers()
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        )
+    } else {
+        Encoding::Identity
+    };
     let request: SyncRequest = read_json(
         req.into_body(),
         state.limits.max_body_bytes,
@@ -57,45 +62,30 @@ where
         .await?;
 
     let (tx, rx) = mpsc::channel(state.limits.stream_buffer.max(1));
-    let afters: HashMap<String, OpId> = request
-        .buckets
-        .iter()
-        .map(|b| (b.name.clone(), b.after))
-        .collect();
+    let progress = Progress::new(request.buckets.iter().map(|b| (b.name.clone(), b.after)));
     let stream = Stream {
         state: state.clone(),
         tx,
         claims,
         params,
         client_id,
-        afters,
-        incomplete: Vec::new(),
+        progress,
     };
     tokio::spawn(stream.run(initial, checkpoints));
 
-    Ok(Response::builder()
+    let mut res = Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
         .header(http::header::CACHE_CONTROL, "no-cache")
-        .body(ChannelBody { rx }.boxed())
-        .expect("static response parts are valid"))
-}
-
-/// The response body: lines from the stream's task, as they come.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+        // Tells nginx-like proxies not to buffer the stream.
+        .header("x-accel-buffering", "no")
+        .header(http::header::VARY, "accept-encoding");
+    if let Some(e) = encoding.header() {
+        res = res.header(http::header::CONTENT_ENCODING, e);
     }
+    Ok(res
+        .body(StreamBody::new(rx, encoding, state.metrics.clone()).boxed())
+        .expect("static response parts are valid"))
 }
 
 /// Why a stream stopped without an error.
@@ -123,11 +113,8 @@ struct Stream {
     claims: Claims,
     params: Value,
     client_id: String,
-    /// Per bucket, the op id the client has everything up to.
-    afters: HashMap<String, OpId>,
-    /// Buckets of the last checkpoint line whose data was cut short because
-    /// a newer checkpoint superseded it: sent with the next one.
-    incomplete: Vec<String>,
+    /// What the client has, and what a superseded checkpoint left unfinished.
+    progress: Progress,
 }
 
 /// How sending a checkpoint's data ended.
@@ -135,8 +122,9 @@ struct Stream {
 enum Sent {
     /// Every op and `checkpoint_complete`.
     Complete,
-    /// A newer checkpoint was announced first; no `checkpoint_complete` was
-    /// sent and [`Stream::incomplete`] names what is left.
+    /// A newer checkpoint was announced first (or compaction moved an op
+    /// beyond it); no `checkpoint_complete` was sent and [`Stream::progress`]
+    /// names what is left.
     Superseded,
 }
 
@@ -147,7 +135,7 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(20);
 impl Stream {
     async fn run(mut self, initial: CheckpointState, checkpoints: watch::Receiver<Announced>) {
         let state = self.state.clone();
-        state.metrics.streams_total.fetch_add(1, Relaxed);
+        state.metrics.streams_total.inc();
         let _open = GaugeGuard::new(&state.metrics.streams_open);
         let sub = self.claims.sub.clone();
         match self.drive(initial, checkpoints).await {
@@ -162,9 +150,7 @@ impl Stream {
         initial: CheckpointState,
         mut checkpoints: watch::Receiver<Announced>,
     ) -> Stop {
-        // Buckets the client holds but the checkpoint lacks are dropped by the client.
-        self.afters
-            .retain(|name, _| initial.buckets.iter().any(|b| &b.bucket == name));
+        self.progress.start(&initial);
         let line = SyncLine::Checkpoint(Checkpoint {
             last_op_id: initial.checkpoint,
             write_checkpoint: initial.write_checkpoint,
@@ -246,7 +232,7 @@ impl Stream {
     ) -> Result<(), Stop> {
         loop {
             let announced = *checkpoints.borrow_and_update();
-            if announced.checkpoint <= last.checkpoint.0 && self.incomplete.is_empty() {
+            if announced.checkpoint <= last.checkpoint.0 && !self.progress.has_incomplete() {
                 return Ok(());
             }
             let next = self
@@ -255,31 +241,11 @@ impl Stream {
             if next.checkpoint <= last.checkpoint {
                 return Ok(());
             }
-            let d = diff(last, &next);
-            if d.is_none() && self.incomplete.is_empty() {
+            let Some(d) = self.progress.diff(last, &next) else {
                 *last = next;
                 continue;
-            }
-            // A superseded checkpoint's unfinished buckets go out with this
-            // one even when their checksum did not change.
-            let d = d.unwrap_or_else(|| CheckpointDiff {
-                last_op_id: next.checkpoint,
-                write_checkpoint: next.write_checkpoint,
-                updated_buckets: Vec::new(),
-                removed_buckets: Vec::new(),
-            });
-            for removed in &d.removed_buckets {
-                self.afters.remove(removed);
-            }
-            let mut to_send = d.updated_buckets.clone();
-            for name in std::mem::take(&mut self.incomplete) {
-                if to_send.iter().any(|b| b.bucket == name) {
-                    continue;
-                }
-                if let Some(b) = next.buckets.iter().find(|b| b.bucket == name) {
-                    to_send.push(b.clone());
-                }
-            }
+            };
+            let to_send = self.progress.advance(&d, &next);
             self.send(&SyncLine::CheckpointDiff(d)).await?;
             let sent = self
                 .send_data(next.checkpoint, &to_send, checkpoints, true)
@@ -303,20 +269,21 @@ impl Stream {
     ) -> Result<CheckpointState, Stop> {
         let state = &self.state;
         if last.rules_version.is_some()
-            && state.metrics.streams_open.load(Relaxed) >= state.limits.shared_changes_min_streams
+            && state.metrics.streams_open.get().max(0) as u64
+                >= state.limits.shared_changes_min_streams
         {
             let changes = state
                 .fanout
-                .changes_since(last.checkpoint, at_least, last.rules_version)
+                .changes_since(last.checkpoint, at_least)
                 .await?;
             if let Some(next) =
                 changes.and_then(|c| apply_changes(last, &c, &self.claims.sub, &self.client_id))
             {
-                state.metrics.states_shared.fetch_add(1, Relaxed);
+                state.metrics.states_shared.inc();
                 return Ok(next);
             }
         }
-        state.metrics.sync_checkpoints.fetch_add(1, Relaxed);
+        state.metrics.sync_checkpoints.inc();
         Ok(state
             .store
             .sync_checkpoint(&self.claims.raw, &self.params, &self.client_id)
@@ -324,10 +291,11 @@ impl Stream {
     }
 
     /// Data lines for `buckets` up to checkpoint `cp`, by priority group, then
-    /// `partial_checkpoint_complete` between groups and `checkpoint_complete`.
-    /// Stops early, without completing, when a newer checkpoint is announced
-    /// while more remains to send. `shared`: read pages through the
-    /// process-wide cache (streams advancing together ask the same pages).
+    /// `partial_checkpoint_complete` between groups and `checkpoint_complete`
+    /// (see [`Download`]). Stops early, without completing, when a newer
+    /// checkpoint is announced while more remains to send. `shared`: read
+    /// pages through the process-wide cache (streams advancing together ask
+    /// the same pages).
     async fn send_data(
         &mut self,
         cp: OpId,
@@ -335,105 +303,62 @@ impl Stream {
         checkpoints: &watch::Receiver<Announced>,
         shared: bool,
     ) -> Result<Sent, Stop> {
-        let groups = priority_groups(buckets);
         let max_ops = self.state.limits.max_ops_per_batch.max(1);
-        let count = groups.len();
-        let superseded = || checkpoints.borrow().checkpoint > cp.0;
-        // Compaction rewrote an op we sent into a MOVE/CLEAR whose superseding
-        // op lies beyond `cp`: checksums would match but rows would not, so
-        // `cp` must not be completed; the next checkpoint carries the rest.
-        let mut beyond = false;
-        for (i, (priority, group)) in groups.iter().enumerate() {
-            let mut pending: Vec<(String, OpId)> = group
-                .iter()
-                .map(|b| {
-                    (
-                        b.bucket.clone(),
-                        self.afters.get(&b.bucket).copied().unwrap_or_default(),
-                    )
-                })
-                .filter(|(_, after)| *after < cp)
-                .collect();
-            while !pending.is_empty() {
-                // A page holds at most `max_ops` ops, so asking for more buckets
-                // than that per query only ships names that cannot be answered.
-                let asked = pending.len().min(max_ops as usize);
-                let names: Vec<String> = pending[..asked].iter().map(|(b, _)| b.clone()).collect();
-                let afters: Vec<OpId> = pending[..asked].iter().map(|(_, a)| *a).collect();
-                let rows = if shared {
-                    self.state
-                        .fanout
-                        .bucket_ops(&names, &afters, cp, max_ops)
-                        .await?
-                        .as_ref()
-                        .clone()
-                } else {
-                    self.state
-                        .store
-                        .bucket_ops(&names, &afters, cp, max_ops)
-                        .await?
-                };
-                let mut page = page(&pending[..asked], rows, max_ops)?;
-                page.remaining.extend(pending[asked..].iter().cloned());
-                beyond |= page.max_target.is_some_and(|t| t > cp);
-                for line in page.lines {
-                    if let Some(next) = line.next_after {
-                        self.afters.insert(line.bucket.clone(), next);
+        let mut download = Download::new(cp, buckets, max_ops);
+        loop {
+            let superseded = checkpoints.borrow().checkpoint > cp.0;
+            match download.next(&mut self.progress, superseded) {
+                Step::Fetch { buckets, afters } => {
+                    let rows = if shared {
+                        self.state
+                            .fanout
+                            .bucket_ops(&buckets, &afters, cp, max_ops)
+                            .await?
+                            .as_ref()
+                            .clone()
+                    } else {
+                        self.state
+                            .store
+                            .bucket_ops(&buckets, &afters, cp, max_ops)
+                            .await?
+                    };
+                    for line in download.page(&mut self.progress, rows)? {
+                        self.state.metrics.ops_sent.inc_by(line.data.len() as u64);
+                        self.send(&SyncLine::Data(line)).await?;
                     }
-                    self.state
-                        .metrics
-                        .ops_sent
-                        .fetch_add(line.data.len() as u64, Relaxed);
-                    self.send(&SyncLine::Data(line)).await?;
                 }
-                pending = page.remaining;
-                let more = !pending.is_empty() || i + 1 < count;
-                if more && superseded() {
-                    self.incomplete = pending.into_iter().map(|(b, _)| b).collect();
-                    for (_, later) in &groups[i + 1..] {
-                        self.incomplete
-                            .extend(later.iter().map(|b| b.bucket.clone()));
-                    }
-                    return Ok(Sent::Superseded);
+                Step::Partial(priority) => {
+                    self.send(&SyncLine::PartialCheckpointComplete(
+                        PartialCheckpointComplete {
+                            last_op_id: cp,
+                            priority,
+                        },
+                    ))
+                    .await?;
                 }
-            }
-            for b in group {
-                let after = self.afters.entry(b.bucket.clone()).or_default();
-                *after = (*after).max(cp);
-            }
-            if beyond {
-                self.incomplete = groups[i + 1..]
-                    .iter()
-                    .flat_map(|(_, later)| later.iter().map(|b| b.bucket.clone()))
-                    .collect();
-                return Ok(Sent::Superseded);
-            }
-            if i + 1 < count {
-                self.send(&SyncLine::PartialCheckpointComplete(
-                    PartialCheckpointComplete {
+                Step::Complete => {
+                    self.send(&SyncLine::CheckpointComplete(CheckpointComplete {
                         last_op_id: cp,
-                        priority: *priority,
-                    },
-                ))
-                .await?;
+                    }))
+                    .await?;
+                    return Ok(Sent::Complete);
+                }
+                Step::Superseded => return Ok(Sent::Superseded),
             }
         }
-        self.send(&SyncLine::CheckpointComplete(CheckpointComplete {
-            last_op_id: cp,
-        }))
-        .await?;
-        Ok(Sent::Complete)
     }
 
     async fn send(&self, line: &SyncLine) -> Result<(), Stop> {
         let text = line.to_ndjson();
         let len = text.len() as u64;
+        let started = std::time::Instant::now();
         self.tx
             .send(Bytes::from(text))
             .await
             .map_err(|_| Stop::End(End::ClientGone))?;
-        self.state.metrics.lines_sent.fetch_add(1, Relaxed);
-        self.state.metrics.bytes_sent.fetch_add(len, Relaxed);
+        self.state.metrics.observe_send(started.elapsed());
+        self.state.metrics.lines_sent.inc();
+        self.state.metrics.bytes_sent.inc_by(len);
         Ok(())
     }
 }

@@ -1,372 +1,14 @@
-//! Router tests: requests go straight into the service, no socket, no Postgres.
+//! `POST /sync/stream`: order, paging, diffs, keepalives, shared reads, superseded checkpoints.
 
-use super::Limits;
-use crate::auth::tests::{alg_none_token, hs256, SECRET};
-use crate::auth::{dev_token, now_secs};
+use super::*;
+use crate::auth::dev_token;
+use crate::auth::tests::SECRET;
+use crate::routes::Limits;
 use crate::testing::{FakeStore, Harness};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::service::Service;
+use http::StatusCode;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
-
-type Res = http::Response<super::ResBody>;
-
-fn token() -> String {
-    dev_token(SECRET, "u1", 3600, None).unwrap()
-}
-
-fn harness() -> Harness {
-    Harness::new(Arc::new(FakeStore::default()), Limits::default())
-}
-
-async fn call(h: &Harness, req: Request<Full<Bytes>>) -> Res {
-    h.app.call(req).await.unwrap()
-}
-
-fn post_stream(auth: Option<String>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
-    let mut b = Request::post("/sync/stream").header("content-type", "application/json");
-    if let Some(a) = auth {
-        b = b.header("authorization", a);
-    }
-    b.body(Full::new(body.into())).unwrap()
-}
-
-async fn json_body(res: Res) -> Value {
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-async fn expect_error(res: Res, status: StatusCode, code: &str) -> String {
-    assert_eq!(res.status(), status);
-    let v = json_body(res).await;
-    assert_eq!(v["error"]["code"], code, "{v}");
-    assert_eq!(v["error"]["status"], status.as_u16());
-    v["error"]["description"].as_str().unwrap().to_string()
-}
-
-/// Reads NDJSON lines; `None` at the end of the stream.
-struct Lines {
-    body: super::ResBody,
-    buf: Vec<u8>,
-    /// A missing line fails the test instead of hanging it.
-    wait: Duration,
-}
-
-impl Lines {
-    fn new(res: Res) -> Lines {
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["content-type"], "application/x-ndjson");
-        Lines {
-            body: res.into_body(),
-            buf: Vec::new(),
-            wait: Duration::from_secs(10),
-        }
-    }
-
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                // Every line must also parse as the shared wire type.
-                let text = std::str::from_utf8(&line).unwrap().trim_end();
-                outpost_protocol::SyncLine::parse(text).unwrap().unwrap();
-                return Some(serde_json::from_str(text).unwrap());
-            }
-            let frame = tokio::time::timeout(self.wait, self.body.frame())
-                .await
-                .unwrap_or_else(|_| panic!("no line within {:?}", self.wait));
-            match frame {
-                Some(f) => self.buf.extend_from_slice(&f.unwrap().into_data().unwrap()),
-                None => {
-                    assert!(self.buf.is_empty(), "stream ended mid-line");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Lines up to and including the next `checkpoint_complete`.
-    async fn until_complete(&mut self) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Some(l) = self.next().await {
-            let done = l.get("checkpoint_complete").is_some();
-            out.push(l);
-            if done {
-                return out;
-            }
-        }
-        panic!("stream ended before checkpoint_complete: {out:?}");
-    }
-}
-
-fn key(line: &Value) -> &str {
-    line.as_object().unwrap().keys().next().unwrap()
-}
-
-#[tokio::test]
-async fn unknown_route_is_404_and_wrong_method_405() {
-    let h = harness();
-    let res = call(&h, Request::get("/nope").body(Full::default()).unwrap()).await;
-    expect_error(res, StatusCode::NOT_FOUND, "OUTPOST_NOT_FOUND").await;
-    let res = call(
-        &h,
-        Request::get("/sync/stream").body(Full::default()).unwrap(),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-}
-
-#[tokio::test]
-async fn bad_tokens_get_401_psync_s2101() {
-    let h = harness();
-    let now = now_secs();
-    let claims = |iat: u64, exp: u64| json!({"sub": "u1", "iat": iat, "exp": exp});
-    let cases = [
-        (None, "missing authorization header"),
-        (
-            Some(format!(
-                "Token {}",
-                hs256(SECRET, &claims(now - 7200, now - 3600))
-            )),
-            "token expired",
-        ),
-        (
-            Some(format!(
-                "Token {}",
-                hs256("wrong-secret", &claims(now, now + 60))
-            )),
-            "invalid signature",
-        ),
-        (
-            Some(format!("Token {}", alg_none_token(&claims(now, now + 60)))),
-            "unsupported algorithm",
-        ),
-        (Some("Token garbage".to_string()), "malformed"),
-    ];
-    for (auth, reason) in cases {
-        let res = call(&h, post_stream(auth, "{}")).await;
-        let desc = expect_error(res, StatusCode::UNAUTHORIZED, "PSYNC_S2101").await;
-        assert!(desc.contains(reason), "{desc:?} should mention {reason:?}");
-    }
-    // Auth comes first: nothing reached the database.
-    assert!(h.store.db.lock().unwrap().last_claims.is_none());
-}
-
-#[tokio::test]
-async fn malformed_json_is_400_and_oversize_413() {
-    let h = Harness::new(
-        Arc::new(FakeStore::default()),
-        Limits {
-            max_body_bytes: 64,
-            ..Limits::default()
-        },
-    );
-    let res = call(
-        &h,
-        post_stream(Some(format!("Token {}", token())), "{\"buckets\": ["),
-    )
-    .await;
-    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
-    let res = call(
-        &h,
-        post_stream(Some(format!("Token {}", token())), r#"{"buckets": 3}"#),
-    )
-    .await;
-    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
-
-    let big = format!(r#"{{"client_id":"{}"}}"#, "x".repeat(100));
-    let res = call(
-        &h,
-        post_stream(Some(format!("Token {}", token())), big.clone()),
-    )
-    .await;
-    expect_error(
-        res,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "OUTPOST_PAYLOAD_TOO_LARGE",
-    )
-    .await;
-    // Also when the length is declared up front.
-    let mut req = post_stream(Some(format!("Token {}", token())), big);
-    req.headers_mut()
-        .insert("content-length", "100000".parse().unwrap());
-    let res = call(&h, req).await;
-    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-}
-
-#[tokio::test]
-async fn database_errors_are_500_without_details() {
-    let h = harness();
-    h.store.fail.store(true, SeqCst);
-    let res = call(&h, post_stream(Some(format!("Bearer {}", token())), "{}")).await;
-    let desc = expect_error(res, StatusCode::INTERNAL_SERVER_ERROR, "OUTPOST_INTERNAL").await;
-    assert_eq!(desc, "internal error");
-    let res = call(&h, Request::get("/health").body(Full::default()).unwrap()).await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-}
-
-#[tokio::test]
-async fn health_metrics_and_schema() {
-    let h = harness();
-    let res = call(&h, Request::get("/health").body(Full::default()).unwrap()).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(json_body(res).await, json!({"status": "ok"}));
-    let res = call(&h, Request::get("/metrics").body(Full::default()).unwrap()).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let text =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.contains("# TYPE outpost_relay_streams_open gauge"));
-    let res = call(&h, Request::get("/schema").body(Full::default()).unwrap()).await;
-    expect_error(res, StatusCode::UNAUTHORIZED, "PSYNC_S2101").await;
-    let req = Request::get("/schema")
-        .header("authorization", format!("Bearer {}", token()))
-        .body(Full::default())
-        .unwrap();
-    let res = call(&h, req).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(json_body(res).await["tables"][0]["name"], "todos");
-}
-
-fn post_crud(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
-    Request::post("/crud")
-        .header("authorization", format!("Bearer {}", token()))
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .unwrap()
-}
-
-fn crud_harness(limits: Limits) -> Harness {
-    let mut h = Harness::new(Arc::new(FakeStore::default()), limits);
-    h.set_write_role(Some("app_writer"));
-    h
-}
-
-#[tokio::test]
-async fn crud_is_disabled_without_write_role() {
-    let h = harness();
-    let res = call(&h, post_crud(r#"{"batch":[]}"#)).await;
-    let desc = expect_error(res, StatusCode::NOT_IMPLEMENTED, "OUTPOST_NOT_IMPLEMENTED").await;
-    assert!(desc.contains("OUTPOST_WRITE_ROLE"), "{desc}");
-}
-
-#[tokio::test]
-async fn crud_applies_batches_and_names_refused_entries() {
-    let h = crud_harness(Limits::default());
-    let entry = json!({"op": "PUT", "type": "todos", "id": "1", "data": {"title": "x"}});
-    let res = call(
-        &h,
-        post_crud(json!({"batch": [entry.clone(), entry.clone()]}).to_string()),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(json_body(res).await, json!({"data": {"applied": 2}}));
-    {
-        let db = h.store.db.lock().unwrap();
-        assert_eq!(db.crud.len(), 1);
-        assert_eq!(db.crud[0].0, "app_writer");
-        assert_eq!(db.last_claims.as_ref().unwrap()["sub"], "u1");
-    }
-
-    // The store refuses entry 1: 403 naming it.
-    let denied = json!({"op": "DELETE", "type": "denied", "id": "9"});
-    let res = call(
-        &h,
-        post_crud(json!({"batch": [entry.clone(), denied]}).to_string()),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let v = json_body(res).await;
-    assert_eq!(v["error"]["code"], "OUTPOST_CRUD_DENIED");
-    assert_eq!(v["error"]["entry"]["index"], 1);
-    assert_eq!(v["error"]["entry"]["id"], "9");
-    assert!(
-        v["error"]["description"]
-            .as_str()
-            .unwrap()
-            .starts_with("entry 1 (denied id \"9\")"),
-        "{v}"
-    );
-
-    // A malformed entry is refused before the database: 400 naming it.
-    let bad = json!({"op": "UPSERT", "type": "todos", "id": "2"});
-    let res = call(
-        &h,
-        post_crud(json!({"batch": [entry.clone(), bad]}).to_string()),
-    )
-    .await;
-    let desc = expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
-    assert!(desc.starts_with("entry 1 (todos id \"2\")"), "{desc}");
-    assert_eq!(h.store.db.lock().unwrap().crud.len(), 1);
-
-    let res = call(&h, post_crud("{\"batch\": [")).await;
-    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
-}
-
-#[tokio::test]
-async fn crud_batch_limits_are_413() {
-    let h = crud_harness(Limits {
-        max_crud_entries: 2,
-        max_body_bytes: 4096,
-        ..Limits::default()
-    });
-    let entry = json!({"op": "DELETE", "type": "todos", "id": "1"});
-    let res = call(
-        &h,
-        post_crud(json!({"batch": [entry.clone(), entry.clone(), entry.clone()]}).to_string()),
-    )
-    .await;
-    expect_error(
-        res,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "OUTPOST_PAYLOAD_TOO_LARGE",
-    )
-    .await;
-    let big = json!({"batch": [{"op": "PUT", "type": "todos", "id": "1", "data": {"t": "x".repeat(5000)}}]});
-    let res = call(&h, post_crud(big.to_string())).await;
-    expect_error(
-        res,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "OUTPOST_PAYLOAD_TOO_LARGE",
-    )
-    .await;
-    assert!(h.store.db.lock().unwrap().crud.is_empty());
-}
-
-#[tokio::test]
-async fn write_checkpoint_counts_up_and_needs_client_id() {
-    let h = harness();
-    let get = |q: &str| {
-        Request::get(format!("/write-checkpoint2.json{q}"))
-            .header("authorization", format!("Token {}", token()))
-            .body(Full::default())
-            .unwrap()
-    };
-    let res = call(&h, get("?client_id=c%201")).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(
-        json_body(res).await,
-        json!({"data": {"write_checkpoint": "1"}})
-    );
-    let res = call(&h, get("?client_id=c1")).await;
-    assert_eq!(
-        json_body(res).await,
-        json!({"data": {"write_checkpoint": "2"}})
-    );
-    let res = call(&h, get("")).await;
-    expect_error(res, StatusCode::BAD_REQUEST, "OUTPOST_BAD_REQUEST").await;
-    let res = call(
-        &h,
-        Request::get("/write-checkpoint2.json?client_id=c")
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-}
 
 #[tokio::test]
 async fn initial_sync_orders_by_priority_pages_and_completes() {
@@ -557,7 +199,7 @@ async fn shutdown_ends_open_streams() {
     let res = call(&h, post_stream(Some(format!("Token {}", token())), "{}")).await;
     let mut lines = Lines::new(res);
     assert_eq!(lines.until_complete().await.len(), 2);
-    assert_eq!(h.app.state().metrics.streams_open.load(SeqCst), 1);
+    assert_eq!(h.app.state().metrics.streams_open.get(), 1);
     h.stop.send(true).unwrap();
     assert_eq!(lines.next().await, None);
 }
@@ -658,7 +300,7 @@ async fn streams_advance_from_one_shared_read_per_checkpoint() {
         pages + 3,
         "one page per checkpoint"
     );
-    assert_eq!(m.states_shared.load(SeqCst), 60);
+    assert_eq!(m.states_shared.get(), 60);
 }
 
 #[tokio::test]
@@ -684,7 +326,7 @@ async fn changed_bucket_sets_fall_back_to_sync_checkpoint() {
         assert_eq!(op_ids(&got, "new[]"), [2]);
     }
     assert_eq!(h.store.sync_checkpoint_calls.load(SeqCst), 6);
-    assert_eq!(h.app.state().metrics.states_shared.load(SeqCst), 0);
+    assert_eq!(h.app.state().metrics.states_shared.get(), 0);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -794,4 +436,83 @@ async fn a_move_beyond_the_checkpoint_holds_back_its_completion() {
         "checkpoint 2 is never completed: {got:?}"
     );
     assert_eq!(got[2]["checkpoint_complete"]["last_op_id"], "3");
+}
+
+#[tokio::test]
+async fn streams_are_compressed_as_accepted_and_decode_to_the_same_lines() {
+    use std::io::Read;
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 3,
+            ..Limits::default()
+        },
+    );
+    for i in 0..10 {
+        h.store.put("b[]", &format!("row{i}"));
+    }
+    let mut plain = None;
+    for (accept, encoding) in [
+        (None, None),
+        (Some("gzip"), Some("gzip")),
+        (Some("zstd, gzip"), Some("zstd")),
+    ] {
+        let mut req = post_stream(Some(format!("Token {}", token())), "{}");
+        if let Some(a) = accept {
+            req.headers_mut()
+                .insert("accept-encoding", a.parse().unwrap());
+        }
+        let res = call(&h, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["x-accel-buffering"], "no");
+        assert_eq!(
+            res.headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap()),
+            encoding
+        );
+        // Everything up to checkpoint_complete arrives before the stream ends;
+        // end it to read the whole body.
+        let mut body = res.into_body();
+        let mut wire = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(
+                Duration::from_secs(10),
+                http_body_util::BodyExt::frame(&mut body),
+            )
+            .await
+            .unwrap();
+            let Some(frame) = frame else { break };
+            wire.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            let decoded = decode(encoding, &wire);
+            if String::from_utf8_lossy(&decoded).contains("checkpoint_complete") {
+                break;
+            }
+        }
+        let text = String::from_utf8(decode(encoding, &wire)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first().map(|l| &l[..14]), Some("{\"checkpoint\":"));
+        match &plain {
+            None => plain = Some(text.clone()),
+            Some(p) => assert_eq!(&text, p, "{encoding:?} decodes to the plain stream"),
+        }
+    }
+
+    fn decode(encoding: Option<&str>, wire: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut reader: Box<dyn Read + '_> = match encoding {
+            None => Box::new(wire),
+            Some("gzip") => Box::new(flate2::read::GzDecoder::new(wire)),
+            Some(_) => Box::new(zstd::stream::read::Decoder::new(wire).unwrap()),
+        };
+        // A stream still open decodes up to its last flush.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
 }

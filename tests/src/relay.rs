@@ -380,3 +380,44 @@ impl SyncStream {
         }
     }
 }
+
+/// Decodes a body in its `Content-Encoding` as it streams: feed it frames,
+/// get back what they decode to so far (a flushed encoder's output decodes
+/// completely, with nothing held back).
+pub enum Decoder {
+    Identity,
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decoder {
+    /// For a response's `Content-Encoding` (`None`: identity).
+    pub fn new(content_encoding: Option<&str>) -> Decoder {
+        match content_encoding {
+            None => Decoder::Identity,
+            Some("gzip") => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Some("zstd") => {
+                Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).expect("zstd decoder"))
+            }
+            Some(other) => panic!("unexpected content encoding {other}"),
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let out = match self {
+            Decoder::Identity => return bytes.to_vec(),
+            Decoder::Gzip(d) => {
+                d.write_all(bytes).expect("valid gzip");
+                d.flush().expect("valid gzip");
+                d.get_mut()
+            }
+            Decoder::Zstd(d) => {
+                d.write_all(bytes).expect("valid zstd");
+                d.flush().expect("valid zstd");
+                d.get_mut()
+            }
+        };
+        std::mem::take(out)
+    }
+}

@@ -5,11 +5,10 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use outpost_tests::relay::{block_on, Relay, SyncStream, TIMEOUT};
+use outpost_tests::relay::{block_on, Decoder, Relay, SyncStream, TIMEOUT};
 use outpost_tests::TestDb;
 use postgres::Client;
 use serde_json::{json, Value};
-use std::io::Write;
 
 const SCHEMA: &str = "
 CREATE TABLE items (id int PRIMARY KEY, owner text NOT NULL, title text NOT NULL);
@@ -147,39 +146,6 @@ fn cors_origins_restrict_to_the_list() {
     assert_eq!(header(&res, "access-control-allow-origin"), None);
 }
 
-/// A streaming decoder of one content encoding: feed it body frames, read
-/// what it could decode so far.
-enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
-}
-
-impl Decoder {
-    fn new(encoding: &str) -> Decoder {
-        match encoding {
-            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-            "zstd" => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
-            other => panic!("unexpected encoding {other}"),
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let out = match self {
-            Decoder::Gzip(d) => {
-                d.write_all(bytes).unwrap();
-                d.flush().unwrap();
-                d.get_mut()
-            }
-            Decoder::Zstd(d) => {
-                d.write_all(bytes).unwrap();
-                d.flush().unwrap();
-                d.get_mut()
-            }
-        };
-        std::mem::take(out)
-    }
-}
-
 /// A compressed sync stream read frame by frame.
 struct Compressed {
     body: hyper::body::Incoming,
@@ -247,7 +213,7 @@ fn streams_are_compressed_when_accepted_and_live_lines_arrive_at_once() {
         assert_eq!(header(&res, "x-accel-buffering").as_deref(), Some("no"));
         let mut s = Compressed {
             body: res.into_body(),
-            decoder: Decoder::new(expected),
+            decoder: Decoder::new(Some(expected)),
             plain: Vec::new(),
             wire: 0,
         };
@@ -368,7 +334,7 @@ fn connections_over_the_cap_get_503_and_are_closed() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("too many connections"), "{}", r.body);
     // On a raw socket: the answer, then the server closes (EOF), at once.
-    use std::io::Read;
+    use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(relay.addr).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
     sock.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -1,25 +1,30 @@
 //! Relay figures, measured on the real `outpost-relay` release binary run as
 //! a subprocess (so its memory is its own, read from /proc/<pid>/status):
-//! - streaming a 1M-row bucket to one client: rows/s and peak RSS (VmHWM);
+//! - streaming a 1M-row bucket to one client: rows/s and peak RSS (VmHWM),
+//!   and bytes on the wire for the same download plain, gzip and zstd;
 //! - idle memory per connection with 2,000 open streams (RSS delta / 2,000);
 //! - fan-out: one write to a bucket all 2,000 hold, time until each has the
 //!   data line (p50 / max);
-//! - commit → visible in a connected stream at a steady 1,000 writes/s.
+//! - commit → visible in a connected stream at a steady 1,000 writes/s,
+//!   plain and zstd-compressed (the compressed p50 minus the plain one).
 //!
 //! Clients are tokio tasks on a 2-thread runtime: few OS threads for many
 //! connections. Every wait is on a stream line, bounded by a timeout.
 
 use crate::Row;
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use outpost_tests::relay::Decoder;
 use outpost_tests::TestDb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const BIG_ROWS: i64 = 1_000_000;
 const CONNS: usize = 2_000;
@@ -88,14 +93,8 @@ impl RelayProc {
         let relay = RelayProc { child, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-                use std::io::{Read, Write};
-                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return Ok(relay);
-                }
+            if matches!(relay.get("/health"), Ok((200, _))) {
+                return Ok(relay);
             }
             if Instant::now() > deadline {
                 bail!("relay at {addr} never became healthy");
@@ -104,13 +103,20 @@ impl RelayProc {
         }
     }
 
+    /// `GET path`: status and body.
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        let uri: hyper::Uri = format!("http://{}{path}", self.addr).parse()?;
+        outpost_tests::relay::block_on(async {
+            let res = tokio::time::timeout(LINE_TIMEOUT, client().get(uri)).await??;
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    }
+
     /// `GET /metrics`, as a lookup by series name.
     fn metrics(&self) -> Result<impl Fn(&str) -> String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.addr)?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
+        let (_, text) = self.get("/metrics")?;
         Ok(move |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -145,38 +151,53 @@ fn token(sub: &str) -> String {
     outpost_relay::auth::dev_token(SECRET, sub, 3600, None).expect("dev token")
 }
 
-/// One open `POST /sync/stream`, yielding NDJSON lines (chunked body).
+/// hyper's client, one connection per stream (no pool).
+fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector)
+    })
+}
+
+/// One open `POST /sync/stream`, yielding NDJSON lines, decoded from the
+/// response's `Content-Encoding`; counts the body bytes as received.
 struct Stream {
-    r: BufReader<TcpStream>,
+    body: hyper::body::Incoming,
+    decoder: Decoder,
     buf: Vec<u8>,
+    wire: u64,
 }
 
 impl Stream {
-    async fn open(addr: SocketAddr, sub: &str) -> Result<Stream> {
+    /// `accept_encoding`: what the client accepts (`None`: plain NDJSON).
+    async fn open(addr: SocketAddr, sub: &str, accept_encoding: Option<&str>) -> Result<Stream> {
         let body = r#"{"buckets":[],"raw_data":true,"client_id":"bench"}"#;
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let head = format!(
-            "POST /sync/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Token {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            token(sub),
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await?;
-        let mut r = BufReader::with_capacity(64 * 1024, s);
-        let mut line = String::new();
-        r.read_line(&mut line).await?;
-        if !line.starts_with("HTTP/1.1 200") {
-            bail!("sync stream answered {line:?}");
+        let mut req = hyper::Request::post(format!("http://{addr}/sync/stream"))
+            .header("authorization", format!("Token {}", token(sub)))
+            .header("content-type", "application/json");
+        if let Some(a) = accept_encoding {
+            req = req.header("accept-encoding", a);
         }
-        loop {
-            line.clear();
-            r.read_line(&mut line).await?;
-            if line.trim_end().is_empty() {
-                break;
-            }
+        let req = req.body(Full::new(Bytes::from_static(body.as_bytes())))?;
+        let res = tokio::time::timeout(LINE_TIMEOUT, client().request(req)).await??;
+        if res.status() != 200 {
+            bail!("sync stream answered {}", res.status());
         }
-        Ok(Stream { r, buf: Vec::new() })
+        let encoding = res
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().map(str::to_string))
+            .transpose()?;
+        Ok(Stream {
+            body: res.into_body(),
+            decoder: Decoder::new(encoding.as_deref()),
+            buf: Vec::new(),
+            wire: 0,
+        })
     }
 
     /// The next line (without its newline).
@@ -193,19 +214,16 @@ impl Stream {
                 l.pop();
                 return Ok(l);
             }
-            let mut size = String::new();
-            if self.r.read_line(&mut size).await? == 0 {
-                bail!("stream ended");
+            let frame = self
+                .body
+                .frame()
+                .await
+                .ok_or_else(|| anyhow!("stream ended"))??;
+            if let Ok(data) = frame.into_data() {
+                self.wire += data.len() as u64;
+                let plain = self.decoder.feed(&data);
+                self.buf.extend_from_slice(&plain);
             }
-            let n = usize::from_str_radix(size.trim(), 16)
-                .map_err(|_| anyhow!("bad chunk size {size:?}"))?;
-            if n == 0 {
-                bail!("stream ended");
-            }
-            let at = self.buf.len();
-            self.buf.resize(at + n + 2, 0);
-            self.r.read_exact(&mut self.buf[at..]).await?;
-            self.buf.truncate(at + n);
         }
     }
 
@@ -271,17 +289,20 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
     let relay = RelayProc::start(&db)?;
     let (rss0, _) = relay.memory()?;
     let addr = relay.addr;
-    let (ops, took) = rt.block_on(async move {
-        let t = Instant::now();
-        let mut s = Stream::open(addr, "bulk").await?;
-        let ops = s.until_complete().await?;
-        Ok::<_, anyhow::Error>((ops, t.elapsed()))
-    })?;
+    let download = |accept: Option<&'static str>| {
+        rt.block_on(async move {
+            let t = Instant::now();
+            let mut s = Stream::open(addr, "bulk", accept).await?;
+            let ops = s.until_complete().await?;
+            if ops != BIG_ROWS as u64 {
+                bail!("streamed {ops} ops with {accept:?}, expected {BIG_ROWS}");
+            }
+            Ok::<_, anyhow::Error>((t.elapsed(), s.wire))
+        })
+    };
+    let (took, plain_bytes) = download(None)?;
     let (_, hwm) = relay.memory()?;
-    if ops != BIG_ROWS as u64 {
-        bail!("streamed {ops} ops, expected {BIG_ROWS}");
-    }
-    let per_s = ops as f64 / took.as_secs_f64();
+    let per_s = BIG_ROWS as f64 / took.as_secs_f64();
     rows.push(Row {
         name: format!("relay: stream a {BIG_ROWS}-row bucket to one client"),
         value: format!("{per_s:.0} rows/s ({:.1} s)", took.as_secs_f64()),
@@ -295,6 +316,26 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
         goal: "≤ 64 MB".into(),
         ratio: ratio(64.0, peak_mb, false),
     });
+    // The same download, compressed: body bytes as they arrive.
+    let mb = |b: u64| b as f64 / 1e6;
+    for encoding in ["gzip", "zstd"] {
+        eprintln!("bench relay: {BIG_ROWS}-row initial sync with {encoding}");
+        let (took, bytes) = download(Some(encoding))?;
+        let factor = plain_bytes as f64 / bytes.max(1) as f64;
+        rows.push(Row {
+            name: format!(
+                "relay: bytes on the wire, {BIG_ROWS}-row initial sync, {encoding} vs plain"
+            ),
+            value: format!(
+                "{:.1} MB vs {:.1} MB ({factor:.1}x smaller; {:.0} rows/s)",
+                mb(bytes),
+                mb(plain_bytes),
+                BIG_ROWS as f64 / took.as_secs_f64()
+            ),
+            goal: "≥ 3x smaller".into(),
+            ratio: ratio(3.0, factor, true),
+        });
+    }
     Ok(())
 }
 
@@ -323,7 +364,7 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
         let mut set = tokio::task::JoinSet::new();
         for i in 0..CONNS {
             set.spawn(async move {
-                let mut s = Stream::open(addr, &format!("user{i}")).await?;
+                let mut s = Stream::open(addr, &format!("user{i}"), None).await?;
                 s.until_complete().await?;
                 Ok::<_, anyhow::Error>(s)
             });
@@ -402,12 +443,39 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
     });
     drop(streams_back); // closes the 2,000 connections
 
-    // (d) Commit → visible at a steady write rate, one connected client.
-    eprintln!("bench relay: {WRITES_PER_SEC} writes/s for {WRITE_SECS} s");
+    // (d) Commit → visible at a steady write rate, one connected client,
+    // plain and compressed.
+    let plain = commit_to_visible(rt, &db, addr, None, rows)?;
+    let zstd = commit_to_visible(rt, &db, addr, Some("zstd"), rows)?;
+    let extra = ms(zstd) - ms(plain);
+    rows.push(Row {
+        name: "relay: commit → visible p50, zstd minus plain".into(),
+        value: format!("{extra:+.2} ms"),
+        goal: "≤ 1 ms".into(),
+        ratio: ratio(1.0, extra.max(0.0), false),
+    });
+    Ok(())
+}
+
+/// Commit → visible in one stream at a steady write rate; returns the p50.
+fn commit_to_visible(
+    rt: &tokio::runtime::Runtime,
+    db: &TestDb,
+    addr: SocketAddr,
+    accept: Option<&'static str>,
+    rows: &mut Vec<Row>,
+) -> Result<Duration> {
+    let label = accept.unwrap_or("plain");
+    let base: i64 = if accept.is_some() {
+        3_000_000
+    } else {
+        1_000_000
+    };
+    eprintln!("bench relay: {WRITES_PER_SEC} writes/s for {WRITE_SECS} s ({label})");
     let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = WRITES_PER_SEC * WRITE_SECS;
     let mut watcher = rt.block_on(async move {
-        let mut s = Stream::open(addr, "watcher").await?;
+        let mut s = Stream::open(addr, "watcher", accept).await?;
         s.until_complete().await?;
         Ok::<_, anyhow::Error>(s)
     })?;
@@ -459,7 +527,7 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait); // pacing the load, not waiting for an event
                     }
-                    let id = 1_000_000 + (i * writers + w) as i64;
+                    let id = base + (i * writers + w) as i64;
                     c.execute(&stmt, &[&id])?;
                     committed
                         .lock()
@@ -481,7 +549,7 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
     let rate = total as f64 / wrote.as_secs_f64();
     rows.push(Row {
         name: format!(
-            "relay: commit → visible in a stream at {rate:.0} writes/s for {:.0} s (p50)",
+            "relay: commit → visible in a stream at {rate:.0} writes/s for {:.0} s, {label} (p50)",
             wrote.as_secs_f64()
         ),
         value: format!("{:.1} ms", ms(p50)),
@@ -489,10 +557,10 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
         ratio: ratio(10.0, ms(p50), false),
     });
     rows.push(Row {
-        name: "relay: commit → visible, p99 (same run)".into(),
+        name: format!("relay: commit → visible, {label}, p99 (same run)"),
         value: format!("{:.1} ms (max {:.1} ms)", ms(p99), ms(*lat.last().unwrap())),
         goal: "p99 ≤ 50 ms".into(),
         ratio: ratio(50.0, ms(p99), false),
     });
-    Ok(())
+    Ok(p50)
 }

@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// Accept-Encoding allows it (flushed whenever the stream catches up).
     #[arg(long, env = "OUTPOST_COMPRESSION", default_value_t = true, action = ArgAction::Set)]
     pub compression: bool,
+
+    /// Seconds a stream may wait for its client to take a line; a client that
+    /// stopped reading is disconnected after that.
+    #[arg(long, env = "OUTPOST_SEND_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,8 @@
 //!   database), the values it exchanges, and its Postgres implementation.
 //! - [`sync`]: pure sync logic: checkpoint diffs, priority groups, paging, and
 //!   what a stream has sent (positions, superseded checkpoints).
+//! - [`liveness`]: whether the relay can do its job (LISTEN up, ticks succeeding).
+//! - [`supervise`]: restarts background tasks that panic or end early.
 //! - [`listener`]: the one LISTEN connection per process; fans checkpoint
 //!   notifications out through a `watch` channel and wakes the ticker.
 //! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced,
@@ -34,10 +36,12 @@ pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod listener;
+pub mod liveness;
 pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 #[cfg(test)]
 mod testing;

@@ -3,6 +3,7 @@
 //! notification per process rather than a query per connection per poll.
 //! Change notifications wake the ticker.
 
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use futures_util::StreamExt;
@@ -51,6 +52,12 @@ pub fn publish(tx: &watch::Sender<Announced>, metrics: &Metrics, checkpoint: u64
     changed
 }
 
+/// Without any notification for this long, the listener reads the
+/// checkpoint itself (a relay that does not tick hears of new checkpoints
+/// only by notification, which a proxy or a failover can silently drop).
+const POLL_WHEN_QUIET: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
 pub struct Listener {
     pub database_url: String,
     pub checkpoints: watch::Sender<Announced>,
@@ -58,6 +65,8 @@ pub struct Listener {
     pub tick_wake: Option<Arc<Notify>>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    /// Told whether the LISTEN connection is up (for `/health`).
+    pub liveness: Arc<Liveness>,
 }
 
 impl Listener {
@@ -65,12 +74,16 @@ impl Listener {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            tokio::select! {
-                r = self.listen_once() => match r {
-                    Ok(()) => tracing::warn!("LISTEN connection closed; reconnecting"),
-                    Err(e) => tracing::warn!(error = %e, ?backoff, "LISTEN connection failed; reconnecting"),
-                },
+            let r = tokio::select! {
+                r = self.listen_once() => r,
                 _ = crate::stopped(&mut shutdown) => return,
+            };
+            self.liveness.set_listener(false);
+            match r {
+                Ok(()) => tracing::warn!("LISTEN connection closed; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "LISTEN connection failed; reconnecting")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -104,6 +117,7 @@ impl Listener {
             .batch_execute("LISTEN outpost_changes; LISTEN outpost_checkpoint")
             .await?;
         tracing::info!("listening for outpost_changes and outpost_checkpoint");
+        self.liveness.set_listener(true);
         // Whatever happened while we were not listening: catch up once.
         if let Some(w) = &self.tick_wake {
             w.notify_one();
@@ -114,7 +128,20 @@ impl Listener {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read outpost.checkpoint()"),
         }
-        while let Some(n) = nrx.recv().await {
+        loop {
+            let n = match tokio::time::timeout(POLL_WHEN_QUIET, nrx.recv()).await {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(_) => {
+                    match self.store.checkpoint().await {
+                        Ok(c) => {
+                            publish(&self.checkpoints, &self.metrics, c.0);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read outpost.checkpoint()"),
+                    }
+                    continue;
+                }
+            };
             match n.channel() {
                 "outpost_changes" => {
                     if let Some(w) = &self.tick_wake {

@@ -5,6 +5,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -19,6 +20,8 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     pub streams_open: Gauge,
     pub streams_total: Counter,
+    /// Streams closed because their client took no line for the send timeout.
+    pub streams_stalled: Counter,
     pub ops_sent: Counter,
     pub bytes_sent: Counter,
     pub lines_sent: Counter,
@@ -45,6 +48,8 @@ pub struct Metrics {
     /// Certificate reloads on SIGHUP, and those that failed.
     pub tls_reloads: Counter,
     pub tls_reload_errors: Counter,
+    /// Background tasks restarted after a panic or an early end, by task.
+    task_restarts: Family<Vec<(String, String)>, Counter>,
     registry: Registry,
 }
 
@@ -55,6 +60,7 @@ impl Default for Metrics {
             connections_rejected: Counter::default(),
             streams_open: Gauge::default(),
             streams_total: Counter::default(),
+            streams_stalled: Counter::default(),
             ops_sent: Counter::default(),
             bytes_sent: Counter::default(),
             lines_sent: Counter::default(),
@@ -77,6 +83,7 @@ impl Default for Metrics {
             ops_queries: Counter::default(),
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
+            task_restarts: Family::default(),
             registry: Registry::default(),
         };
         m.registered()
@@ -121,6 +128,11 @@ impl Metrics {
             "outpost_relay_streams",
             "Sync streams started.",
             self.streams_total.clone(),
+        );
+        r.register(
+            "outpost_relay_streams_stalled",
+            "Streams closed because their client took no line for OUTPOST_SEND_TIMEOUT_SECS.",
+            self.streams_stalled.clone(),
         );
         r.register(
             "outpost_relay_ops_sent",
@@ -198,6 +210,11 @@ impl Metrics {
             self.tls_reload_errors.clone(),
         );
         r.register(
+            "outpost_relay_task_restarts",
+            "Background tasks (ticker, listener) restarted after a panic or an early end.",
+            self.task_restarts.clone(),
+        );
+        r.register(
             "outpost_relay_ticks",
             "outpost.tick() calls.",
             self.ticks.clone(),
@@ -237,6 +254,12 @@ impl Metrics {
         }
         self.tick_duration.observe(d.as_secs_f64());
         self.tick_duration_last.set(d.as_secs_f64());
+    }
+
+    pub fn task_restarted(&self, task: &str) {
+        self.task_restarts
+            .get_or_create(&vec![("task".to_string(), task.to_string())])
+            .inc();
     }
 
     /// Time one line waited to be taken by its stream's client.

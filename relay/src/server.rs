@@ -4,9 +4,11 @@
 use crate::auth::Verifier;
 use crate::config::ServeArgs;
 use crate::listener::{Announced, Listener};
+use crate::liveness::Liveness;
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::routes::{app, App, AppState, Limits};
+use crate::routes::{app, App, AppState, CloseConnection, Limits};
 use crate::store::{PgStore, Store};
+use crate::supervise::supervise;
 use crate::ticker::Ticker;
 use crate::tls::Tls;
 use crate::Error;
@@ -47,6 +49,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let tick_wake = args.drive_ticks.then(|| Arc::new(Notify::new()));
+    let liveness = Arc::new(Liveness::new(args.drive_ticks));
     let mut tasks = Vec::new();
     if let Some(wake) = &tick_wake {
         let ticker = Ticker {
@@ -57,8 +60,15 @@ pub async fn run(
             trailing: Some(crate::ticker::TRAILING),
             fallback: crate::ticker::FALLBACK,
             compact_every: (args.compact_every_ops > 0).then_some(args.compact_every_ops),
+            liveness: liveness.clone(),
         };
-        tasks.push(tokio::spawn(ticker.run(stop_rx.clone())));
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(supervise(
+            "ticker",
+            metrics.clone(),
+            stop_rx.clone(),
+            move || ticker.clone().run(stop.clone()),
+        )));
     }
     let listen = Listener {
         database_url: args.database_url.clone(),
@@ -66,8 +76,15 @@ pub async fn run(
         tick_wake,
         store: store.clone(),
         metrics: metrics.clone(),
+        liveness: liveness.clone(),
     };
-    tasks.push(tokio::spawn(listen.run(stop_rx.clone())));
+    let stop = stop_rx.clone();
+    tasks.push(tokio::spawn(supervise(
+        "listener",
+        metrics.clone(),
+        stop_rx.clone(),
+        move || listen.clone().run(stop.clone()),
+    )));
 
     let state = AppState {
         verifier,
@@ -80,11 +97,13 @@ pub async fn run(
             max_body_bytes: args.max_body_bytes,
             max_ops_per_batch: args.max_ops_per_batch,
             read_timeout: Duration::from_secs(args.read_timeout_secs),
+            send_timeout: Duration::from_secs(args.send_timeout_secs),
             ..Limits::default()
         },
         write_role: args.write_role.clone(),
         cors: crate::routes::cors::layer(&args.cors_origins)?,
         compression: args.compression,
+        liveness,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -178,10 +197,25 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection(TokioIo::new(io), app);
+                    let close = Arc::new(Notify::new());
+                    let service = {
+                        let close = close.clone();
+                        hyper::service::service_fn(
+                            move |mut req: http::Request<hyper::body::Incoming>| {
+                                req.extensions_mut().insert(CloseConnection(close.clone()));
+                                hyper::service::Service::call(&app, req)
+                            },
+                        )
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
                     let conn = watcher.watch(conn.into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    tokio::select! {
+                        r = conn => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "connection ended with error");
+                            }
+                        }
+                        _ = close.notified() => tracing::debug!(%peer, "connection closed: its client stopped reading"),
                     }
                     drop(permit);
                 });

@@ -297,6 +297,11 @@ impl Harness {
             write_role: None,
             cors: crate::routes::cors::layer(&["*".into()]).unwrap(),
             compression: true,
+            liveness: {
+                let l = crate::liveness::Liveness::new(false);
+                l.set_listener(true);
+                Arc::new(l)
+            },
         };
         Harness {
             app: app(state),
@@ -332,6 +337,7 @@ impl Harness {
             write_role,
             cors,
             compression: s.compression,
+            liveness: s.liveness.clone(),
         };
         self.app = app(state);
     }

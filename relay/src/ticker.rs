@@ -14,12 +14,15 @@
 //! `outpost.compact()` on its own task (one at a time; ticks go on meanwhile).
 
 use crate::listener::{publish, Announced};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
+#[derive(Clone)]
 pub struct Ticker {
     pub store: Arc<dyn Store>,
     pub wake: Arc<Notify>,
@@ -31,6 +34,18 @@ pub struct Ticker {
     pub fallback: Duration,
     /// Compact after this many op ids (`None`: never).
     pub compact_every: Option<u64>,
+    /// Told of every successful tick (for `/health`).
+    pub liveness: Arc<Liveness>,
+}
+
+/// Clears the "compaction running" flag when the compaction task ends,
+/// panics included, so that a failed compaction never stops later ones.
+struct Compacting(Arc<AtomicBool>);
+
+impl Drop for Compacting {
+    fn drop(&mut self) {
+        self.0.store(false, SeqCst);
+    }
 }
 
 /// Defaults for [`Ticker::trailing`] and [`Ticker::fallback`].
@@ -42,7 +57,7 @@ impl Ticker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.wake.notify_one();
         let mut trailing_at: Option<tokio::time::Instant> = None;
-        let compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let compacting = Arc::new(AtomicBool::new(false));
         let mut compacted_at: Option<u64> = None;
         loop {
             let fallback = tokio::time::sleep(self.fallback);
@@ -63,23 +78,22 @@ impl Ticker {
             match result {
                 // The NOTIFY will say the same; publishing now saves a round trip.
                 Ok(c) => {
+                    self.liveness.tick_ok();
                     publish(&self.checkpoints, &self.metrics, c.0);
                     let since = *compacted_at.get_or_insert(c.0);
                     if let Some(every) = self.compact_every {
-                        if c.0.saturating_sub(since) >= every
-                            && !compacting.swap(true, std::sync::atomic::Ordering::SeqCst)
-                        {
+                        if c.0.saturating_sub(since) >= every && !compacting.swap(true, SeqCst) {
                             compacted_at = Some(c.0);
                             let store = self.store.clone();
-                            let flag = compacting.clone();
+                            let flag = Compacting(compacting.clone());
                             tokio::spawn(async move {
+                                let _running = flag;
                                 match store.compact().await {
                                     Ok(n) => tracing::info!(removed = n, "outpost.compact() done"),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "outpost.compact() failed")
                                     }
                                 }
-                                flag.store(false, std::sync::atomic::Ordering::SeqCst);
                             });
                         }
                     }
@@ -94,7 +108,6 @@ impl Ticker {
 mod tests {
     use super::*;
     use crate::testing::FakeStore;
-    use std::sync::atomic::Ordering::SeqCst;
     use tokio::sync::Semaphore;
 
     async fn settle() {
@@ -123,6 +136,7 @@ mod tests {
             trailing: None,
             fallback: Duration::from_secs(3600),
             compact_every: None,
+            liveness: Arc::new(Liveness::new(true)),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -160,6 +174,7 @@ mod tests {
             trailing: Some(Duration::from_millis(10)),
             fallback: Duration::from_secs(1),
             compact_every: None,
+            liveness: Arc::new(Liveness::new(true)),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -191,6 +206,7 @@ mod tests {
             trailing: None,
             fallback: Duration::from_secs(3600),
             compact_every: Some(3),
+            liveness: Arc::new(Liveness::new(true)),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;

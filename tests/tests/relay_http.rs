@@ -349,3 +349,66 @@ fn connections_over_the_cap_get_503_and_are_closed() {
         "{text}"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let db = TestDb::new("http_stall");
+    let mut c = db.connect();
+    // More than the socket buffers of both ends hold (~20 MB of NDJSON).
+    c.batch_execute(
+        "CREATE TABLE blobs (id int PRIMARY KEY, body text NOT NULL);
+         INSERT INTO blobs SELECT g, repeat(md5(g::text), 5) FROM generate_series(1, 100000) g;",
+    )
+    .unwrap();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  all:\n    data: SELECT * FROM blobs\n"],
+    )
+    .unwrap();
+    let relay = Relay::start_with(&db, |a| a.send_timeout_secs = 1);
+    let metric = |name: &str| -> u64 {
+        let text = relay.request("GET", "/metrics", None, None).body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(relay.addr).unwrap();
+    let body = json!({"raw_data": true}).to_string();
+    write!(
+        sock,
+        "POST /sync/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        relay.token("u1", 300),
+        body.len()
+    )
+    .unwrap();
+    // Read nothing until the relay gives up on this client.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while metric("outpost_relay_streams_stalled_total") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled stream was never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(metric("outpost_relay_streams_open"), 0);
+    // What was queued can still be read, then the connection is gone.
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut sink = Vec::new();
+    let got = sock.read_to_end(&mut sink);
+    assert!(
+        got.is_ok()
+            || got
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the relay closed the connection: {got:?}"
+    );
+    let text = String::from_utf8_lossy(&sink[..sink.len().min(100)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !String::from_utf8_lossy(&sink).contains("checkpoint_complete"),
+        "the stream was cut short"
+    );
+}

@@ -1,4 +1,6 @@
-//! `GET /health` and `GET /metrics`.
+//! `GET /health` (200, or 503 naming what keeps the relay from working:
+//! the database, the LISTEN connection, ticks; see [`crate::liveness`]) and
+//! `GET /metrics`.
 
 use super::{AppState, ResBody};
 use crate::error::json_response;
@@ -11,22 +13,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn health(state: Arc<AppState>) -> Result<Response<ResBody>, Error> {
-    match tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await {
-        Ok(Ok(())) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: database unavailable");
-            Ok(json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unavailable"}),
-            ))
-        }
-        Err(_) => {
-            tracing::warn!("health check: database timed out");
-            Ok(json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unavailable"}),
-            ))
-        }
+    let mut problems: Vec<&str> =
+        match tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await {
+            Ok(Ok(())) => Vec::new(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "health check: database unavailable");
+                vec!["database unavailable"]
+            }
+            Err(_) => {
+                tracing::warn!("health check: database timed out");
+                vec!["database timed out"]
+            }
+        };
+    problems.extend(state.liveness.problems(std::time::Instant::now()));
+    if problems.is_empty() {
+        Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+    } else {
+        Ok(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "problems": problems}),
+        ))
     }
 }
 

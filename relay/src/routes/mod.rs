@@ -50,6 +50,8 @@ pub struct Limits {
     /// Time a client gets to send a request body (408 beyond); headers get the
     /// same bound from the HTTP/1 server (see [`crate::server::serve`]).
     pub read_timeout: Duration,
+    /// A stream whose client takes no line for this long is closed.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +64,7 @@ impl Default for Limits {
             max_crud_entries: 1000,
             shared_changes_min_streams: 2,
             read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -83,7 +86,15 @@ pub struct AppState {
     pub cors: CorsLayer,
     /// Compress `/sync/stream` when the client accepts it.
     pub compression: bool,
+    /// Background tasks' state, for `/health`.
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
+
+/// Put in each request's extensions by the server: notifying it closes the
+/// request's connection (a stalled stream's, whose queued bytes would keep
+/// it open otherwise).
+#[derive(Clone)]
+pub struct CloseConnection(pub Arc<tokio::sync::Notify>);
 
 /// The relay's HTTP service.
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 //! and nothing more is read from the database for it, which bounds memory.
 
 use super::stream_body::StreamBody;
-use super::{authenticate, check_content_length, read_json, AppState, ResBody};
+use super::{authenticate, check_content_length, read_json, AppState, CloseConnection, ResBody};
 use crate::auth::{now_secs, Claims};
 use crate::compress::Encoding;
 use crate::listener::Announced;
@@ -34,6 +34,7 @@ where
 {
     let claims = authenticate(&state, &req)?;
     check_content_length(&req, state.limits.max_body_bytes)?;
+    let close = req.extensions().get::<CloseConnection>().cloned();
     let encoding = if state.compression {
         Encoding::negotiate(
             req.headers()
@@ -70,6 +71,7 @@ where
         params,
         client_id,
         progress,
+        close,
     };
     tokio::spawn(stream.run(initial, checkpoints));
 
@@ -94,6 +96,8 @@ enum End {
     ClientGone,
     TokenExpired,
     Shutdown,
+    /// The client took no line for [`Limits::send_timeout`](super::Limits).
+    Stalled,
 }
 
 enum Stop {
@@ -115,6 +119,8 @@ struct Stream {
     client_id: String,
     /// What the client has, and what a superseded checkpoint left unfinished.
     progress: Progress,
+    /// Closes the stream's connection (set by the server; absent in router tests).
+    close: Option<CloseConnection>,
 }
 
 /// How sending a checkpoint's data ended.
@@ -352,10 +358,23 @@ impl Stream {
         let text = line.to_ndjson();
         let len = text.len() as u64;
         let started = std::time::Instant::now();
-        self.tx
-            .send(Bytes::from(text))
-            .await
-            .map_err(|_| Stop::End(End::ClientGone))?;
+        let mut shutdown = self.state.shutdown.clone();
+        tokio::select! {
+            sent = self.tx.send(Bytes::from(text)) => {
+                sent.map_err(|_| Stop::End(End::ClientGone))?;
+            }
+            _ = tokio::time::sleep(self.state.limits.send_timeout) => {
+                // A reader that stopped reading holds a slot and a task:
+                // end both. Its connection goes too, or the bytes already
+                // queued for it would keep the socket open.
+                self.state.metrics.streams_stalled.inc();
+                if let Some(close) = &self.close {
+                    close.0.notify_one();
+                }
+                return Err(Stop::End(End::Stalled));
+            }
+            _ = crate::stopped(&mut shutdown) => return Err(Stop::End(End::Shutdown)),
+        }
         self.state.metrics.observe_send(started.elapsed());
         self.state.metrics.lines_sent.inc();
         self.state.metrics.bytes_sent.inc_by(len);

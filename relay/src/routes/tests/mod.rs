@@ -236,3 +236,26 @@ async fn health_metrics_and_schema() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(json_body(res).await["tables"][0]["name"], "todos");
 }
+
+#[tokio::test]
+async fn health_is_503_naming_what_is_down() {
+    let h = harness();
+    let health = || Request::get("/health").body(Full::default()).unwrap();
+    assert_eq!(call(&h, health()).await.status(), StatusCode::OK);
+    h.app.state().liveness.set_listener(false);
+    let res = call(&h, health()).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        json_body(res).await,
+        json!({"status": "unavailable", "problems": ["LISTEN connection down"]})
+    );
+    h.store.fail.store(true, SeqCst);
+    let v = json_body(call(&h, health()).await).await;
+    assert_eq!(
+        v["problems"],
+        json!(["database unavailable", "LISTEN connection down"])
+    );
+    h.app.state().liveness.set_listener(true);
+    h.store.fail.store(false, SeqCst);
+    assert_eq!(call(&h, health()).await.status(), StatusCode::OK);
+}

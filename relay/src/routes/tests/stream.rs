@@ -516,3 +516,39 @@ async fn streams_are_compressed_as_accepted_and_decode_to_the_same_lines() {
         out
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_ops_per_batch: 1,
+            stream_buffer: 1,
+            send_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+    );
+    for i in 0..5 {
+        h.store.put("b[]", &format!("r{i}"));
+    }
+    let close = crate::routes::CloseConnection(Arc::new(tokio::sync::Notify::new()));
+    let mut req = post_stream(Some(format!("Token {}", token())), "{}");
+    req.extensions_mut().insert(close.clone());
+    // The response is held but never read.
+    let res = call(&h, req).await;
+    let metrics = h.app.state().metrics.clone();
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(metrics.streams_stalled.get(), 0, "not before the timeout");
+    assert_eq!(metrics.streams_open.get(), 1);
+    // Paused time moves on to the send timeout; the stream gives up, says
+    // so, and asks the server to close the connection.
+    tokio::time::timeout(Duration::from_secs(5), close.0.notified())
+        .await
+        .expect("the connection is told to close");
+    assert_eq!(metrics.streams_stalled.get(), 1);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.streams_open.get(), 0, "the stream task ended");
+    drop(res);
+}

@@ -33,6 +33,16 @@ pub struct TestDb {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl TestDb {
+    /// A scratch database with `schema` run and `rules` deployed.
+    pub fn with_rules(label: &str, schema: &str, rules: &str) -> TestDb {
+        let db = TestDb::new(label);
+        let mut c = db.connect();
+        c.batch_execute(schema).expect("schema");
+        c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
+            .expect("deploy_rules");
+        db
+    }
+
     pub fn new(label: &str) -> TestDb {
         let db = TestDb::empty(label);
         db.connect()

@@ -201,27 +201,23 @@ impl Drop for Browser {
 }
 
 fn setup() -> TestDb {
-    let db = TestDb::new("browser");
-    let mut c = db.connect();
-    c.batch_execute(
+    TestDb::with_rules(
+        "browser",
         "CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text NOT NULL);
          INSERT INTO notes SELECT g, CASE WHEN g % 4 = 0 THEN 'bob' ELSE 'alice' END,
                                   'note ' || g || ' – ünïcødé' FROM generate_series(1, 400) g;",
+        MINE,
     )
-    .unwrap();
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"
+}
+
+/// Each user syncs the notes they own.
+const MINE: &str = "
 bucket_definitions:
   mine:
     parameters: SELECT request.user_id() AS owner
     data:
       - SELECT id, body FROM notes WHERE owner = bucket.owner
-"],
-    )
-    .unwrap();
-    db
-}
+";
 
 fn page_for(relay: &Relay, token: &str) -> String {
     PAGE.replace("RELAY", &relay.url).replace("TOKEN", token)

@@ -24,11 +24,8 @@ bucket_definitions:
 ";
 
 fn setup(label: &str) -> (TestDb, Client) {
-    let db = TestDb::new(label);
-    let mut c = db.connect();
-    c.batch_execute(SCHEMA).unwrap();
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&RULES])
-        .unwrap();
+    let db = TestDb::with_rules(label, SCHEMA, RULES);
+    let c = db.connect();
     (db, c)
 }
 
@@ -352,19 +349,13 @@ fn connections_over_the_cap_get_503_and_are_closed() {
 
 #[test]
 fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
-    let db = TestDb::new("http_stall");
-    let mut c = db.connect();
     // More than the socket buffers of both ends hold (~20 MB of NDJSON).
-    c.batch_execute(
+    let db = TestDb::with_rules(
+        "http_stall",
         "CREATE TABLE blobs (id int PRIMARY KEY, body text NOT NULL);
          INSERT INTO blobs SELECT g, repeat(md5(g::text), 5) FROM generate_series(1, 100000) g;",
-    )
-    .unwrap();
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"bucket_definitions:\n  all:\n    data: SELECT * FROM blobs\n"],
-    )
-    .unwrap();
+        "bucket_definitions:\n  all:\n    data: SELECT * FROM blobs\n",
+    );
     let relay = Relay::start_with(&db, |a| a.send_timeout_secs = 1);
     let metric = |name: &str| -> u64 {
         let text = relay.request("GET", "/metrics", None, None).body;

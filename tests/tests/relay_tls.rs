@@ -119,24 +119,13 @@ fn metric(client: &HttpsClient, base: &str, name: &str) -> u64 {
 
 #[test]
 fn https_with_h1_and_h2_by_alpn_and_certificates_reloaded_on_sighup() {
-    let db = TestDb::new("tls");
-    let mut c = db.connect();
-    c.batch_execute(
+    let db = TestDb::with_rules(
+        "tls",
         "CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text);
          INSERT INTO notes VALUES (1, 'u1', 'over tls'), (2, 'u2', 'not mine');",
-    )
-    .unwrap();
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"
-bucket_definitions:
-  mine:
-    parameters: SELECT request.user_id() AS owner
-    data:
-      - SELECT id, body FROM notes WHERE owner = bucket.owner
-"],
-    )
-    .unwrap();
+        "bucket_definitions:\n  mine:\n    parameters: SELECT request.user_id() AS owner\n    \
+         data:\n      - SELECT id, body FROM notes WHERE owner = bucket.owner\n",
+    );
     let dir = std::env::temp_dir().join(format!("outpost-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let first = pki("one");

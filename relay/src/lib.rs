@@ -6,6 +6,10 @@
 //! Layout:
 //! - [`config`]: command line and environment (`serve`, `token`).
 //! - [`auth`]: JWT verification (HS256 secret, JWKS file) and dev tokens.
+//! - [`pg_tls`]: libpq `sslmode`/`sslrootcert` of database URLs, enforced
+//!   with rustls; every Postgres connection of the relay is made through it.
+//! - [`outbound_tls`]: trust anchors (system roots, PEM files) and rustls
+//!   client configs for the relay's outgoing connections.
 //! - [`store`]: the [`store::Store`] trait (everything the relay asks the
 //!   database) and its Postgres implementation over a connection pool.
 //! - [`listener`]: the one LISTEN connection per process; fans checkpoint
@@ -26,6 +30,8 @@ pub mod error;
 pub mod fanout;
 pub mod listener;
 pub mod metrics;
+pub mod outbound_tls;
+pub mod pg_tls;
 pub mod routes;
 pub mod server;
 pub mod store;

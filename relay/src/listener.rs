@@ -77,9 +77,10 @@ impl Listener {
         }
     }
 
-    async fn listen_once(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+    async fn listen_once(&self) -> Result<(), crate::Error> {
+        let (client, mut connection) = crate::pg_tls::PgConnect::parse(&self.database_url)?
+            .connect()
+            .await?;
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
         // The connection must be polled for notifications to arrive at all.
         let driver = tokio::spawn(async move {

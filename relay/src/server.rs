@@ -1,7 +1,6 @@
 //! Accept loop, connection cap and graceful shutdown, plus [`run`], which
 //! wires the whole relay together from `serve` arguments.
 
-use crate::auth::Verifier;
 use crate::config::ServeArgs;
 use crate::listener::{Announced, Listener};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -28,18 +27,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let jwks =
-        match &args.jwks {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                Error::Config(format!("cannot read JWKS file {}: {e}", p.display()))
-            })?),
-            None => None,
-        };
-    let verifier = Verifier::new(
-        args.jwt_secret.as_deref(),
-        jwks.as_deref(),
-        args.jwt_audience.clone(),
-    )?;
+    let (verifier, jwks_urls) = crate::auth::from_args(&args).await?;
     let store: Arc<dyn Store> = Arc::new(PgStore::new(&args.database_url, args.db_pool_size)?);
     let metrics = Arc::new(Metrics::default());
     let (cp_tx, cp_rx) = watch::channel(Announced::initial());
@@ -67,6 +55,9 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     tasks.push(tokio::spawn(listen.run(stop_rx.clone())));
+    if let Some(keys) = jwks_urls {
+        tasks.push(tokio::spawn(keys.run(stop_rx.clone())));
+    }
 
     let state = AppState {
         verifier,

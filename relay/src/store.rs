@@ -9,7 +9,6 @@ use outpost_protocol::{BucketChecksum, Checksum, OpId, OpType, OplogEntry};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// A user's view at one checkpoint: the result of `outpost.sync_checkpoint`.
@@ -195,11 +194,10 @@ impl PgStore {
     /// Builds the pool; connections are opened lazily, so this does not fail
     /// when Postgres is down (the relay starts and reports via /health).
     pub fn new(database_url: &str, pool_size: usize) -> Result<PgStore, Error> {
-        let pg = tokio_postgres::Config::from_str(database_url)
-            .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+        let pg = crate::pg_tls::PgConnect::parse(database_url)?;
         let mgr = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
+            pg.config,
+            pg.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -8,7 +8,7 @@ use outpost_protocol::http::{DataEnvelope, WriteCheckpoint};
 use std::sync::Arc;
 
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResBody>, Error> {
-    let claims = authenticate(&state, &req)?;
+    let claims = authenticate(&state, &req).await?;
     let client_id = req
         .uri()
         .query()

@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`config`]: command line and environment (`serve`, `token`).
-//! - [`auth`]: JWT verification (HS256 secret, JWKS file) and dev tokens.
+//! - [`auth`]: JWT verification (HS256 secret, JWKS file, JWKS URLs fetched
+//!   and refreshed) and dev tokens.
 //! - [`pg_tls`]: libpq `sslmode`/`sslrootcert` of database URLs, enforced
 //!   with rustls; every Postgres connection of the relay is made through it.
 //! - [`outbound_tls`]: trust anchors (system roots, PEM files) and rustls

@@ -206,9 +206,25 @@ fn serve_one(
 
 /// A relay trusting `server`'s CA, with the given refresh settings.
 fn relay_for(db: &TestDb, server: &JwksServer, refresh_secs: u64, issuer: Option<&str>) -> Relay {
-    let (url, ca) = (server.url(), server.ca_file.clone());
+    relay_for_all(db, &[server], refresh_secs, issuer)
+}
+
+/// A relay fetching from every server, trusting all their CAs (one bundle).
+fn relay_for_all(
+    db: &TestDb,
+    servers: &[&JwksServer],
+    refresh_secs: u64,
+    issuer: Option<&str>,
+) -> Relay {
+    let bundle_dir = TempDir::new("jwks-bundle");
+    let bundle: String = servers
+        .iter()
+        .map(|s| std::fs::read_to_string(&s.ca_file).unwrap())
+        .collect();
+    let ca = bundle_dir.write("bundle.pem", &bundle);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     Relay::start_with(db, move |a| {
-        a.idp.jwks_url = vec![url];
+        a.idp.jwks_url = urls;
         a.idp.jwks_ca_cert = Some(ca);
         a.idp.jwks_refresh_secs = refresh_secs;
         a.idp.jwks_min_refetch_secs = 3600;
@@ -313,6 +329,27 @@ fn removed_keys_stop_working_and_outages_keep_the_last_good_set() {
     // The provider is gone altogether (connection refused).
     drop(server);
     assert_eq!(check(&relay, &t2).0, 200);
+}
+
+#[test]
+fn several_urls_keep_their_own_last_good_sets() {
+    let db = TestDb::new("jwks_multi");
+    let (ka, kb) = (SigningKey::new("a1"), SigningKey::new("b1"));
+    let a = JwksServer::start(jwks(&[&ka]));
+    let b = JwksServer::start(jwks(&[&kb]));
+    let relay = relay_for_all(&db, &[&a, &b], 1, None);
+    let (ta, tb) = (ka.token("u1", json!({})), kb.token("u2", json!({})));
+    assert_eq!(check(&relay, &ta).0, 200);
+    assert_eq!(check(&relay, &tb).0, 200);
+    // One provider fails; the other's keys and the failed one's last good
+    // set both keep working.
+    b.set(Answer::Status(500));
+    let seen = b.requests();
+    wait_for("failed refreshes of b", Duration::from_secs(30), || {
+        (b.requests() >= seen + 2).then_some(())
+    });
+    assert_eq!(check(&relay, &ta).0, 200);
+    assert_eq!(check(&relay, &tb).0, 200);
 }
 
 #[test]

@@ -306,8 +306,6 @@ pub fn dev_token(
     ttl_secs: u64,
     aud: Option<&str>,
 ) -> Result<String, Error> {
-    // A token no relay would accept is no use: refuse the secret here too.
-    keys::secret_key(secret)?;
     let iat = now_secs();
     let mut claims = serde_json::json!({ "sub": sub, "iat": iat, "exp": iat + ttl_secs });
     if let Some(aud) = aud {

@@ -1,4 +1,6 @@
 use super::*;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use serde_json::json;
 
 pub const SECRET: &str = "test-secret-0123456789-0123456789";
@@ -12,24 +14,9 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
     .unwrap()
 }
 
+/// Unpadded base64url, to hand-craft headers jsonwebtoken refuses to sign.
 fn b64(s: &str) -> String {
-    base64_url_encode(s.as_bytes())
-}
-
-/// Unpadded base64url, enough to hand-craft headers jsonwebtoken refuses to sign.
-pub fn base64_url_encode(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(s.as_bytes())
 }
 
 pub fn alg_none_token(claims: &Value) -> String {
@@ -200,7 +187,7 @@ const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
 
 fn ed_private_pem() -> String {
     // PKCS#8 wrapping of a raw Ed25519 seed: fixed 16-byte prefix + 32-byte seed.
-    let seed = base64_url_decode(ED_D);
+    let seed = URL_SAFE_NO_PAD.decode(ED_D).unwrap();
     let mut der = vec![
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
         0x20,
@@ -208,34 +195,8 @@ fn ed_private_pem() -> String {
     der.extend_from_slice(&seed);
     format!(
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        std_b64(&der)
+        STANDARD.encode(&der)
     )
-}
-
-fn base64_url_decode(s: &str) -> Vec<u8> {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes() {
-        let v = T.iter().position(|&t| t == c).unwrap() as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    out
-}
-
-fn std_b64(bytes: &[u8]) -> String {
-    let mut s = base64_url_encode(bytes).replace('-', "+").replace('_', "/");
-    while !s.len().is_multiple_of(4) {
-        s.push('=');
-    }
-    s
 }
 
 fn ed_token(kid: &str, claims: &Value) -> String {

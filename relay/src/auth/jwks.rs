@@ -203,7 +203,7 @@ impl RemoteJwks {
     }
 
     /// Refreshes on schedule until `stop`; after a failed round it retries
-    /// sooner (from [`RETRY_MIN`], doubling up to the refresh interval).
+    /// sooner (from 5 s, doubling up to the refresh interval).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut retry = RETRY_MIN.min(self.refresh);
         loop {

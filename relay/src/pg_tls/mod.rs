@@ -19,8 +19,11 @@
 //! `allow` is treated as `prefer` (it tries TLS first instead of last).
 
 //!
+//! Every connection also gets a connect timeout and TCP keepalives unless
+//! the URL sets its own (see [`CONNECT_TIMEOUT`]).
+//!
 //! Modules: [`params`] takes the two parameters out of the URL;
-//! [`verifier`] is the rustls certificate check for each mode.
+//! `verifier` is the rustls certificate check for each mode.
 
 pub mod params;
 mod verifier;
@@ -31,6 +34,7 @@ pub use params::{take_ssl_params, SslParams};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
@@ -143,6 +147,43 @@ pub struct PgConnect {
     pub policy: TlsPolicy,
 }
 
+/// Bounds for connections whose URL sets none. Without them a connect to
+/// an unreachable host waits for the OS (minutes), and a server that
+/// vanished without closing (host down, NAT entry dropped) leaves the idle
+/// `LISTEN` connection waiting forever (keepalive idle is 2 h by default):
+/// the relay would stop hearing of checkpoints without noticing. With
+/// these, a dead peer is noticed in about a minute and the connection is
+/// reopened.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data (a query sent to a dead server) fails after this.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// tokio-postgres' keepalive idle when the URL does not set one.
+const PG_DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+fn default_timeouts(config: &mut tokio_postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives() {
+        if config.get_keepalives_idle() == PG_DEFAULT_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+    }
+}
+
 /// The stream type of a connection made by [`PgConnect::connect`].
 pub type PgStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
@@ -155,6 +196,7 @@ impl PgConnect {
         let mut config = tokio_postgres::Config::from_str(&rest)
             .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
         config.ssl_mode(policy.pg_mode());
+        default_timeouts(&mut config);
         let roots = match &policy.roots {
             Roots::Unchecked => None,
             Roots::System => Some(outbound_tls::system_roots()?),
@@ -230,6 +272,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sslrootcert=system"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_default_unless_the_url_sets_them() {
+        let c = PgConnect::parse("host=h sslmode=disable").unwrap().config;
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        let c = PgConnect::parse(
+            "host=h connect_timeout=3 keepalives_idle=600 keepalives_interval=5 \
+             keepalives_retries=9 tcp_user_timeout=7",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(600));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(c.get_keepalives_retries(), Some(9));
+        let c = PgConnect::parse("host=h keepalives=0").unwrap().config;
+        assert!(!c.get_keepalives());
     }
 
     #[test]

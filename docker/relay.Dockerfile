@@ -21,9 +21,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime ---------------------------------------------------------------
 FROM debian:bookworm-slim
-# The relay links only glibc (no TLS library: it connects to Postgres without
-# TLS, see README). The health check is bash (/dev/tcp), already in the image.
-RUN groupadd --system --gid 10001 outpost \
+# The relay links only glibc (TLS is rustls, compiled in). ca-certificates
+# provides the system roots it trusts for Postgres (`sslmode=verify-full`
+# without `sslrootcert`) and JWKS URLs. The health check is bash (/dev/tcp),
+# already in the image.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 outpost \
  && useradd --system --uid 10001 --gid outpost --no-create-home --shell /usr/sbin/nologin outpost
 COPY --from=builder /out/outpost-relay /usr/local/bin/outpost-relay
 COPY docker/relay-healthcheck.sh /usr/local/bin/outpost-relay-healthcheck

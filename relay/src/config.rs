@@ -16,6 +16,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP relay.
@@ -111,6 +113,45 @@ pub struct ServeArgs {
     /// stopped reading is disconnected after that.
     #[arg(long, env = "OUTPOST_SEND_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub send_timeout_secs: u64,
+    #[command(flatten)]
+    pub idp: IdpArgs,
+}
+
+/// Keys published by an identity provider, and the issuer its tokens name.
+#[derive(Debug, Clone, Args)]
+pub struct IdpArgs {
+    /// JWKS URLs of identity providers (comma-separated for several): fetched at
+    /// start, cached, refreshed. `https://`, or `http://` for loopback hosts only.
+    #[arg(long, env = "OUTPOST_JWKS_URL", value_delimiter = ',')]
+    pub jwks_url: Vec<String>,
+
+    /// PEM file of CA certificates trusted for JWKS URLs, besides the system roots.
+    #[arg(long, env = "OUTPOST_JWKS_CA_CERT")]
+    pub jwks_ca_cert: Option<PathBuf>,
+
+    /// Seconds between scheduled fetches of the JWKS URLs.
+    #[arg(long, env = "OUTPOST_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refresh_secs: u64,
+
+    /// Minimum seconds between fetches caused by tokens with an unknown `kid`.
+    #[arg(long, env = "OUTPOST_JWKS_MIN_REFETCH_SECS", default_value_t = 30)]
+    pub jwks_min_refetch_secs: u64,
+
+    /// Required `iss` of client tokens (comma-separated for several). Unset: `iss` is not checked.
+    #[arg(long, env = "OUTPOST_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+}
+
+impl Default for IdpArgs {
+    fn default() -> IdpArgs {
+        IdpArgs {
+            jwks_url: Vec::new(),
+            jwks_ca_cert: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 30,
+            jwt_issuer: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,5 +202,30 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.jwt_audience, vec!["a", "b"]);
         assert!(!s.drive_ticks);
+    }
+
+    #[test]
+    fn idp_flags_parse_and_default() {
+        let cli = Cli::try_parse_from([
+            "outpost-relay",
+            "serve",
+            "--database-url",
+            "postgres://x@127.0.0.1/db",
+            "--jwks-url",
+            "https://a.example/jwks.json,https://b.example/jwks.json",
+            "--jwt-issuer",
+            "https://a.example",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.idp.jwks_url.len(), 2);
+        assert_eq!(s.idp.jwt_issuer, vec!["https://a.example"]);
+        let d = IdpArgs::default();
+        assert_eq!(
+            (s.idp.jwks_refresh_secs, s.idp.jwks_min_refetch_secs),
+            (d.jwks_refresh_secs, d.jwks_min_refetch_secs)
+        );
     }
 }

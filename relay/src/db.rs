@@ -1,13 +1,13 @@
 //! The one place that opens Postgres connections: [`pool`] for queries
 //! ([`crate::store::PgStore`]) and [`connect`] for the single LISTEN
-//! connection ([`crate::listener`]). Transport settings (TLS) belong here
-//! and nowhere else.
+//! connection ([`crate::listener`]), both through [`crate::pg_tls`] so that
+//! libpq's `sslmode`/`sslrootcert` hold for every connection.
 
+use crate::pg_tls::PgConnect;
 use crate::Error;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::AsyncMessage;
 
@@ -16,17 +16,13 @@ use tokio_postgres::AsyncMessage;
 /// progress at all.
 pub type Messages = BoxStream<'static, Result<AsyncMessage, tokio_postgres::Error>>;
 
-fn config(database_url: &str) -> Result<tokio_postgres::Config, Error> {
-    tokio_postgres::Config::from_str(database_url)
-        .map_err(|e| Error::Config(format!("invalid database URL: {e}")))
-}
-
 /// A pool of at most `size` connections to `database_url`, opened lazily:
 /// building it does not fail when Postgres is down.
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, Error> {
+    let pg = PgConnect::parse(database_url)?;
     let mgr = Manager::from_config(
-        config(database_url)?,
-        tokio_postgres::NoTls,
+        pg.config,
+        pg.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -42,7 +38,7 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, Error> {
 
 /// One connection outside the pool, with its [`Messages`].
 pub async fn connect(database_url: &str) -> Result<(tokio_postgres::Client, Messages), Error> {
-    let (client, mut connection) = config(database_url)?.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = PgConnect::parse(database_url)?.connect().await?;
     let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
     Ok((client, messages))
 }

@@ -30,7 +30,7 @@ pub enum Error {
     /// "db error"); never shown to clients.
     #[error("database error: {}", db_detail(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("database pool error: {0}")]
+    #[error("database pool error: {}", error_chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("unexpected database response: {0}")]
     Decode(String),
@@ -137,6 +137,20 @@ fn db_detail(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // Connection and TLS errors say what failed only in their causes.
+        None => error_chain(e),
     }
+}
+
+/// An error and its causes, `: `-separated. tokio-postgres and hyper put
+/// what went wrong (a refused certificate, a refused connection) only there.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }

@@ -7,8 +7,14 @@
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`config`]: command line and environment (`serve`, `token`).
 //! - [`metrics`]: counters, gauges and histograms, exposed by `prometheus-client`.
-//! - [`auth`]: JWT verification (HS256 secret, JWKS file) and dev tokens.
-//! - [`db`]: opening Postgres connections (the pool and the LISTEN connection).
+//! - [`auth`]: JWT verification (HS256 secret, JWKS file, JWKS URLs fetched
+//!   and refreshed) and dev tokens.
+//! - [`outbound_tls`]: trust anchors (system roots, PEM files) and rustls
+//!   client configs for the relay's outgoing connections.
+//! - [`pg_tls`]: libpq `sslmode`/`sslrootcert` of database URLs, enforced
+//!   with rustls.
+//! - [`db`]: opening Postgres connections (the pool and the LISTEN connection),
+//!   every one through [`pg_tls`].
 //! - [`store`]: the [`store::Store`] trait (everything the relay asks the
 //!   database), the values it exchanges, and its Postgres implementation.
 //! - [`sync`]: pure sync logic: checkpoint diffs, priority groups, paging, and
@@ -38,6 +44,8 @@ pub mod fanout;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;
+pub mod outbound_tls;
+pub mod pg_tls;
 pub mod routes;
 pub mod server;
 pub mod store;

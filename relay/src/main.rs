@@ -8,6 +8,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(t) => {
+            // A token no relay would accept is no use: same minimum as `serve`.
+            outpost_relay::auth::keys::secret_key(&t.jwt_secret)?;
             if t.ttl > outpost_relay::auth::MAX_LIFETIME_SECS as u64 {
                 anyhow::bail!(
                     "--ttl must be at most {} seconds",

@@ -1,7 +1,6 @@
 //! Accept loop, connection cap, TLS handshakes and graceful shutdown, plus
 //! [`run`], which wires the whole relay together from `serve` arguments.
 
-use crate::auth::Verifier;
 use crate::config::ServeArgs;
 use crate::listener::{Announced, Listener};
 use crate::liveness::Liveness;
@@ -31,18 +30,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let jwks =
-        match &args.jwks {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                Error::Config(format!("cannot read JWKS file {}: {e}", p.display()))
-            })?),
-            None => None,
-        };
-    let verifier = Verifier::new(
-        args.jwt_secret.as_deref(),
-        jwks.as_deref(),
-        args.jwt_audience.clone(),
-    )?;
+    let (verifier, jwks_urls) = crate::auth::from_args(&args).await?;
     let store: Arc<dyn Store> = Arc::new(PgStore::new(&args.database_url, args.db_pool_size)?);
     let metrics = Arc::new(Metrics::default());
     let (cp_tx, cp_rx) = watch::channel(Announced::initial());
@@ -85,6 +73,15 @@ pub async fn run(
         stop_rx.clone(),
         move || listen.clone().run(stop.clone()),
     )));
+    if let Some(keys) = jwks_urls {
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(supervise(
+            "jwks",
+            metrics.clone(),
+            stop_rx.clone(),
+            move || keys.clone().run(stop.clone()),
+        )));
+    }
 
     let state = AppState {
         verifier,

@@ -100,7 +100,7 @@ impl Relay {
     /// (e.g. `write_role`, `drive_ticks`, limits) before it runs.
     pub fn start_with(db: &TestDb, configure: impl FnOnce(&mut ServeArgs)) -> Relay {
         let secret = format!(
-            "test-secret-{}-{}-0123456789",
+            "test-secret-{}-{}-0123456789abcdef0123456789",
             std::process::id(),
             SECRETS.fetch_add(1, Ordering::SeqCst)
         );

@@ -164,7 +164,11 @@ fn random_histories_with_compaction_converge() {
             let cp = tick(&mut c);
             // A client stops here, part way into a bucket's ops or at the checkpoint.
             if rng.random_bool(0.3) {
-                let bucket = if rng.random_bool(0.5) { "even[]" } else { "odd[]" };
+                let bucket = if rng.random_bool(0.5) {
+                    "even[]"
+                } else {
+                    "odd[]"
+                };
                 let mut client = BucketClient::default();
                 let stop_at = rng.random_range(0..=cp);
                 client.apply_to(&mut c, bucket, stop_at, false);

@@ -59,7 +59,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let claims = authenticate(&state, &req)?;
+    let claims = authenticate(&state, &req).await?;
     let Some(role) = state.write_role.clone() else {
         return Err(Error::NotImplemented(
             "/crud is disabled: OUTPOST_WRITE_ROLE is not set",

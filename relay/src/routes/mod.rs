@@ -225,16 +225,22 @@ where
     }
 }
 
-fn authenticate<B>(state: &AppState, req: &Request<B>) -> Result<Claims, Error> {
+/// The request's claims. Returns a future that holds no borrow of `req`
+/// (request bodies need not be `Sync`), since verifying may fetch keys.
+fn authenticate<'a, B>(
+    state: &'a AppState,
+    req: &Request<B>,
+) -> impl std::future::Future<Output = Result<Claims, Error>> + Send + 'a {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(|v| {
             v.to_str()
+                .map(str::to_owned)
                 .map_err(|_| Error::Unauthorized("authorization header is not ASCII".into()))
         })
-        .transpose()?;
-    state.verifier.verify_header(header)
+        .transpose();
+    async move { state.verifier.verify_header(header?.as_deref()).await }
 }
 
 /// Reads a JSON body of at most `limit` bytes within `timeout` (413 beyond the

@@ -14,7 +14,7 @@ use http::{Request, Response};
 use std::sync::Arc;
 
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResBody>, Error> {
-    authenticate(&state, &req)?;
+    authenticate(&state, &req).await?;
     let schema = state.store.client_schema().await?;
     Ok(ok_json(&schema))
 }

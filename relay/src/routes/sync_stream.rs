@@ -32,7 +32,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let claims = authenticate(&state, &req)?;
+    let claims = authenticate(&state, &req).await?;
     check_content_length(&req, state.limits.max_body_bytes)?;
     let close = req.extensions().get::<CloseConnection>().cloned();
     let encoding = if state.compression {

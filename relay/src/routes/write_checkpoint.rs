@@ -21,7 +21,7 @@ use outpost_protocol::OpId;
 use std::sync::Arc;
 
 pub async fn handle<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResBody>, Error> {
-    let claims = authenticate(&state, &req)?;
+    let claims = authenticate(&state, &req).await?;
     let client_id = req
         .uri()
         .query()
@@ -50,7 +50,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let claims = authenticate(&state, &req)?;
+    let claims = authenticate(&state, &req).await?;
     check_content_length(&req, state.limits.max_body_bytes)?;
     let body: CheckpointRequest = read_json(
         req.into_body(),

@@ -198,12 +198,12 @@ impl Database {
     }
 
     /// Changes the sync status (the sync driver's side of [`Database::status`]).
-    pub fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
         self.inner.status.send_modify(f);
     }
 
     /// Notified when a local write queued an upload.
-    pub fn crud_changed(&self) -> &tokio::sync::Notify {
+    pub(crate) fn crud_changed(&self) -> &tokio::sync::Notify {
         &self.inner.crud_changed
     }
 

@@ -1,6 +1,6 @@
 //! Client figures: how fast a fresh client gets a 1M-row bucket into SQLite.
 //! - (a) end to end: Postgres (rows already materialized in one bucket) → an
-//!   in-process relay → `outpost_client::Database::connect` (`once`) into a
+//!   in-process relay → `outpost_client::SyncClient::run` (`once`) into a
 //!   SQLite file on disk, timed from connect to the applied checkpoint;
 //! - (b) the client's apply rate alone: the same stream's NDJSON lines,
 //!   recorded first, fed straight into the sync state machine and store (no

@@ -98,6 +98,13 @@ impl Store {
         // loss may lose the last commits (a re-download; local writes are the
         // app's last few). Without it every data line would cost an fsync.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A first sync writes every page several times; checkpointing the WAL
+        // every 1,000 pages (the default) copied each back to the file again
+        // and again (~10% of a 1M-row sync, which ran 1.5-1.8x faster with
+        // this). Commits stay as durable; the WAL may grow to ~400 MB during a
+        // large download and is truncated to 64 MiB after the next checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         Store::with_connection(conn, mode)
     }
 

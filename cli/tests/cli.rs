@@ -22,6 +22,38 @@ fn outpost(args: &[&str]) -> (bool, Value, String) {
     )
 }
 
+/// A fresh database path in its own temp dir: (dir, db path).
+fn fresh_db(label: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("outpost-cli-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("app.db");
+    let _ = std::fs::remove_file(&db);
+    (dir, db.to_str().unwrap().to_string())
+}
+
+/// `outpost sync --once` (plus `extra` arguments) off the test's runtime.
+async fn sync_once(db: &str, endpoint: &str, extra: &[&str]) -> (bool, Value, String) {
+    let args: Vec<String> = [
+        "sync",
+        "--db",
+        db,
+        "--endpoint",
+        endpoint,
+        "--token",
+        "t",
+        "--once",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        outpost(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sync_query_exec_status() {
     let body = good_stream();
@@ -34,27 +66,8 @@ async fn cli_sync_query_exec_status() {
         _ => (200, body.clone()),
     }))
     .await;
-    let dir = std::env::temp_dir().join(format!("outpost-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let _ = std::fs::remove_file(&db);
-    let db = db.to_str().unwrap().to_string();
-    let ep = endpoint.clone();
-    let dbc = db.clone();
-    let (ok, v, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &dbc,
-            "--endpoint",
-            &ep,
-            "--token",
-            "t",
-            "--once",
-        ])
-    })
-    .await
-    .unwrap();
+    let (dir, db) = fresh_db("infer");
+    let (ok, v, err) = sync_once(&db, &endpoint, &[]).await;
     assert!(ok, "{err}");
     assert_eq!(v, json!({"checkpoint": "2", "tables": {"todos": 2}}));
     assert!(!err.contains("warning"), "{err}");
@@ -111,26 +124,8 @@ async fn cli_sync_uses_the_relays_schema() {
         _ => (200, body.clone()),
     }))
     .await;
-    let dir = std::env::temp_dir().join(format!("outpost-cli-schema-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let _ = std::fs::remove_file(&db);
-    let db = db.to_str().unwrap().to_string();
-    let (ep, dbc) = (endpoint.clone(), db.clone());
-    let (ok, v, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &dbc,
-            "--endpoint",
-            &ep,
-            "--token",
-            "t",
-            "--once",
-        ])
-    })
-    .await
-    .unwrap();
+    let (dir, db) = fresh_db("schema");
+    let (ok, v, err) = sync_once(&db, &endpoint, &[]).await;
     assert!(ok, "{err}");
     assert_eq!(
         v,
@@ -170,35 +165,13 @@ async fn cli_sync_over_https_with_ca_cert() {
         &key,
     )
     .await;
-    let dir = std::env::temp_dir().join(format!("outpost-cli-tls-{}", std::process::id()));
+    let (dir, db) = fresh_db("tls");
     let ca_file = ca.write_pem(&dir, "ca.pem");
-    let db = dir.join("app.db");
-    let _ = std::fs::remove_file(&db);
-    let (db, ep, ca_path) = (
-        db.to_str().unwrap().to_string(),
-        server.endpoint.clone(),
-        ca_file.to_str().unwrap().to_string(),
-    );
+    let ep = server.endpoint.clone();
     assert!(ep.starts_with("https://"), "{ep}");
 
     // Without the CA the relay's certificate is refused, and the error says why.
-    let (d, e) = (db.clone(), ep.clone());
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &d,
-            "--endpoint",
-            &e,
-            "--token",
-            "t",
-            "--once",
-            "--attempts",
-            "1",
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, _, err) = sync_once(&db, &ep, &["--attempts", "1"]).await;
     assert!(!ok);
     assert!(
         err.contains("certificate") && err.contains("--ca-cert"),
@@ -206,22 +179,7 @@ async fn cli_sync_over_https_with_ca_cert() {
     );
     assert!(server.requests("/sync/stream").is_empty());
 
-    let (ok, v, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &db,
-            "--endpoint",
-            &ep,
-            "--token",
-            "t",
-            "--once",
-            "--ca-cert",
-            &ca_path,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, v, err) = sync_once(&db, &ep, &["--ca-cert", ca_file.to_str().unwrap()]).await;
     assert!(ok, "{err}");
     assert_eq!(v, json!({"checkpoint": "2", "tables": {"todos": 2}}));
     assert_eq!(server.requests("/sync/stream").len(), 1);

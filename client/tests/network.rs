@@ -5,7 +5,7 @@
 mod support;
 
 use bytes::Bytes;
-use outpost_client::schema::{Column, ColumnType, Schema, Table};
+use outpost_client::schema::Schema;
 use outpost_client::{
     Credentials, Database, Error, SchemaMode, StaticConnector, SyncClient, SyncOptions,
     TransportOptions,
@@ -18,16 +18,12 @@ use std::time::{Duration, Instant};
 use support::{good_stream, put, stream, Proxy, Reply, Seen, TestCa};
 
 fn schema() -> Schema {
-    Schema::new(vec![
-        Table::new(
-            "todos",
-            vec![
-                Column::new("title", ColumnType::Text),
-                Column::new("done", ColumnType::Integer),
-            ],
-        ),
-        Table::new("lists", vec![Column::new("name", ColumnType::Text)]),
-    ])
+    Schema::from_json(
+        r#"{"tables": [
+            {"name": "todos", "columns": [{"name": "title", "type": "text"}, {"name": "done", "type": "integer"}]},
+            {"name": "lists", "columns": [{"name": "name", "type": "text"}]}]}"#,
+    )
+    .unwrap()
 }
 
 fn connector(endpoint: &str) -> Arc<StaticConnector> {

@@ -28,7 +28,7 @@ test-faults: setup
 
 ## Tier 1 only: pure crates, no Postgres needed.
 test-unit:
-	$(CARGO) test -p outpost-protocol -p outpost-rules -p outpost-relay -p outpost-client --lib --bins --tests
+	$(CARGO) test -p outpost-protocol -p outpost-rules -p outpost-relay -p outpost-client -p outpost-cli --lib --bins --tests
 
 ## make demo: Postgres + extension + relay + two clients syncing demo data.
 demo: setup

@@ -122,7 +122,7 @@ T_ALL=$(now_ms)
 # ---------------------------------------------------------------- 1. build --
 step "Building outpost-relay and outpost (release)"
 t=$(now_ms)
-"$CARGO" build --release -q -p outpost-relay -p outpost-client
+"$CARGO" build --release -q -p outpost-relay -p outpost-cli
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RELAY=$TARGET_DIR/release/outpost-relay
 CLIENT=$TARGET_DIR/release/outpost

@@ -118,8 +118,8 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@${SOURCE_DATE_EPOC
 
 # ------------------------------------------------------- relay and client --
 t=$(now_ms)
-log "cargo build --release -p outpost-relay -p outpost-client"
-"$CARGO" build --release --locked -p outpost-relay -p outpost-client >&2 || die "cargo build of the binaries failed"
+log "cargo build --release -p outpost-relay -p outpost-cli"
+"$CARGO" build --release --locked -p outpost-relay -p outpost-cli >&2 || die "cargo build of the binaries failed"
 log "binaries built in $(($(now_ms) - t)) ms"
 for b in outpost-relay outpost; do
   [ -x "$TARGET_DIR/release/$b" ] || die "$TARGET_DIR/release/$b was not built"

@@ -39,8 +39,10 @@
 //! ```
 
 use hyper::Method;
-use outpost_client::transport::Http;
-use outpost_client::{Connector, Credentials, Database, Error, Result, SyncOptions};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{
+    Connector, Credentials, Database, Error, Http, Result, SyncClient, SyncOptions,
+};
 use outpost_protocol::http::CrudBatch;
 use std::sync::Arc;
 
@@ -59,7 +61,7 @@ impl Connector for AppConnector {
         Ok(self.relay.clone())
     }
 
-    async fn upload_data(&self, db: &Database) -> Result<()> {
+    async fn upload_data(&self, db: &Database, _relay: &Http) -> Result<()> {
         db.upload_batches(|batch: CrudBatch| async move {
             let body = serde_json::to_value(&batch)?;
             match self
@@ -101,7 +103,7 @@ async fn main() -> Result<()> {
         token: env("APP_TOKEN"),
     };
     // The app schema (views over the synced rows) comes from the relay's rules.
-    let db = Database::open_with_relay_schema(&path, &relay).await?;
+    let db = open_with_relay_schema(&path, &Http::new(), &relay).await?;
 
     // Print the todos whenever they change (a live query).
     let mut todos = db.watch("SELECT count(*) AS n FROM todos", &[])?;
@@ -129,7 +131,8 @@ async fn main() -> Result<()> {
         backend,
         http: Http::new(),
     };
-    db.connect(Arc::new(connector), SyncOptions::default())
+    SyncClient::new(db, Arc::new(connector))
+        .run(SyncOptions::default())
         .await
         .map(|_| ())
 }

@@ -1,31 +1,21 @@
-//! The async sync loop: credentials → stream → state machine → store, with
-//! reconnects (exponential backoff + jitter) and a concurrent upload task.
+//! The sync driver on top of everything: [`SyncClient`] ties a [`Database`] to a
+//! [`Connector`]: credentials → stream → state machine → store, with reconnects
+//! (exponential backoff + jitter) and a concurrent upload task.
+//!
+//! Store work runs on tokio's blocking pool ([`Database::with_store_blocking`]):
+//! applying a large checkpoint takes seconds of SQLite time, during which the
+//! async runtime keeps serving live queries, uploads and timers.
 
-use crate::connector::{request_write_checkpoint, Connector};
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::net::connector::{request_write_checkpoint, Connector, PENDING_TARGET};
+use crate::net::lines::parse_line;
+use crate::net::transport::{Http, SyncStream, TransportOptions};
 use crate::store::Effect;
-use crate::sync::{Instruction, Progress, SyncState};
-use crate::transport::{Http, SyncStream};
-use serde::Serialize;
+use crate::sync::{Instruction, SyncState};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct SyncStatus {
-    pub connected: bool,
-    /// Between a checkpoint and its application.
-    pub downloading: bool,
-    pub progress: Option<Progress>,
-    pub last_checkpoint: Option<String>,
-    pub last_synced_at: Option<String>,
-    pub upload_pending: u64,
-    pub uploading: bool,
-    pub last_error: Option<String>,
-    /// The last local write the server refused for good (moved to `ps_crud_rejected`).
-    pub last_rejected: Option<String>,
-}
 
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
@@ -37,6 +27,8 @@ pub struct SyncOptions {
     pub max_attempts: Option<u32>,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Timeouts and trusted CAs for every request to the relay.
+    pub transport: TransportOptions,
 }
 
 impl Default for SyncOptions {
@@ -47,6 +39,7 @@ impl Default for SyncOptions {
             max_attempts: None,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
+            transport: TransportOptions::default(),
         }
     }
 }
@@ -65,6 +58,9 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 /// up to about this many ops (bounding the memory of decoded lines held at once).
 pub const MAX_BATCH_OPS: usize = 50_000;
 
+/// The same bound for lines not decoded yet, in bytes (about 50,000 small ops).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// Whether more lines that are ready may join a batch that has produced
 /// `instructions`: only data lines batch, up to [`MAX_BATCH_OPS`].
 pub fn batch_open(instructions: &[Instruction]) -> bool {
@@ -78,6 +74,21 @@ pub fn batch_open(instructions: &[Instruction]) -> bool {
     ops < MAX_BATCH_OPS
 }
 
+/// Whether more received lines may join a batch of undecoded `texts`: only data
+/// lines batch, up to [`MAX_BATCH_BYTES`] (the text form of [`batch_open`]).
+pub fn text_batch_open(texts: &[String]) -> bool {
+    texts.iter().all(|t| t.starts_with("{\"data\""))
+        && texts.iter().map(String::len).sum::<usize>() < MAX_BATCH_BYTES
+}
+
+/// What one step of the loop hands to the blocking pool.
+enum Work {
+    /// Stream lines to decode and feed to the machine.
+    Lines(Vec<String>),
+    /// Instructions the machine already produced.
+    Instructions(Vec<Instruction>),
+}
+
 enum Iteration {
     /// A full checkpoint was applied and `once` was asked.
     Done(String),
@@ -85,30 +96,37 @@ enum Iteration {
     Reconnect,
 }
 
-impl Database {
+/// Keeps a [`Database`] in sync through a [`Connector`]:
+/// `SyncClient::new(db, connector).run(options)`.
+pub struct SyncClient<C: Connector> {
+    db: Database,
+    connector: Arc<C>,
+}
+
+impl<C: Connector> SyncClient<C> {
+    pub fn new(db: Database, connector: Arc<C>) -> SyncClient<C> {
+        SyncClient { db, connector }
+    }
+
     /// Syncs until an unrecoverable error, `max_attempts` consecutive failures, or
     /// (with `once`) the first applied checkpoint, whose op id is returned.
-    pub async fn connect<C: Connector>(
-        &self,
-        connector: Arc<C>,
-        options: SyncOptions,
-    ) -> Result<Option<String>> {
+    /// Dropping the future stops syncing (and the upload task with it).
+    pub async fn run(self, options: SyncOptions) -> Result<Option<String>> {
+        let http = Http::with_options(&options.transport)?;
+        let db = &self.db;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Aborted when `connect` returns *or* its future is dropped (the app
+        // Aborted when `run` returns *or* its future is dropped (the app
         // stops syncing by dropping or aborting it): no orphaned uploader.
         let uploader = AbortOnDrop(tokio::spawn(upload_loop(
-            self.clone(),
-            connector.clone(),
+            db.clone(),
+            self.connector.clone(),
+            http.clone(),
             done_tx,
             options.clone(),
         )));
-        let http = Http::new();
         let mut failures = 0u32;
         let result = loop {
-            match self
-                .iteration(&*connector, &http, &options, &mut done_rx)
-                .await
-            {
+            match self.iteration(&http, &options, &mut done_rx).await {
                 Ok(Iteration::Done(cp)) => break Ok(Some(cp)),
                 Ok(Iteration::Reconnect) => {
                     failures = 0;
@@ -116,7 +134,7 @@ impl Database {
                     tokio::time::sleep(options.min_backoff).await;
                 }
                 Err(e) => {
-                    self.set_status(|s| {
+                    db.set_status(|s| {
                         s.connected = false;
                         s.downloading = false;
                         s.last_error = Some(e.to_string());
@@ -131,48 +149,74 @@ impl Database {
             }
         };
         drop(uploader);
-        self.set_status(|s| s.connected = false);
+        db.set_status(|s| s.connected = false);
         result
     }
 
-    async fn iteration<C: Connector>(
+    async fn iteration(
         &self,
-        connector: &C,
         http: &Http,
         options: &SyncOptions,
         upload_done: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
     ) -> Result<Iteration> {
-        let creds = connector.fetch_credentials().await?;
-        let mut machine: SyncState =
-            self.with_store(|s| s.sync_state(options.parameters.clone()))?;
+        let db = &self.db;
+        let creds = self.connector.fetch_credentials().await?;
+        let parameters = options.parameters.clone();
+        let mut machine: SyncState = db
+            .with_store_blocking(move |s| s.sync_state(parameters))
+            .await?;
         let Some(Instruction::EstablishStream(mut request)) = machine.start().pop() else {
             unreachable!("start always asks for a stream");
         };
         'connect: loop {
             let mut stream: SyncStream = http.sync_stream(&creds, &request).await?;
-            self.set_status(|s| s.connected = true);
+            db.set_status(|s| s.connected = true);
             loop {
-                let instructions = tokio::select! {
-                    line = stream.next_line() => match line? {
+                let work = tokio::select! {
+                    text = stream.next_text() => match text? {
                         None => return Ok(Iteration::Reconnect),
-                        Some(line) => {
-                            let mut batch = machine.handle_line(line)?;
+                        Some(text) => {
                             // A client slower than the stream finds more lines waiting:
                             // store them together.
-                            while batch_open(&batch) {
-                                match stream.next_line_ready()? {
-                                    Some(line) => batch.extend(machine.handle_line(line)?),
+                            let mut texts = vec![text];
+                            while text_batch_open(&texts) {
+                                match stream.next_text_ready()? {
+                                    Some(t) => texts.push(t),
                                     None => break,
                                 }
                             }
-                            batch
+                            Work::Lines(texts)
                         }
                     },
-                    Some(()) = upload_done.recv() => machine.upload_completed(),
+                    Some(()) = upload_done.recv() => Work::Instructions(machine.upload_completed()),
                 };
-                let effects = self.with_store(|s| s.execute(&mut machine, instructions))?;
+                // Decoding and storing both run on the blocking pool; the store
+                // is locked for the storing only.
+                let db2 = db.clone();
+                let step = tokio::task::spawn_blocking(move || {
+                    let mut machine = machine;
+                    let instructions = match work {
+                        Work::Instructions(i) => i,
+                        Work::Lines(texts) => {
+                            let mut out = vec![];
+                            for text in texts {
+                                if let Some(line) = parse_line(&text)? {
+                                    out.extend(machine.handle_line(line)?);
+                                }
+                            }
+                            out
+                        }
+                    };
+                    let effects = db2.with_store(|s| s.execute(&mut machine, instructions))?;
+                    Ok::<_, Error>((machine, effects))
+                });
+                let (m, effects) = match step.await {
+                    Ok(r) => r?,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                };
+                machine = m;
                 let progress = machine.progress();
-                self.set_status(|s| {
+                db.set_status(|s| {
                     s.progress = Some(progress);
                     s.downloading = machine.target().is_some()
                         && machine.applied() != machine.target().map(|c| c.last_op_id);
@@ -185,8 +229,9 @@ impl Database {
                         } => {
                             let cp = checkpoint.to_string();
                             if priority.is_none() {
-                                let synced = self.with_store(|s| s.kv("last_synced_at"))?;
-                                self.set_status(|s| {
+                                let synced =
+                                    db.with_store_blocking(|s| s.kv("last_synced_at")).await?;
+                                db.set_status(|s| {
                                     s.downloading = false;
                                     s.last_checkpoint = Some(cp.clone());
                                     s.last_synced_at = synced;
@@ -199,7 +244,7 @@ impl Database {
                         }
                         Effect::Blocked { .. } => {}
                         Effect::ChecksumFailed(buckets) => {
-                            self.set_status(|s| {
+                            db.set_status(|s| {
                                 s.last_error = Some(Error::ChecksumMismatch(buckets).to_string())
                             });
                         }
@@ -216,33 +261,30 @@ impl Database {
             }
         }
     }
-
-    fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
-        self.status_sender().send_modify(f);
-    }
 }
 
 /// Uploads whenever the queue changes (and once at start), retrying with backoff.
 async fn upload_loop<C: Connector>(
     db: Database,
     connector: Arc<C>,
+    http: Http,
     done: tokio::sync::mpsc::UnboundedSender<()>,
     options: SyncOptions,
 ) {
     let mut failures = 0u32;
     loop {
         let pending = db
-            .with_store(|s| Ok((s.crud_count()?, s.kv("target_op")?)))
+            .with_store_blocking(|s| Ok((s.crud_count()?, s.kv("target_op")?)))
+            .await
             .ok();
-        let needs = pending
-            .is_some_and(|(n, t)| n > 0 || t.as_deref() == Some(crate::connector::PENDING_TARGET));
+        let needs = pending.is_some_and(|(n, t)| n > 0 || t.as_deref() == Some(PENDING_TARGET));
         if needs {
             db.set_status(|s| s.uploading = true);
-            let r = connector.upload_data(&db).await;
+            let r = connector.upload_data(&db, &http).await;
             let r = match r {
                 // A custom upload_data may not ask for a write checkpoint; make sure one is asked.
                 Ok(()) => match connector.fetch_credentials().await {
-                    Ok(c) => request_write_checkpoint(&db, &Http::new(), &c).await,
+                    Ok(c) => request_write_checkpoint(&db, &http, &c).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

@@ -1,42 +1,46 @@
 //! Outpost client: a local SQLite database kept in sync with Postgres through an
 //! `outpost-relay`, with an upload queue for local writes and live queries.
+//! The `outpost` command line is a separate crate (`outpost-cli`), so this
+//! library carries no CLI dependencies.
 //!
-//! Layout (by responsibility):
+//! Modules, lowest first; each imports only modules above it in this list:
+//! - [`error`]: the crate's one error type.
 //! - [`schema`]: the app's tables → typed views and `INSTEAD OF` triggers over
 //!   schemaless `ps_data__<table>` rows.
+//! - [`sync`]: the sans-IO sync state machine: stream lines in, instructions out.
 //! - [`store`]: the SQLite layout (PowerSync-style `ps_*` tables), versioned
 //!   migrations, and the adapter that executes the sync machine's database
-//!   instructions (store ops, validate checksums, apply a checkpoint atomically).
-//! - [`sync`]: the sans-IO sync state machine: stream lines in, instructions out.
-//! - [`transport`]: hyper client for `POST /sync/stream` (bounded NDJSON lines) and JSON calls.
-//! - [`connector`]: the app hook (`fetch_credentials`, `upload_data`) and the
-//!   default upload to the relay's `/crud` + write-checkpoint request (writes the
-//!   relay refuses for good move to `ps_crud_rejected`), and `GET /schema`.
-//! - [`driver`]: the async loop tying them together: reconnect with backoff,
-//!   concurrent uploads, [`driver::SyncStatus`].
-//! - [`db`]: [`Database`], the shareable handle: queries, local writes, `watch`.
+//!   instructions (store ops, validate checksums, apply a checkpoint atomically),
+//!   the upload queue, inferred views.
+//! - [`status`]: [`SyncStatus`], what syncing reports to the app.
 //! - [`watch`]: live queries woken by the SQLite update hook.
-//! - [`cli`]: the `outpost` command line.
+//! - [`db`]: [`Database`], the local shareable handle: queries, local writes,
+//!   `watch`, status, the upload queue as batches. No network.
+//! - [`net`]: the network side: NDJSON framing, body decompression, TLS, the
+//!   hyper transport (timeouts), and the [`Connector`] with the relay's `/crud`,
+//!   write-checkpoint and `/schema` calls.
+//! - [`driver`]: [`SyncClient`], the async loop on top: reconnect with backoff,
+//!   concurrent uploads, store work off the async runtime.
 //!
-//! Data flow: relay → [`transport`] → [`sync::SyncState::handle_line`] →
+//! Data flow: relay → [`net::transport`] → [`sync::SyncState::handle_line`] →
 //! [`store::Store::execute`] → `ps_oplog` → (checkpoint complete, checksums valid,
 //! upload queue empty) → `ps_data__*` in one transaction → update hook → [`watch`].
 
-pub mod cli;
-pub mod connector;
 pub mod db;
 pub mod driver;
 pub mod error;
+pub mod net;
 pub mod schema;
+pub mod status;
 pub mod store;
 pub mod sync;
-pub mod transport;
 pub mod watch;
 
-pub use connector::{Connector, StaticConnector};
 pub use db::Database;
-pub use driver::{SyncOptions, SyncStatus};
+pub use driver::{SyncClient, SyncOptions};
 pub use error::{Error, Result};
+pub use net::connector::{Connector, StaticConnector};
+pub use net::transport::{Credentials, Http, TransportOptions};
 pub use schema::{Column, ColumnType, Schema, Table};
+pub use status::SyncStatus;
 pub use store::{SchemaMode, Store};
-pub use transport::Credentials;

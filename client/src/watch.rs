@@ -1,12 +1,11 @@
 //! Live queries: re-run a query when a table it reads changes.
 //!
 //! An SQLite update hook records which tables each write touched; after every
-//! write through [`Database`] the touched tables' change counters are bumped on a
+//! write through the database handle the touched tables' change counters are bumped on a
 //! `tokio::sync::watch` channel. A channel holds only its latest value, so a burst
 //! of writes wakes a watcher once. Which tables a query reads is found by an
 //! authorizer while preparing it, which sees through views to `ps_data__` tables.
 
-use crate::db::Database;
 use crate::error::Result;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
@@ -34,10 +33,13 @@ pub fn tables_read(conn: &mut Connection, sql: &str) -> Result<BTreeSet<String>>
     Ok(out)
 }
 
+/// Runs a query for a [`Watch`] (the database handle's `query`).
+pub type RunQuery = Arc<dyn Fn(&str, &[Value]) -> Result<Vec<Map<String, Value>>> + Send + Sync>;
+
 /// A live query. The first [`Watch::next`] returns the current rows at once; each
 /// later call waits until a table the query reads has changed, then re-runs it.
 pub struct Watch {
-    db: Database,
+    run: RunQuery,
     sql: String,
     params: Vec<Value>,
     tables: BTreeSet<String>,
@@ -47,14 +49,14 @@ pub struct Watch {
 
 impl Watch {
     pub(crate) fn new(
-        db: Database,
+        rx: tokio::sync::watch::Receiver<Counters>,
+        run: RunQuery,
         sql: String,
         params: Vec<Value>,
         tables: BTreeSet<String>,
     ) -> Watch {
-        let rx = db.subscribe_changes();
         Watch {
-            db,
+            run,
             sql,
             params,
             tables,
@@ -91,6 +93,11 @@ impl Watch {
         }
         // Read the counters before the query so a write racing with it triggers another run.
         self.seen = Some(self.snapshot());
-        self.db.query(&self.sql, &self.params)
+        // Off the async runtime: the query may wait for the database.
+        let (run, sql, params) = (self.run.clone(), self.sql.clone(), self.params.clone());
+        match tokio::task::spawn_blocking(move || run(&sql, &params)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 }

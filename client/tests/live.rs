@@ -1,82 +1,17 @@
 //! The async side against an in-process HTTP server on 127.0.0.1 that replays
 //! canned NDJSON: stream decoding, request shape, uploads, errors; plus live queries.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use outpost_client::schema::{Column, ColumnType, Schema, Table};
-use outpost_client::{Credentials, Database, Error, SchemaMode, StaticConnector, SyncOptions};
+use outpost_client::{
+    Credentials, Database, Error, SchemaMode, StaticConnector, SyncClient, SyncOptions,
+};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    auth: String,
-    body: String,
-}
+mod support;
 
-type Handler = dyn Fn(&Seen) -> (u16, String) + Send + Sync;
-
-/// Serves `handler` on an ephemeral loopback port; returns the endpoint and the request log.
-async fn serve(handler: Arc<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Mutex::new(vec![]));
-    let log2 = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            let log = log2.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let handler = handler.clone();
-                    let log = log.clone();
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default();
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let seen = Seen {
-                            method,
-                            path,
-                            auth,
-                            body: String::from_utf8_lossy(&body).into_owned(),
-                        };
-                        log.lock().unwrap().push(seen.clone());
-                        let (status, body) = handler(&seen);
-                        Ok::<_, hyper::Error>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/x-ndjson")
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), svc)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}"), log)
-}
+use support::{good_stream, put, serve_simple as serve, stream, Seen};
 
 fn schema() -> Schema {
     Schema::new(vec![Table::new(
@@ -86,15 +21,6 @@ fn schema() -> Schema {
             Column::new("done", ColumnType::Integer),
         ],
     )])
-}
-
-fn put(op: u64, id: &str, title: &str, cs: u32) -> Value {
-    json!({"op_id": op.to_string(), "op": "PUT", "object_type": "todos", "object_id": id, "subkey": "s",
-           "checksum": cs, "data": json!({"id": id, "title": title, "done": 0}).to_string()})
-}
-
-fn stream(lines: &[Value]) -> String {
-    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 fn once() -> SyncOptions {
@@ -114,22 +40,15 @@ fn connector(endpoint: &str) -> Arc<StaticConnector> {
     }))
 }
 
-fn good_stream() -> String {
-    stream(&[
-        json!({"checkpoint": {"last_op_id": "2", "buckets": [{"bucket": "b[]", "checksum": 3, "count": 2}]}}),
-        json!({"token_expires_in": 3600}),
-        json!({"unknown_future_line": {}}),
-        json!({"data": {"bucket": "b[]", "data": [put(1, "t1", "one", 1), put(2, "t2", "two", 2)]}}),
-        json!({"checkpoint_complete": {"last_op_id": "2"}}),
-    ])
-}
-
 #[tokio::test]
 async fn syncs_once_over_http() {
     let body = good_stream();
     let (endpoint, log) = serve(Arc::new(move |_: &Seen| (200, body.clone()))).await;
     let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
-    let cp = db.connect(connector(&endpoint), once()).await.unwrap();
+    let cp = SyncClient::new(db.clone(), connector(&endpoint))
+        .run(once())
+        .await
+        .unwrap();
     assert_eq!(cp.as_deref(), Some("2"));
     let rows = db
         .query("SELECT id, title FROM todos ORDER BY id", &[])
@@ -153,7 +72,10 @@ async fn syncs_once_over_http() {
     assert_eq!(status.last_checkpoint.as_deref(), Some("2"));
 
     // A second connection resumes from the stored position.
-    db.connect(connector(&endpoint), once()).await.unwrap();
+    SyncClient::new(db.clone(), connector(&endpoint))
+        .run(once())
+        .await
+        .unwrap();
     let body: Value = serde_json::from_str(&log.lock().unwrap()[1].body).unwrap();
     assert_eq!(body["buckets"], json!([{"name": "b[]", "after": "2"}]));
 }
@@ -168,7 +90,10 @@ async fn http_error_is_reported_and_nothing_changes() {
     }))
     .await;
     let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
-    let err = db.connect(connector(&endpoint), once()).await.unwrap_err();
+    let err = SyncClient::new(db.clone(), connector(&endpoint))
+        .run(once())
+        .await
+        .unwrap_err();
     assert!(err.is_auth(), "{err}");
     assert!(err.to_string().contains("bad token"), "{err}");
     assert!(db
@@ -203,8 +128,14 @@ async fn corrupt_or_truncated_stream_leaves_last_good_checkpoint() {
         };
         let (endpoint, _) = serve(Arc::new(handler)).await;
         let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
-        db.connect(connector(&endpoint), once()).await.unwrap();
-        let err = db.connect(connector(&endpoint), once()).await.unwrap_err();
+        SyncClient::new(db.clone(), connector(&endpoint))
+            .run(once())
+            .await
+            .unwrap();
+        let err = SyncClient::new(db.clone(), connector(&endpoint))
+            .run(once())
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -249,7 +180,7 @@ async fn uploads_queue_then_requests_write_checkpoint() {
     };
     let cp = tokio::time::timeout(
         Duration::from_secs(20),
-        db.connect(connector(&endpoint), options),
+        SyncClient::new(db.clone(), connector(&endpoint)).run(options),
     )
     .await
     .expect("sync finished")
@@ -313,7 +244,7 @@ async fn refused_write_is_set_aside_and_the_rest_uploads() {
     };
     let cp = tokio::time::timeout(
         Duration::from_secs(20),
-        db.connect(connector(&endpoint), options),
+        SyncClient::new(db.clone(), connector(&endpoint)).run(options),
     )
     .await
     .expect("a refused write must not wedge the queue")
@@ -400,7 +331,7 @@ async fn too_large_batches_are_split_and_a_too_large_transaction_is_refused() {
     };
     let cp = tokio::time::timeout(
         Duration::from_secs(20),
-        db.connect(connector(&endpoint), options),
+        SyncClient::new(db.clone(), connector(&endpoint)).run(options),
     )
     .await
     .expect("a too-large batch must not wedge the queue")
@@ -470,154 +401,6 @@ async fn watch_wakes_on_relevant_writes_only() {
     assert_eq!(rows[0]["n"], 5);
 }
 
-fn outpost(args: &[&str]) -> (bool, Value, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    (
-        out.status.success(),
-        v,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_sync_query_exec_status() {
-    let body = good_stream();
-    // A relay without `GET /schema` (404): views are inferred from the data.
-    let (endpoint, log) = serve(Arc::new(move |s: &Seen| match s.path.as_str() {
-        "/schema" => (
-            404,
-            r#"{"error":{"code":"PSYNC_S1404","status":404,"description":"not found"}}"#.into(),
-        ),
-        _ => (200, body.clone()),
-    }))
-    .await;
-    let dir = std::env::temp_dir().join(format!("outpost-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let _ = std::fs::remove_file(&db);
-    let db = db.to_str().unwrap().to_string();
-    let ep = endpoint.clone();
-    let dbc = db.clone();
-    let (ok, v, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &dbc,
-            "--endpoint",
-            &ep,
-            "--token",
-            "t",
-            "--once",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(ok, "{err}");
-    assert_eq!(v, json!({"checkpoint": "2", "tables": {"todos": 2}}));
-    assert!(!err.contains("warning"), "{err}");
-    let paths: Vec<String> = log.lock().unwrap().iter().map(|s| s.path.clone()).collect();
-    assert_eq!(paths[..2], ["/schema", "/sync/stream"]);
-
-    // Views were inferred from the synced rows.
-    let (ok, v, err) = outpost(&[
-        "query",
-        "--db",
-        &db,
-        "SELECT id, title, done FROM todos ORDER BY id",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        v,
-        json!([{"id":"t1","title":"one","done":0},{"id":"t2","title":"two","done":0}])
-    );
-
-    let (ok, v, err) = outpost(&[
-        "exec",
-        "--db",
-        &db,
-        "UPDATE todos SET done = 1 WHERE id = 't1'",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(v, json!({"changes": 1, "upload_queue": 1}));
-
-    let (ok, v, _) = outpost(&["status", "--db", &db]);
-    assert!(ok);
-    assert_eq!(v["last_checkpoint"], "2");
-    assert_eq!(v["upload_queue"], 1);
-    assert_eq!(v["buckets"][0]["name"], "b[]");
-
-    let (ok, _, err) = outpost(&["query", "--db", &db, "SELECT * FROM nope"]);
-    assert!(!ok);
-    assert!(err.contains("no such table"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_sync_uses_the_relays_schema() {
-    let body = good_stream();
-    // The relay's schema declares a column no synced row has yet, and a table with
-    // no rows: both exist as soon as the schema is installed; `done` is typed REAL.
-    let schema = json!({"tables": [
-        {"name": "todos", "columns": [
-            {"name": "title", "type": "text"},
-            {"name": "done", "type": "real"},
-            {"name": "due", "type": "text"}]},
-        {"name": "lists", "columns": [{"name": "name", "type": "text"}]}]});
-    let (endpoint, log) = serve(Arc::new(move |s: &Seen| match s.path.as_str() {
-        "/schema" => (200, json!({"data": schema}).to_string()),
-        _ => (200, body.clone()),
-    }))
-    .await;
-    let dir = std::env::temp_dir().join(format!("outpost-cli-schema-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let _ = std::fs::remove_file(&db);
-    let db = db.to_str().unwrap().to_string();
-    let (ep, dbc) = (endpoint.clone(), db.clone());
-    let (ok, v, err) = tokio::task::spawn_blocking(move || {
-        outpost(&[
-            "sync",
-            "--db",
-            &dbc,
-            "--endpoint",
-            &ep,
-            "--token",
-            "t",
-            "--once",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(ok, "{err}");
-    assert_eq!(
-        v,
-        json!({"checkpoint": "2", "tables": {"lists": 0, "todos": 2}})
-    );
-    let auth = log.lock().unwrap()[0].auth.clone();
-    assert_eq!(auth, "Token t", "GET /schema is authenticated");
-
-    let (ok, v, err) = outpost(&[
-        "query",
-        "--db",
-        &db,
-        "SELECT id, title, done, due, typeof(done) AS t FROM todos ORDER BY id LIMIT 1",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        v,
-        json!([{"id": "t1", "title": "one", "done": 0.0, "due": null, "t": "real"}])
-    );
-    let (ok, v, err) = outpost(&["query", "--db", &db, "SELECT count(*) AS n FROM lists"]);
-    assert!(ok, "{err}");
-    assert_eq!(v, json!([{"n": 0}]));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 #[tokio::test]
 async fn relay_schema_missing_or_bad() {
     let (endpoint, _) = serve(Arc::new(|s: &Seen| match s.path.as_str() {
@@ -629,9 +412,9 @@ async fn relay_schema_missing_or_bad() {
         endpoint,
         token: "t".into(),
     };
-    let http = outpost_client::transport::Http::new();
+    let http = outpost_client::Http::new();
     assert_eq!(
-        outpost_client::connector::fetch_relay_schema(&http, &creds)
+        outpost_client::net::connector::fetch_relay_schema(&http, &creds)
             .await
             .unwrap(),
         None
@@ -644,7 +427,7 @@ async fn relay_schema_missing_or_bad() {
         endpoint,
         token: "t".into(),
     };
-    let e = outpost_client::connector::fetch_relay_schema(&http, &creds)
+    let e = outpost_client::net::connector::fetch_relay_schema(&http, &creds)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Schema(_)), "{e}");

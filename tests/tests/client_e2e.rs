@@ -13,7 +13,10 @@
 //! Every wait is on the client's sync status or a live query, bounded by
 //! [`WAIT`]; nothing sleeps for a fixed time.
 
-use outpost_client::{Credentials, Database, StaticConnector, SyncOptions, SyncStatus};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{
+    Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions, SyncStatus,
+};
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
 use serde_json::{json, Value};
@@ -65,7 +68,7 @@ fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, sub: &str) -> Clien
         token: relay.token(sub, 600),
     };
     let db = rt
-        .block_on(Database::open_with_relay_schema(&path, &creds))
+        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
         .expect("open client database");
     let options = SyncOptions {
         min_backoff: Duration::from_millis(20),
@@ -73,7 +76,11 @@ fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, sub: &str) -> Clien
         ..SyncOptions::default()
     };
     let d = db.clone();
-    let task = rt.spawn(async move { d.connect(Arc::new(StaticConnector(creds)), options).await });
+    let task = rt.spawn(async move {
+        SyncClient::new(d, Arc::new(StaticConnector(creds)))
+            .run(options)
+            .await
+    });
     Client { db, path, task }
 }
 

@@ -16,7 +16,8 @@
 mod faults_support;
 
 use faults_support::{try_get, wait_for};
-use outpost_client::{Credentials, Database, StaticConnector, SyncOptions};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{Credentials, Http, StaticConnector, SyncClient, SyncOptions};
 use outpost_tests::relay::Relay;
 use outpost_tests::{fold_bucket, ops, tick, TestDb};
 use std::process::Command;
@@ -146,7 +147,7 @@ bucket_definitions:
         token: relay.token("u1", 3600),
     };
     let client = rt
-        .block_on(Database::open_with_relay_schema(&path, &creds))
+        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
         .unwrap();
     let options = SyncOptions {
         min_backoff: Duration::from_millis(20),
@@ -154,7 +155,11 @@ bucket_definitions:
         ..SyncOptions::default()
     };
     let d = client.clone();
-    let task = rt.spawn(async move { d.connect(Arc::new(StaticConnector(creds)), options).await });
+    let task = rt.spawn(async move {
+        SyncClient::new(d, Arc::new(StaticConnector(creds)))
+            .run(options)
+            .await
+    });
     // Every checkpoint the client applies, in order.
     let applied = Arc::new(Mutex::new(Vec::<i64>::new()));
     let (mut rx, a) = (client.status(), applied.clone());

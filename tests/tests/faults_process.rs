@@ -16,7 +16,10 @@
 mod faults_support;
 
 use faults_support::{binary, free_addr, spawn_relay, wait_for, CutProxy, Proc, TempDb};
-use outpost_client::{Credentials, Database, StaticConnector, SyncOptions, SyncStatus};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{
+    Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions, SyncStatus,
+};
 use outpost_tests::relay::Relay;
 use outpost_tests::{tick, TestDb};
 use std::process::{Command, Stdio};
@@ -96,7 +99,7 @@ struct LibClient {
 impl LibClient {
     fn start(rt: &tokio::runtime::Runtime, path: &std::path::Path, creds: Credentials) -> Self {
         let db = rt
-            .block_on(Database::open_with_relay_schema(path, &creds))
+            .block_on(open_with_relay_schema(path, &Http::new(), &creds))
             .expect("open client database");
         let options = SyncOptions {
             min_backoff: Duration::from_millis(20),
@@ -104,8 +107,11 @@ impl LibClient {
             ..SyncOptions::default()
         };
         let d = db.clone();
-        let task =
-            rt.spawn(async move { d.connect(Arc::new(StaticConnector(creds)), options).await });
+        let task = rt.spawn(async move {
+            SyncClient::new(d, Arc::new(StaticConnector(creds)))
+                .run(options)
+                .await
+        });
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (mut rx, e) = (db.status(), errors.clone());
         rt.spawn(async move {

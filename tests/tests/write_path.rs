@@ -19,7 +19,8 @@
 //! Every wait is on a client's sync status or a live query, bounded by
 //! [`WAIT`]; nothing sleeps for a fixed time.
 
-use outpost_client::{Connector, Credentials, Database, SyncOptions, SyncStatus};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{Connector, Credentials, Database, Http, SyncClient, SyncOptions, SyncStatus};
 use outpost_protocol::http::{CrudBatch, CrudOp};
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
@@ -155,11 +156,11 @@ fn start_with<C: Connector>(
         token: relay.token(sub, 600),
     };
     let db = rt
-        .block_on(Database::open_with_relay_schema(&path, &creds))
+        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
         .expect("open client database");
     let connector = Arc::new(connector(creds));
     let d = db.clone();
-    let task = rt.spawn(async move { d.connect(connector, options()).await });
+    let task = rt.spawn(async move { SyncClient::new(d, connector).run(options()).await });
     Client { db, path, task }
 }
 
@@ -808,7 +809,7 @@ impl Connector for OwnBackend {
         Ok(self.relay.clone())
     }
 
-    async fn upload_data(&self, db: &Database) -> outpost_client::Result<()> {
+    async fn upload_data(&self, db: &Database, _: &Http) -> outpost_client::Result<()> {
         db.upload_batches(|batch| {
             self.batches.fetch_add(1, Ordering::SeqCst);
             let url = self.database_url.clone();
@@ -950,7 +951,7 @@ impl Connector for SharedBackend {
         self.0.fetch_credentials().await
     }
 
-    async fn upload_data(&self, db: &Database) -> outpost_client::Result<()> {
-        self.0.upload_data(db).await
+    async fn upload_data(&self, db: &Database, http: &Http) -> outpost_client::Result<()> {
+        self.0.upload_data(db, http).await
     }
 }

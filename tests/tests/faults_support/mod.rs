@@ -187,7 +187,7 @@ pub fn binary(name: &str) -> PathBuf {
     let mut built = built.lock().unwrap();
     let package = match name {
         "outpost-relay" => "outpost-relay",
-        "outpost" => "outpost-client",
+        "outpost" => "outpost-cli",
         other => panic!("unknown binary {other}"),
     };
     if !built.iter().any(|b| b == name) {

@@ -1,6 +1,6 @@
 //! Client figures: how fast a fresh client gets a 1M-row bucket into SQLite.
 //! - (a) end to end: Postgres (rows already materialized in one bucket) → an
-//!   in-process relay → `outpost_client::Database::connect` (`once`) into a
+//!   in-process relay → `outpost_client::SyncClient::run` (`once`) into a
 //!   SQLite file on disk, timed from connect to the applied checkpoint;
 //! - (b) the client's apply rate alone: the same stream's NDJSON lines,
 //!   recorded first, fed straight into the sync state machine and store (no
@@ -12,12 +12,14 @@
 
 use crate::Row;
 use anyhow::{bail, Context, Result};
-use outpost_client::connector::fetch_relay_schema;
 use outpost_client::driver::batch_open;
+use outpost_client::net::connector::fetch_relay_schema;
+use outpost_client::net::lines::parse_line;
 use outpost_client::store::Effect;
 use outpost_client::sync::Instruction;
-use outpost_client::transport::{parse_line, Http};
-use outpost_client::{Credentials, Database, SchemaMode, StaticConnector, Store, SyncOptions};
+use outpost_client::{
+    Credentials, Database, Http, SchemaMode, StaticConnector, Store, SyncClient, SyncOptions,
+};
 use outpost_protocol::SyncLine;
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
@@ -114,7 +116,7 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(120),
-                db.connect(Arc::new(StaticConnector(creds.clone())), options),
+                SyncClient::new(db.clone(), Arc::new(StaticConnector(creds.clone()))).run(options),
             )
             .await
         })

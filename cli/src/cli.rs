@@ -10,14 +10,12 @@
 //! `sync --once` prints `{"checkpoint": "<op id>", "tables": {"<table>": <rows>, …}}`. `query` and
 //! `exec` use whatever views the database has.
 
-use crate::connector::{fetch_relay_schema, StaticConnector};
-use crate::db::Database;
-use crate::driver::SyncOptions;
-use crate::error::{Error, Result};
-use crate::schema::Schema;
-use crate::store::SchemaMode;
-use crate::transport::{Credentials, Http};
 use clap::{Parser, Subcommand};
+use outpost_client::net::connector::fetch_relay_schema;
+use outpost_client::{
+    Credentials, Database, Error, Http, Result, Schema, SchemaMode, StaticConnector, SyncClient,
+    SyncOptions, TransportOptions,
+};
 use serde_json::{json, Map, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -56,6 +54,14 @@ pub enum Command {
         /// Give up after this many consecutive failed attempts (default: 3 with --once, never otherwise).
         #[arg(long)]
         attempts: Option<u32>,
+        /// PEM file of CA certificates to trust for an `https://` endpoint, besides
+        /// the public roots (a relay with a certificate from a private CA).
+        #[arg(long, value_name = "PATH")]
+        ca_cert: Option<PathBuf>,
+        /// Reconnect when the relay has sent nothing for this long (it sends a
+        /// keepalive every 20 s; a silent connection is dead or half-open).
+        #[arg(long, default_value_t = 60)]
+        idle_timeout_secs: u64,
     },
     /// Run a query; prints a JSON array of row objects.
     Query {
@@ -87,8 +93,16 @@ pub fn run(cli: Cli) -> Result<()> {
             schema,
             params,
             attempts,
+            ca_cert,
+            idle_timeout_secs,
         } => {
             let creds = Credentials { endpoint, token };
+            let transport = TransportOptions {
+                ca_cert,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
+                ..TransportOptions::default()
+            };
+            let http = Http::with_options(&transport)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -99,7 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     &std::fs::read_to_string(&p)
                         .map_err(|e| Error::Schema(format!("{}: {e}", p.display())))?,
                 )?),
-                None => rt.block_on(relay_schema_mode(&db, &creds))?,
+                None => rt.block_on(relay_schema_mode(&db, &http, &creds))?,
             };
             let database = Database::open(&db, mode)?;
             let mut parameters = Map::new();
@@ -114,12 +128,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 parameters,
                 once,
                 max_attempts: attempts.or(once.then_some(3)),
+                transport,
                 ..SyncOptions::default()
             };
             let connector = Arc::new(StaticConnector(creds));
             rt.block_on(async {
                 let reporter = tokio::spawn(report_progress(database.clone(), once));
-                let result = database.connect(connector, options).await;
+                let result = SyncClient::new(database.clone(), connector)
+                    .run(options)
+                    .await;
                 reporter.abort();
                 result
             })
@@ -164,8 +181,8 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Views without `--schema`: the relay's `GET /schema` when it serves one, else inferred
 /// from the synced rows. When the relay cannot be asked (down, bad answer), the schema
 /// it gave last time is kept, if any; the sync itself then reports the failure.
-async fn relay_schema_mode(db: &Path, creds: &Credentials) -> Result<SchemaMode> {
-    match fetch_relay_schema(&Http::new(), creds).await {
+async fn relay_schema_mode(db: &Path, http: &Http, creds: &Credentials) -> Result<SchemaMode> {
+    match fetch_relay_schema(http, creds).await {
         Ok(Some(schema)) => Ok(SchemaMode::Fixed(schema)),
         Ok(None) => Ok(SchemaMode::Inferred),
         Err(e) => {

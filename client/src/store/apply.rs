@@ -1,0 +1,237 @@
+//! Applying a checkpoint: validate checksums and the write gate, then derive
+//! each changed row's winner set-based, in one transaction.
+
+use super::infer::refresh_inferred_views;
+use super::query::{get_kv, now_string, set_kv, table_exists};
+use super::{SchemaMode, Store};
+use crate::error::Result;
+use crate::schema::{data_table, quote_ident, Table};
+use crate::sync::{failed_buckets, gate_open, SyncLocalOutcome};
+use outpost_protocol::{Checkpoint, Checksum, OpId};
+use rusqlite::{params, TransactionBehavior};
+use std::collections::{HashMap, HashSet};
+
+/// `ps_sync_state.priority` of a full sync (PowerSync's convention).
+const FULL_SYNC_PRIORITY: i64 = 2147483647;
+
+impl Store {
+    /// Validates and applies a checkpoint in one transaction (reference §7, `sync_local`).
+    pub fn sync_local(
+        &mut self,
+        cp: &Checkpoint,
+        priority: Option<i32>,
+    ) -> Result<SyncLocalOutcome> {
+        let infer = self.mode == SchemaMode::Inferred;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let local: HashMap<String, Checksum> = {
+            let mut stmt = tx.prepare("SELECT name, add_checksum, op_checksum FROM ps_buckets")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Checksum(r.get::<_, i64>(1)? as u32) + Checksum(r.get::<_, i64>(2)? as u32),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let failed = failed_buckets(cp, priority, &local);
+        if !failed.is_empty() {
+            return Ok(SyncLocalOutcome::ChecksumFailed(failed));
+        }
+        let crud_empty: bool =
+            tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM ps_crud)", [], |r| {
+                r.get(0)
+            })?;
+        let target = get_kv(&tx, "target_op")?
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(OpId);
+        if !gate_open(priority, crud_empty, target, cp.write_checkpoint) {
+            return Ok(SyncLocalOutcome::Blocked);
+        }
+
+        let involved: HashSet<&str> = cp
+            .buckets
+            .iter()
+            .filter(|b| priority.is_none_or(|p| b.priority_or_default() <= p))
+            .map(|b| b.bucket.as_str())
+            .collect();
+        let full = priority.is_none();
+        // (id, last_applied_op) of the involved buckets that hold ops.
+        let (ids, all): (Vec<(i64, i64)>, bool) = {
+            let mut stmt = tx.prepare_cached("SELECT id, name, last_applied_op FROM ps_buckets")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut ids = vec![];
+            let mut total = 0;
+            for row in rows {
+                let (id, name, applied) = row?;
+                total += 1;
+                if involved.contains(name.as_str()) {
+                    ids.push((id, applied));
+                }
+            }
+            let all = ids.len() == total;
+            (ids, all)
+        };
+        // Bucket ids are integers this database assigned, so they are inlined.
+        let in_list = ids
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let only_involved = |col: &str| {
+            if all {
+                "1".to_string()
+            } else {
+                format!("{col} IN ({in_list})")
+            }
+        };
+        let f = only_involved("o.bucket");
+
+        // The rows to re-derive: every row with an op above its bucket's
+        // `last_applied_op`, plus (full checkpoint) those in `ps_updated_rows`. When
+        // no involved bucket was applied before (an initial sync, or after CLEAR),
+        // that is every row of the involved buckets, and it is read straight from
+        // the oplog; otherwise the set is collected in `temp.ps_changed` first.
+        let fresh = ids.iter().all(|&(_, applied)| applied == 0);
+        if !fresh {
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS ps_changed(row_type TEXT NOT NULL, row_id TEXT NOT NULL,
+                    PRIMARY KEY(row_type, row_id)) WITHOUT ROWID;
+                 DELETE FROM temp.ps_changed;",
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO temp.ps_changed(row_type, row_id)
+                     SELECT o.row_type, o.row_id FROM ps_buckets b
+                     JOIN ps_oplog o ON o.bucket = b.id AND o.op_id > b.last_applied_op
+                     WHERE {}",
+                    only_involved("b.id")
+                ),
+                [],
+            )?;
+            if full {
+                tx.execute(
+                    "INSERT OR IGNORE INTO temp.ps_changed(row_type, row_id)
+                     SELECT row_type, row_id FROM ps_updated_rows",
+                    [],
+                )?;
+            }
+        }
+        let types: Vec<String> = {
+            let sql = if !fresh {
+                "SELECT DISTINCT row_type FROM temp.ps_changed".to_string()
+            } else if full {
+                format!(
+                    "SELECT DISTINCT o.row_type FROM ps_oplog o WHERE o.row_type IS NOT NULL AND {f}
+                     UNION SELECT row_type FROM ps_updated_rows WHERE row_type IS NOT NULL"
+                )
+            } else {
+                format!(
+                    "SELECT DISTINCT o.row_type FROM ps_oplog o WHERE o.row_type IS NOT NULL AND {f}"
+                )
+            };
+            let mut stmt = tx.prepare(&sql)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+
+        // Per type, set-based: each row's winner is its op with the highest op_id
+        // across the involved buckets (SQLite takes the bare columns of a
+        // `max()` aggregate from the row holding the maximum).
+        let winners = if fresh {
+            format!(
+                "SELECT o.row_id, o.data, max(o.op_id) FROM ps_oplog o
+                 WHERE o.row_type = ?1 AND {f} GROUP BY o.row_id"
+            )
+        } else {
+            format!(
+                "SELECT o.row_id, o.data, max(o.op_id) FROM temp.ps_changed c
+                 JOIN ps_oplog o ON o.row_type = c.row_type AND o.row_id = c.row_id
+                 WHERE c.row_type = ?1 AND {f} GROUP BY o.row_id"
+            )
+        };
+        // Rows left without any op: only rows marked updated can be in that state.
+        let gone = format!(
+            "SELECT u.row_id FROM ps_updated_rows u WHERE u.row_type = ?1 AND NOT EXISTS
+               (SELECT 1 FROM ps_oplog o WHERE o.row_type = u.row_type AND o.row_id = u.row_id AND {f})"
+        );
+        for ty in &types {
+            let dt = data_table(ty);
+            let mut has_table = table_exists(&tx, &dt)?;
+            if !has_table && infer {
+                let any: bool = tx.query_row(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM ps_oplog o WHERE o.row_type = ?1 AND {f})"
+                    ),
+                    [ty],
+                    |r| r.get(0),
+                )?;
+                if any {
+                    tx.execute(&Table::new(ty, vec![]).create_sql()[0], [])?;
+                    has_table = true;
+                }
+            }
+            let (upsert, delete) = if has_table {
+                let dt = quote_ident(&dt);
+                (
+                    format!("INSERT OR REPLACE INTO {dt}(id, data) SELECT row_id, data FROM ({winners})"),
+                    format!("DELETE FROM {dt} WHERE id IN ({gone})"),
+                )
+            } else {
+                (
+                    format!("INSERT OR REPLACE INTO ps_untyped(type, id, data) SELECT ?1, row_id, data FROM ({winners})"),
+                    format!("DELETE FROM ps_untyped WHERE type = ?1 AND id IN ({gone})"),
+                )
+            };
+            tx.execute(&upsert, [ty])?;
+            if full {
+                tx.execute(&delete, [ty])?;
+            }
+        }
+        if !fresh {
+            tx.execute("DELETE FROM temp.ps_changed", [])?;
+        }
+
+        let now = now_string();
+        {
+            let mut upd = tx.prepare(
+                "UPDATE ps_buckets SET last_op = max(last_op, ?2), last_applied_op = max(last_op, ?2),
+                    count_at_last = coalesce(?3, count_at_last) WHERE name = ?1",
+            )?;
+            for b in cp
+                .buckets
+                .iter()
+                .filter(|b| involved.contains(&b.bucket.as_str()))
+            {
+                upd.execute(params![
+                    b.bucket,
+                    cp.last_op_id.0 as i64,
+                    b.count.map(|c| c as i64)
+                ])?;
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO ps_sync_state(priority, last_synced_at) VALUES (?1, ?2)",
+            params![priority.map_or(FULL_SYNC_PRIORITY, i64::from), now],
+        )?;
+        if priority.is_none() {
+            tx.execute("DELETE FROM ps_updated_rows", [])?;
+            set_kv(&tx, "last_checkpoint", &cp.last_op_id.to_string())?;
+            set_kv(&tx, "last_synced_at", &now)?;
+            // The gate passed, so the requested write checkpoint has been reached.
+            tx.execute("DELETE FROM ps_kv WHERE key = 'target_op'", [])?;
+            if infer {
+                refresh_inferred_views(&tx)?;
+            }
+        }
+        tx.commit()?;
+        Ok(SyncLocalOutcome::Applied)
+    }
+}

@@ -1,0 +1,150 @@
+//! Storing downloaded ops: data lines into `ps_oplog` (with the bucket's
+//! checksums), and forgetting buckets.
+
+use super::Store;
+use crate::error::{Error, Result};
+use outpost_protocol::{Checksum, DataLine, OpType};
+use rusqlite::{params, OptionalExtension};
+
+impl Store {
+    /// Stores a data line's ops in one transaction (see [`save_line`]).
+    pub fn save_data(&mut self, line: &DataLine) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        save_line(&tx, line)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets buckets. Their rows stay visible until the next apply re-derives them.
+    pub fn delete_buckets(&mut self, names: &[String]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for name in names {
+            let id: Option<i64> = tx
+                .query_row("SELECT id FROM ps_buckets WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(id) = id else { continue };
+            tx.execute(
+                "INSERT OR IGNORE INTO ps_updated_rows(row_type, row_id) SELECT row_type, row_id FROM ps_oplog WHERE bucket = ?1",
+                [id],
+            )?;
+            tx.execute("DELETE FROM ps_oplog WHERE bucket = ?1", [id])?;
+            tx.execute("DELETE FROM ps_buckets WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Stores a data line's ops (reference §7, "Applying a data line") in `tx`.
+///
+/// A PUT is inserted with `ON CONFLICT DO NOTHING` against the unique
+/// `ps_oplog_row` index: in the common case (no earlier op for the key, e.g. an
+/// initial sync) that one statement is the whole cost. Only when the key already
+/// has an op is the old hash read and the row replaced.
+pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<()> {
+    tx.prepare_cached("INSERT INTO ps_buckets(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
+        .execute([&line.bucket])?;
+    let (bucket, mut last_op, add, opc): (i64, i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT id, last_op, add_checksum, op_checksum FROM ps_buckets WHERE name = ?1",
+        )?
+        .query_row([&line.bucket], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let mut add = Checksum(add as u32);
+    let mut opc = Checksum(opc as u32);
+    let mut cleared = false;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        )?;
+        let mut old_hash = tx.prepare_cached(
+            "SELECT hash FROM ps_oplog WHERE row_type = ?1 AND row_id = ?2 AND bucket = ?3 AND key = ?4",
+        )?;
+        let mut replace = tx.prepare_cached(
+            "UPDATE ps_oplog SET op_id = ?5, data = ?6, hash = ?7
+             WHERE row_type = ?1 AND row_id = ?2 AND bucket = ?3 AND key = ?4",
+        )?;
+        let mut remove = tx.prepare_cached(
+            "DELETE FROM ps_oplog WHERE row_type = ?1 AND row_id = ?2 AND bucket = ?3 AND key = ?4 RETURNING hash",
+        )?;
+        let mut mark = tx.prepare_cached(
+            "INSERT OR IGNORE INTO ps_updated_rows(row_type, row_id) VALUES (?1, ?2)",
+        )?;
+        let mut key = String::new();
+        for op in &line.data {
+            match op.op {
+                OpType::Put | OpType::Remove => {
+                    let (Some(ty), Some(id)) = (&op.object_type, &op.object_id) else {
+                        return Err(Error::Protocol(format!(
+                            "op {} in bucket {:?} has no object_type/object_id",
+                            op.op_id, line.bucket
+                        )));
+                    };
+                    key.clear();
+                    key.push_str(ty);
+                    key.push('/');
+                    key.push_str(id);
+                    key.push('/');
+                    key.push_str(op.subkey.as_deref().unwrap_or(""));
+                    let op_id = op.op_id.0 as i64;
+                    let hash = op.checksum.0 as i64;
+                    let superseded: Option<i64> = if op.op == OpType::Put {
+                        let Some(data) = &op.data else {
+                            return Err(Error::Protocol(format!(
+                                "PUT {} in bucket {:?} has no data",
+                                op.op_id, line.bucket
+                            )));
+                        };
+                        opc += op.checksum;
+                        if insert.execute(params![bucket, op_id, ty, id, key, data, hash])? == 1 {
+                            None
+                        } else {
+                            let old =
+                                old_hash.query_row(params![ty, id, bucket, key], |r| r.get(0))?;
+                            replace.execute(params![ty, id, bucket, key, op_id, data, hash])?;
+                            Some(old)
+                        }
+                    } else {
+                        add += op.checksum;
+                        mark.execute(params![ty, id])?;
+                        remove
+                            .query_row(params![ty, id, bucket, key], |r| r.get(0))
+                            .optional()?
+                    };
+                    if let Some(h) = superseded {
+                        add += Checksum(h as u32);
+                        opc = Checksum(opc.0.wrapping_sub(h as u32));
+                    }
+                }
+                OpType::Move => add += op.checksum,
+                OpType::Clear => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO ps_updated_rows(row_type, row_id) SELECT row_type, row_id FROM ps_oplog WHERE bucket = ?1",
+                        [bucket],
+                    )?;
+                    tx.execute("DELETE FROM ps_oplog WHERE bucket = ?1", [bucket])?;
+                    add = op.checksum;
+                    opc = Checksum::ZERO;
+                    cleared = true;
+                }
+            }
+            last_op = last_op.max(op.op_id.0 as i64);
+        }
+    }
+    tx.prepare_cached(
+        "UPDATE ps_buckets SET last_op = ?2, add_checksum = ?3, op_checksum = ?4,
+            last_applied_op = CASE WHEN ?5 THEN 0 ELSE last_applied_op END WHERE id = ?1",
+    )?
+    .execute(params![
+        bucket,
+        last_op,
+        add.0 as i64,
+        opc.0 as i64,
+        cleared
+    ])?;
+    Ok(())
+}

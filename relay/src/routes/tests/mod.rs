@@ -1,10 +1,12 @@
 //! Router tests: requests go straight into the service, no socket, no
 //! Postgres. This file has the helpers and the request-level checks
 //! (routing, auth, bodies, errors); [`endpoints`] the JSON endpoints and
-//! CORS; [`stream`] the sync stream.
+//! CORS; [`stream`] the sync stream's content; [`stream_wire`] its
+//! encodings and stalled clients.
 
 mod endpoints;
 mod stream;
+mod stream_wire;
 
 use super::Limits;
 use crate::auth::tests::{alg_none_token, hs256, SECRET};

@@ -225,6 +225,10 @@ async fn health_metrics_and_schema() {
     assert_eq!(json_body(res).await, json!({"status": "ok"}));
     let res = call(&h, Request::get("/metrics").body(Full::default()).unwrap()).await;
     assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     let text =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("# TYPE outpost_relay_streams_open gauge"));

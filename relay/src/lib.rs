@@ -30,7 +30,8 @@
 //!   pages of ops, both single-flight.
 //! - [`compress`]: content negotiation and flushable gzip/zstd encoders for streams.
 //! - [`tls`]: HTTPS: certificates loaded (and reloaded) into a rustls acceptor.
-//! - [`routes`]: the router ([`app`]) and one module per endpoint.
+//! - [`routes`]: the router ([`app`]), one module per endpoint, CORS and the
+//!   stream body (compressed or not).
 //! - [`server`]: accept loop, connection cap, graceful shutdown, and [`server::run`],
 //!   which wires the relay together.
 //! - `testing` (tests only): an in-memory [`store::Store`] and a router harness.

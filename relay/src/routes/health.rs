@@ -39,7 +39,10 @@ pub async fn health(state: Arc<AppState>) -> Result<Response<ResBody>, Error> {
 pub fn metrics(state: &AppState) -> Response<ResBody> {
     Response::builder()
         .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
         .body(Full::new(Bytes::from(state.metrics.render())).boxed())
         .expect("static response parts are valid")
 }

@@ -1,10 +1,12 @@
 //! Router tests: requests go straight into the service, no socket, no
 //! Postgres. This file has the helpers and the request-level checks
 //! (routing, auth, bodies, errors); [`endpoints`] the JSON endpoints and
-//! CORS; [`stream`] the sync stream.
+//! CORS; [`stream`] the sync stream's content; [`stream_wire`] its
+//! encodings and stalled clients.
 
 mod endpoints;
 mod stream;
+mod stream_wire;
 
 use super::Limits;
 use crate::auth::tests::{alg_none_token, hs256, SECRET};
@@ -223,6 +225,10 @@ async fn health_metrics_and_schema() {
     assert_eq!(json_body(res).await, json!({"status": "ok"}));
     let res = call(&h, Request::get("/metrics").body(Full::default()).unwrap()).await;
     assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     let text =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("# TYPE outpost_relay_streams_open gauge"));

@@ -6,7 +6,8 @@
 //! - fan-out: one write to a bucket all 2,000 hold, time until each has the
 //!   data line (p50 / max);
 //! - commit → visible in a connected stream at a steady 1,000 writes/s,
-//!   plain and zstd-compressed (the compressed p50 minus the plain one).
+//!   by a plain and a zstd-compressed stream on the same writes (the
+//!   compressed p50 minus the plain one).
 //!
 //! Clients are tokio tasks on a 2-thread runtime: few OS threads for many
 //! connections. Every wait is on a stream line, bounded by a timeout.
@@ -443,45 +444,40 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
     });
     drop(streams_back); // closes the 2,000 connections
 
-    // (d) Commit → visible at a steady write rate, one connected client,
-    // plain and compressed.
-    let plain = commit_to_visible(rt, &db, addr, None, rows)?;
-    let zstd = commit_to_visible(rt, &db, addr, Some("zstd"), rows)?;
-    let extra = ms(zstd) - ms(plain);
+    // (d) Commit → visible at a steady write rate: two clients on the same
+    // writes, one plain and one compressed, so both see the same load.
+    let p50 = commit_to_visible(rt, &db, addr, &[None, Some("zstd")], rows)?;
+    let extra = ms(p50[1]) - ms(p50[0]);
     rows.push(Row {
         name: "relay: commit → visible p50, zstd minus plain".into(),
         value: format!("{extra:+.2} ms"),
         goal: "≤ 1 ms".into(),
-        ratio: ratio(1.0, extra.max(0.0), false),
+        ratio: if extra <= 1.0 { "met" } else { "missed" }.into(),
     });
     Ok(())
 }
 
-/// Commit → visible in one stream at a steady write rate; returns the p50.
+/// Commit → visible at a steady write rate, in one stream per entry of
+/// `accepts` (its Accept-Encoding), all on the same writes; returns each p50.
 fn commit_to_visible(
     rt: &tokio::runtime::Runtime,
     db: &TestDb,
     addr: SocketAddr,
-    accept: Option<&'static str>,
+    accepts: &[Option<&'static str>],
     rows: &mut Vec<Row>,
-) -> Result<Duration> {
-    let label = accept.unwrap_or("plain");
-    let base: i64 = if accept.is_some() {
-        3_000_000
-    } else {
-        1_000_000
-    };
-    eprintln!("bench relay: {WRITES_PER_SEC} writes/s for {WRITE_SECS} s ({label})");
+) -> Result<Vec<Duration>> {
+    eprintln!("bench relay: {WRITES_PER_SEC} writes/s for {WRITE_SECS} s");
     let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = WRITES_PER_SEC * WRITE_SECS;
-    let mut watcher = rt.block_on(async move {
-        let mut s = Stream::open(addr, "watcher", accept).await?;
-        s.until_complete().await?;
-        Ok::<_, anyhow::Error>(s)
-    })?;
-    let reader = {
+    let mut readers = Vec::new();
+    for accept in accepts.iter().copied() {
+        let mut watcher = rt.block_on(async move {
+            let mut s = Stream::open(addr, "watcher", accept).await?;
+            s.until_complete().await?;
+            Ok::<_, anyhow::Error>(s)
+        })?;
         let committed = committed.clone();
-        rt.spawn(async move {
+        readers.push(rt.spawn(async move {
             let mut lat = Vec::with_capacity(total as usize);
             // Seen before the writer recorded its commit time (rare): matched later.
             let mut early: HashMap<String, Instant> = HashMap::new();
@@ -509,8 +505,8 @@ fn commit_to_visible(
                 });
             }
             Ok::<_, anyhow::Error>(lat)
-        })
-    };
+        }));
+    }
     let writers = 4u64;
     let per_writer = total / writers;
     let handles: Vec<_> = (0..writers)
@@ -527,7 +523,7 @@ fn commit_to_visible(
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait); // pacing the load, not waiting for an event
                     }
-                    let id = base + (i * writers + w) as i64;
+                    let id = 1_000_000 + (i * writers + w) as i64;
                     c.execute(&stmt, &[&id])?;
                     committed
                         .lock()
@@ -543,24 +539,29 @@ fn commit_to_visible(
         h.join().map_err(|_| anyhow!("writer panicked"))??;
     }
     let wrote = t.elapsed();
-    let mut lat = rt.block_on(reader)??;
-    lat.sort();
-    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     let rate = total as f64 / wrote.as_secs_f64();
-    rows.push(Row {
-        name: format!(
-            "relay: commit → visible in a stream at {rate:.0} writes/s for {:.0} s, {label} (p50)",
-            wrote.as_secs_f64()
-        ),
-        value: format!("{:.1} ms", ms(p50)),
-        goal: "p50 ≤ 10 ms".into(),
-        ratio: ratio(10.0, ms(p50), false),
-    });
-    rows.push(Row {
-        name: format!("relay: commit → visible, {label}, p99 (same run)"),
-        value: format!("{:.1} ms (max {:.1} ms)", ms(p99), ms(*lat.last().unwrap())),
-        goal: "p99 ≤ 50 ms".into(),
-        ratio: ratio(50.0, ms(p99), false),
-    });
-    Ok(p50)
+    let mut p50s = Vec::new();
+    for (accept, reader) in accepts.iter().zip(readers) {
+        let label = accept.unwrap_or("plain");
+        let mut lat = rt.block_on(reader)??;
+        lat.sort();
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        rows.push(Row {
+            name: format!(
+                "relay: commit → visible in a stream at {rate:.0} writes/s for {:.0} s, {label} (p50)",
+                wrote.as_secs_f64()
+            ),
+            value: format!("{:.1} ms", ms(p50)),
+            goal: "p50 ≤ 10 ms".into(),
+            ratio: ratio(10.0, ms(p50), false),
+        });
+        rows.push(Row {
+            name: format!("relay: commit → visible, {label}, p99 (same run)"),
+            value: format!("{:.1} ms (max {:.1} ms)", ms(p99), ms(*lat.last().unwrap())),
+            goal: "p99 ≤ 50 ms".into(),
+            ratio: ratio(50.0, ms(p99), false),
+        });
+        p50s.push(p50);
+    }
+    Ok(p50s)
 }

@@ -1,3 +1,6 @@
+-- 08_crud.sql — client writes (`POST /crud`): entry checks, the default
+-- PUT/PATCH/DELETE and per-table write handlers.
+--
 -- Client writes: what the relay's `POST /crud` runs for each entry of an
 -- uploaded batch, inside ONE transaction, after `SET LOCAL ROLE <write role>`
 -- and `set_config('request.jwt.claims' / 'request.jwt.claim.sub', …, true)`.
@@ -35,11 +38,6 @@
 -- (bad entry: unknown op, table, column, malformed id or value); 42501 → 403;
 -- P0001 (a handler's RAISE EXCEPTION) and 23xxx (constraints) → 422.
 --
--- Load order: pgrx emits outpost.sql (declared `finalize`) after this file,
--- so nothing here may need outpost.sql's objects at CREATE time. Only the
--- schema (from the control file) is used then; the PL/pgSQL bodies below
--- resolve outpost.bucket_defs when they run.
-
 CREATE TABLE outpost.write_handlers (
     relid   oid PRIMARY KEY,
     handler regproc NOT NULL

@@ -197,9 +197,14 @@ CREATE UNLOGGED TABLE outpost.work_ops (
 
 CREATE UNLOGGED SEQUENCE outpost.notify_clock;
 
--- Problems sync cannot fix by itself (schema changes that break the rules).
+-- Problems sync cannot fix by itself: kind 'schema' (a schema change broke
+-- the rules; one row, replaced by the next), kind 'quarantine' (a queued key
+-- the tick could not read, with its table and key, set aside so that ticks
+-- go on).
 CREATE TABLE outpost.problems (
-    kind    text NOT NULL,
-    message text NOT NULL,
-    at      timestamptz NOT NULL DEFAULT now()
+    kind       text NOT NULL,
+    message    text NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now(),
+    table_name text,
+    key        jsonb
 );

@@ -2,10 +2,104 @@
 -- result against bucket_rows, allocates op ids, appends ops, updates running
 -- totals and parameter lookups, publishes a checkpoint and NOTIFYs it.
 
+-- The one place op ids are allocated from. Every allocator (the tick, rules
+-- activation — deploy_rules, define_bucket, drop_bucket, redeploy, ALTER
+-- TABLE on a synced table — and compaction's defragmentation) calls this
+-- first and allocates above what it returns. It takes the tick lock (held to
+-- the end of the transaction) and refuses any isolation level but READ
+-- COMMITTED: in REPEATABLE READ or SERIALIZABLE the snapshot predates the
+-- lock wait, misses the previous tick's commit, and op ids at or below a
+-- published checkpoint would be handed out again.
+CREATE FUNCTION outpost._op_id_base() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'outpost: op ids are allocated only in READ COMMITTED, not % (tick, rules deploys and changes, ALTER TABLE of a synced table, compaction)',
+            pg_catalog.current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Run it in its own transaction with the default isolation level (READ COMMITTED).';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(outpost._lock_key());
+    RETURN (SELECT coalesce(max(c.op_id), 0) FROM outpost.checkpoints c);
+END
+$$;
+
+-- Defence in depth for the capture queue: sets aside every queued key the
+-- tick cannot read (values that do not convert to the table's primary key
+-- types), recording table and key in outpost.problems, so that one bad row
+-- never halts every user's sync. Only the capture triggers and the extension
+-- owner can queue keys; this runs only after a tick statement failed.
+-- Returns the number of keys set aside.
+CREATE FUNCTION outpost._quarantine_keys() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel   record;
+    k     record;
+    n     bigint := 0;
+BEGIN
+    FOR rel IN
+        SELECT c.oid AS relid, pg_catalog.format('%I.%I', ns.nspname, c.relname) AS qualified,
+               (SELECT pg_catalog.string_agg(pg_catalog.format('(q.pk ->> %s)::%s', x.i - 1,
+                                                               pg_catalog.format_type(a.atttypid, a.atttypmod)),
+                                             ', ' ORDER BY x.i)
+                  FROM pg_catalog.pg_index i,
+                       LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS x(attnum, i),
+                       pg_catalog.pg_attribute a
+                 WHERE i.indrelid = c.oid AND i.indisprimary
+                   AND a.attrelid = c.oid AND a.attnum = x.attnum) AS casts
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+         WHERE c.oid IN (SELECT q.relid FROM outpost.changes q WHERE q.kind = 'k')
+    LOOP
+        CONTINUE WHEN rel.casts IS NULL;
+        BEGIN
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.max(pg_catalog.length(ROW(%s)::pg_catalog.text)) FROM outpost.changes q WHERE q.relid = $1 AND q.kind = ''k''',
+                rel.casts) USING rel.relid;
+            CONTINUE;  -- every key of this table converts
+        EXCEPTION WHEN OTHERS THEN
+            NULL;      -- some do not: find them one by one
+        END;
+        FOR k IN SELECT q.ctid AS id, q.pk FROM outpost.changes q
+                  WHERE q.relid = rel.relid AND q.kind = 'k'
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('SELECT ROW(%s)::pg_catalog.text FROM (SELECT $1 AS pk) q', rel.casts)
+                    USING k.pk;
+            EXCEPTION WHEN OTHERS THEN
+                DELETE FROM outpost.changes q WHERE q.ctid = k.id;
+                INSERT INTO outpost.problems (kind, message, table_name, key)
+                VALUES ('quarantine',
+                        pg_catalog.format('queued key %s of %s set aside: %s', k.pk, rel.qualified, SQLERRM),
+                        rel.qualified, k.pk);
+                n := n + 1;
+            END;
+        END LOOP;
+    END LOOP;
+    IF n > 0 THEN
+        RAISE WARNING 'outpost: % queued key(s) could not be read and were set aside (see outpost.problems)', n;
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- The tick's error when the compiled statement fails: most likely the schema
+-- changed under the rules; say so briefly instead of echoing the statement.
+CREATE FUNCTION outpost._raise_tick_error(message text, code text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'outpost.tick: the compiled sync rules failed: %', message
+        USING ERRCODE = code,
+              DETAIL = coalesce((SELECT pg_catalog.string_agg(p.message, '; ') FROM outpost.problems p
+                                  WHERE p.kind = 'schema'),
+                                'no schema problem recorded'),
+              HINT = 'Fix the table or redeploy the rules (outpost.deploy_rules).';
+END
+$$;
+
 -- Appends the ops in outpost.work_ops to the op log and brings bucket_rows,
 -- bucket_state and the superseded list up to date. Caller holds the tick lock.
 CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
     IF n_ops > 5000 THEN
         ANALYZE outpost.work_ops;
@@ -39,9 +133,9 @@ BEGIN
 END
 $$;
 
--- The body of a tick; the caller holds the tick lock.
+-- The body of a tick; the caller holds the tick lock (outpost._op_id_base).
 CREATE FUNCTION outpost._tick_locked() RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp SET work_mem = '64MB' SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '64MB' SET jit = off AS $$
 DECLARE
     stmt           text;
     last_cp        bigint;
@@ -50,25 +144,31 @@ DECLARE
     params_changed boolean;
     cp             bigint;
     n_changes      bigint;
+    retry          boolean := false;
 BEGIN
     SELECT r.tick_sql INTO stmt FROM outpost.rules r WHERE r.active;
     IF stmt IS NULL THEN
         stmt := outpost._empty_tick_sql();
     END IF;
     -- One statement, one snapshot: every read of user tables happens here.
+    -- When it fails, keys nobody can read are set aside and it runs once more.
     BEGIN
         EXECUTE stmt INTO n_changes;
     EXCEPTION WHEN OTHERS THEN
-        -- Most likely the schema changed under the rules; say so briefly
-        -- instead of echoing the generated statement.
-        RAISE EXCEPTION 'outpost.tick: the compiled sync rules failed: %', SQLERRM
-            USING ERRCODE = SQLSTATE,
-                  DETAIL = coalesce((SELECT string_agg(p.message, '; ') FROM outpost.problems p),
-                                    'no schema problem recorded'),
-                  HINT = 'Fix the table or redeploy the rules (outpost.deploy_rules).';
+        IF outpost._quarantine_keys() = 0 THEN
+            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+        END IF;
+        retry := true;
     END;
+    IF retry THEN
+        BEGIN
+            EXECUTE stmt INTO n_changes;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+        END;
+    END IF;
 
-    SELECT coalesce(max(op_id), 0) INTO last_cp FROM outpost.checkpoints;
+    last_cp := outpost._op_id_base();
 
     -- Big ticks get real statistics so the joins below plan as hash joins.
     IF n_changes > 5000 THEN
@@ -177,22 +277,17 @@ END
 $$;
 
 CREATE FUNCTION outpost.tick() RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- In REPEATABLE READ the snapshot would predate the lock wait and miss the
-    -- previous tick's commit (its ops would be diffed twice).
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'outpost.tick() must run in READ COMMITTED, not %',
-            current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'Call it in its own transaction with the default isolation level.';
-    END IF;
-    PERFORM pg_advisory_xact_lock(outpost._lock_key());
+    -- The lock (and the isolation check) before the one-snapshot statement.
+    PERFORM outpost._op_id_base();
     RETURN outpost._tick_locked();
 END
 $$;
 
+-- Definer: the relay's role reads the latest checkpoint without any
+-- privilege on outpost's tables.
 CREATE FUNCTION outpost.checkpoint() RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(max(op_id), 0) FROM outpost.checkpoints
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(max(c.op_id), 0) FROM outpost.checkpoints c
 $$;

@@ -27,7 +27,7 @@ $$;
 -- values; table ones look them up in the lookups the ticks materialized.
 CREATE FUNCTION outpost.user_buckets(claims jsonb, params jsonb)
 RETURNS TABLE (bucket text, priority int)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q record;
 BEGIN
@@ -57,7 +57,7 @@ $$;
 -- Everything a stream needs to start or diff, from one snapshot.
 CREATE FUNCTION outpost.sync_checkpoint(claims jsonb, params jsonb, client_id text)
 RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH b AS (
         SELECT u.bucket, min(u.priority) AS priority FROM outpost.user_buckets(claims, params) u
          GROUP BY u.bucket
@@ -84,7 +84,7 @@ $$;
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
                subkey text, data text, checksum bigint, target_op bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     i    int;
     remaining int := max_ops;
@@ -113,7 +113,7 @@ $$;
 CREATE FUNCTION outpost.changes_since(since bigint)
 RETURNS TABLE (checkpoint bigint, rules_version bigint, bucket_sets_stable boolean,
                buckets jsonb, write_checkpoints jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT outpost.checkpoint(),
            (SELECT r.version FROM outpost.rules r WHERE r.active),
            NOT EXISTS (SELECT 1 FROM outpost.checkpoints c WHERE c.op_id > since AND c.params_changed)
@@ -127,7 +127,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_t
 $$;
 
 CREATE FUNCTION outpost.request_write_checkpoint(user_id text, client_id text) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s bigint;
 BEGIN

@@ -3,18 +3,18 @@
 -- problems they record.
 
 CREATE FUNCTION outpost._active_sources() RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.sources FROM outpost.rules r WHERE r.active
 $$;
 
 CREATE FUNCTION outpost._record_problem(kind text, message text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM outpost.problems p WHERE p.kind = _record_problem.kind;
     INSERT INTO outpost.problems (kind, message) VALUES (_record_problem.kind, _record_problem.message);
 $$;
 
 CREATE FUNCTION outpost._clear_problem(kind text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM outpost.problems p WHERE p.kind = _clear_problem.kind;
 $$;
 
@@ -24,10 +24,24 @@ $$;
 -- or renamed, a table renamed) the DDL still succeeds, the problem is recorded
 -- in outpost.problems (and outpost.stats) and raised as a WARNING; ticks then
 -- fail with the same message until the rules or the table are fixed — sync
--- stops rather than stream wrong rows. Runs with the caller's search_path so
--- bare table names resolve as they did at deploy.
+-- stops rather than stream wrong rows. In REPEATABLE READ or SERIALIZABLE the
+-- ALTER TABLE fails instead (op ids cannot be allocated there).
+--
+-- The trigger runs in the session of whoever ran the DDL (a table owner the
+-- extension does not trust). Its function body is a single call with every
+-- name qualified, made as the extension owner, that passes the caller's
+-- schema list as data (bare table names in the rules resolve through it);
+-- everything else runs with a pinned search_path, so no function or operator
+-- the caller defined can run with the extension owner's rights.
 CREATE FUNCTION outpost._on_alter_table() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    PERFORM outpost._on_alter_table_in(pg_catalog.current_schemas(true));
+END
+$$;
+
+CREATE FUNCTION outpost._on_alter_table_in(schemas name[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sources jsonb;
 BEGIN
@@ -40,8 +54,9 @@ BEGIN
     IF sources IS NULL THEN
         RETURN;
     END IF;
+    PERFORM outpost._op_id_base();
     BEGIN
-        PERFORM outpost._apply(sources, outpost._catalog());
+        PERFORM outpost._apply(sources, outpost._catalog(schemas));
         PERFORM outpost._clear_problem('schema');
     EXCEPTION WHEN OTHERS THEN
         PERFORM outpost._record_problem('schema', SQLERRM);
@@ -52,7 +67,7 @@ END
 $$;
 
 CREATE FUNCTION outpost._on_drop() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     gone text;
 BEGIN

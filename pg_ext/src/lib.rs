@@ -2,7 +2,7 @@
 //!
 //! Layout:
 //! - this file: the few functions that need Rust (rules compilation, checksums,
-//!   value conversion), each a wrapper over a Postgres-free crate
+//!   row fingerprints), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
 //! - `sql/extension/*.sql` (repository root): everything else — plain SQL and
 //!   PL/pgSQL, because it is set-based work Postgres plans best. One file per
@@ -13,7 +13,8 @@
 //!   `02_tick` the tick, `03_deploy` rules activation and the rules SQL API,
 //!   `04_relay_api` what the relay calls, `05_compaction`, `06_schema_changes`
 //!   DDL event triggers, `07_stats` the stats view, `08_crud` client writes
-//!   (`/crud`), `09_privileges` who may use what (last).
+//!   (`/crud`), `09_privileges` who may use what (last; the security model is
+//!   docs/security.md).
 //!
 //! Errors in rules are raised with SQLSTATE 22023 (invalid_parameter_value) and
 //! a message naming the bucket, the query and the problem.

@@ -35,6 +35,7 @@ END
 $$;
 GRANT USAGE ON SCHEMA public TO outpost_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON lists, todos TO outpost_writer;
+SELECT outpost.grant_crud('outpost_writer');
 -- Only when not yet enabled: an ALTER TABLE on a synced table recompiles the rules.
 DO $$
 BEGIN

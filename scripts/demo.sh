@@ -178,6 +178,7 @@ CREATE FUNCTION demo_user_id() RETURNS text LANGUAGE sql STABLE AS \$\$
 GRANT USAGE ON SCHEMA public TO $WRITE_ROLE;
 GRANT EXECUTE ON FUNCTION demo_user_id() TO $WRITE_ROLE;
 GRANT SELECT, INSERT, UPDATE, DELETE ON lists, todos TO $WRITE_ROLE;
+SELECT outpost.grant_crud('$WRITE_ROLE');
 ALTER TABLE lists ENABLE ROW LEVEL SECURITY;
 ALTER TABLE todos ENABLE ROW LEVEL SECURITY;
 -- lists: everyone sees their own and the shared list; only owners change theirs.

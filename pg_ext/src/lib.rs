@@ -2,11 +2,19 @@
 //!
 //! Layout:
 //! - this file: the few functions that need Rust (rules compilation, checksums,
-//!   value conversion), each a wrapper over a Postgres-free crate
+//!   row fingerprints), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
-//! - `sql/outpost.sql` (repository root): the schema (op log and shadow tables),
-//!   capture installation, the tick, and the functions the relay calls — plain
-//!   SQL and PL/pgSQL, because they are set-based work Postgres plans best.
+//! - `sql/extension/*.sql` (repository root): everything else — plain SQL and
+//!   PL/pgSQL, because it is set-based work Postgres plans best. One file per
+//!   concern, loaded in the order below (each `requires` the one before, so the
+//!   order is explicit; the first comes after every Rust function, which the
+//!   SQL-language bodies reference when they are created):
+//!   `00_schema` tables and sequences, `01_helpers` small shared functions,
+//!   `02_tick` the tick, `03_deploy` rules activation and the rules SQL API,
+//!   `04_relay_api` what the relay calls, `05_compaction`, `06_schema_changes`
+//!   DDL event triggers, `07_stats` the stats view, `08_crud` client writes
+//!   (`/crud`), `09_privileges` who may use what (last; the security model is
+//!   docs/security.md).
 //!
 //! Errors in rules are raised with SQLSTATE 22023 (invalid_parameter_value) and
 //! a message naming the bucket, the query and the problem.
@@ -16,16 +24,64 @@ use pgrx::JsonB;
 
 ::pgrx::pg_module_magic!();
 
-extension_sql_file!("../../sql/outpost.sql", name = "outpost_core", finalize);
 extension_sql_file!(
-    "../../sql/crud.sql",
-    name = "outpost_crud",
-    requires = ["outpost_core"]
+    "../../sql/extension/00_schema.sql",
+    name = "schema",
+    requires = [
+        _parse_yaml,
+        _plan,
+        _validate_yaml,
+        _to_yaml,
+        _empty_tick_sql,
+        _op_checksum,
+        _fingerprint
+    ]
 );
 extension_sql_file!(
-    "../../sql/checkpoint_request.sql",
-    name = "outpost_checkpoint_request",
-    requires = ["outpost_core"]
+    "../../sql/extension/01_helpers.sql",
+    name = "helpers",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/extension/02_tick.sql",
+    name = "tick",
+    requires = ["helpers"]
+);
+extension_sql_file!(
+    "../../sql/extension/03_deploy.sql",
+    name = "deploy",
+    requires = ["tick"]
+);
+extension_sql_file!(
+    "../../sql/extension/04_relay_api.sql",
+    name = "relay_api",
+    requires = ["deploy"]
+);
+extension_sql_file!(
+    "../../sql/extension/05_compaction.sql",
+    name = "compaction",
+    requires = ["relay_api"]
+);
+extension_sql_file!(
+    "../../sql/extension/06_schema_changes.sql",
+    name = "schema_changes",
+    requires = ["compaction"]
+);
+extension_sql_file!(
+    "../../sql/extension/07_stats.sql",
+    name = "stats",
+    requires = ["schema_changes"]
+);
+extension_sql_file!(
+    "../../sql/extension/08_crud.sql",
+    name = "crud",
+    requires = ["stats"]
+);
+extension_sql_file!(
+    "../../sql/extension/09_privileges.sql",
+    name = "privileges",
+    requires = ["crud"],
+    finalize
 );
 
 fn rules_error(message: String) -> ! {
@@ -99,13 +155,6 @@ fn _empty_tick_sql() -> String {
         buckets: vec![],
         tables: vec![],
     })
-}
-
-/// A row object → the JSON text a SQLite client stores: booleans become 1/0,
-/// nested objects and arrays become JSON text; numbers, strings and nulls stay.
-#[pg_extern(immutable, parallel_safe, strict)]
-fn _sqlite_json(row: JsonB) -> String {
-    outpost_rules::values::sqlite_json(row.0)
 }
 
 /// The op's checksum (u32 as bigint); see `outpost_protocol::op_checksum`.

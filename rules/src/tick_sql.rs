@@ -85,15 +85,16 @@ pub fn capture_function_name(t: &CaptureTable) -> String {
 /// One statement-level trigger function per table: it writes only
 /// (table, key) rows, set-based from the transition tables, so the writer's
 /// cost stays close to a plain write; the tick does the fan-out later. It runs
-/// with the writer's privileges (no SECURITY DEFINER: switching user and
-/// search_path per statement cost ~6% of a single-row insert); the extension
-/// grants INSERT on `outpost.changes` to PUBLIC, which lets anyone queue
-/// re-evaluation of a key but read nothing.
+/// as the extension owner (SECURITY DEFINER, pinned search_path): nobody else
+/// may write to `outpost.changes`, so the queue holds only keys of rows that
+/// a writer really changed, and no role without write access to a synced
+/// table can queue anything or make a tick fail. The user switch costs a few
+/// percent of a single-row insert (measured in `make bench`).
 pub fn capture_function_sql(t: &CaptureTable) -> String {
     let new_keys = t.pk_json.clone();
     format!(
         "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   now_ms bigint;
 BEGIN
@@ -130,8 +131,11 @@ $fn$",
 pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
     let f = capture_function_name(t);
     let tbl = &t.qualified;
-    // Dropped first: a restored dump brings these triggers along.
+    // Dropped first: a restored dump brings these triggers along. The
+    // function is closed to PUBLIC (a trigger fires without EXECUTE; only
+    // creating one needs it), so nobody can attach it to another table.
     vec![
+        format!("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_ins ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_upd ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_del ON {tbl}"),

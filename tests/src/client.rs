@@ -104,6 +104,7 @@ $$;
 GRANT USAGE ON SCHEMA public TO outpost_test_writer;
 GRANT EXECUTE ON FUNCTION test_user_id() TO outpost_test_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON lists, todos TO outpost_test_writer;
+SELECT outpost.grant_crud('outpost_test_writer');
 ALTER TABLE lists ENABLE ROW LEVEL SECURITY;
 ALTER TABLE todos ENABLE ROW LEVEL SECURITY;
 CREATE POLICY lists_read ON lists FOR SELECT TO outpost_test_writer

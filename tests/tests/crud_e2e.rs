@@ -36,7 +36,8 @@ fn setup(label: &str) -> (TestDb, Client, Relay) {
     .unwrap();
     c.batch_execute(SCHEMA).unwrap();
     c.batch_execute(&format!(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON todos, private_notes TO {ROLE};"
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON todos, private_notes TO {ROLE};
+         SELECT outpost.grant_crud('{ROLE}');"
     ))
     .unwrap();
     c.query_one("SELECT outpost.deploy_rules($1)", &[&RULES])
@@ -120,15 +121,22 @@ fn owner_writes_land_and_sync() {
 }
 
 #[test]
-fn rls_denies_other_users_rows_and_rolls_back() {
+fn rls_hides_and_denies_other_users_rows_and_rolls_back() {
     let (_db, mut c, relay) = setup("crud_rls");
     let before = todos(&mut c);
     let mine =
         json!({"op": "PUT", "type": "todos", "id": "c", "data": {"owner_id": "u1", "title": "ok"}});
-    for (i, bad) in [
-        // Hidden by USING: no row affected although it exists.
+    // Hidden by USING: exactly like a missing row (delete wins), so the answer
+    // tells nothing about rows the user may not see, and nothing changes.
+    for hidden in [
         json!({"op": "PATCH", "type": "todos", "id": "b", "data": {"title": "hacked"}}),
         json!({"op": "DELETE", "type": "todos", "id": "b"}),
+    ] {
+        let (status, body) = crud(&relay, "u1", json!([hidden.clone()]));
+        assert_eq!(status, 200, "{hidden}: {body}");
+        assert_eq!(todos(&mut c), before, "{hidden}");
+    }
+    for (i, bad) in [
         // Fails WITH CHECK: writing a row as someone else.
         json!({"op": "PUT", "type": "todos", "id": "d", "data": {"owner_id": "u2", "title": "forged"}}),
         // Upsert over someone else's row.

@@ -37,7 +37,8 @@ fn setup(label: &str) -> TestDb {
     c.batch_execute(&format!(
         "CREATE TABLE items (id int PRIMARY KEY, owner text NOT NULL, v int NOT NULL);
          INSERT INTO items SELECT g, 'u' || (g % 3), 0 FROM generate_series(1, 30) g;
-         GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {WRITE_ROLE};"
+         GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {WRITE_ROLE};
+         SELECT outpost.grant_crud('{WRITE_ROLE}');"
     ))
     .unwrap();
     c.query_one(

@@ -205,7 +205,9 @@ impl Store for PgStore {
     fn compact(&self) -> BoxFuture<'_, Result<i64, Error>> {
         Box::pin(async move {
             let client = self.pool.get().await?;
-            let row = client.query_one("SELECT outpost.compact()", &[]).await?;
+            let row = client
+                .query_one("CALL outpost.compact_online()", &[])
+                .await?;
             Ok(row.get(0))
         })
     }

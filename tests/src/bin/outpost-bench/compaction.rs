@@ -1,13 +1,16 @@
 //! Compaction figures: op-log rows and bytes before/after compacting 100k
-//! updates to 10k rows, and the bytes a fresh client downloads afterwards
-//! compared with the size of the final rows.
+//! updates to 10k rows, the bytes a fresh client downloads afterwards
+//! compared with the size of the final rows, and commit → published
+//! checkpoint latency (p99) while `CALL outpost.compact_online()` works
+//! through a pile of superseded ops, side by side with no compaction.
+//! `OUTPOST_BENCH_SUPERSEDED` sets the pile (default 1,000,000).
 
 use crate::Row;
 use anyhow::Result;
 use outpost_protocol::{Checksum, OpId, OpType, OplogEntry};
 use outpost_tests::TestDb;
 use postgres::Client;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const ROWS: i32 = 10_000;
 const UPDATES: i32 = 100_000;
@@ -108,6 +111,103 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         ratio: format!(
             "{ratio:.2}x {}",
             if ratio <= 1.3 { "met" } else { "missed" }
+        ),
+    });
+    Ok(())
+}
+
+/// Commit → checkpoint published, for one write every 10 ms during `window`:
+/// each sample is one INSERT (committed) and the tick that publishes it.
+fn commit_to_checkpoint(url: &str, window: Duration, first_id: i32) -> Result<Vec<Duration>> {
+    let mut c = Client::connect(url, postgres::NoTls)?;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut id = first_id;
+    while start.elapsed() < window {
+        let t = Instant::now();
+        c.execute("INSERT INTO probes VALUES ($1)", &[&id])?;
+        c.query_one("SELECT outpost.tick()", &[])?;
+        samples.push(t.elapsed());
+        id += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(samples)
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+/// Ticks while compaction runs: a table with `superseded` superseded ops
+/// (10 updates of a tenth as many rows, ticked in between), then a stream of
+/// small writes, each ticked at once, first alone, then while
+/// `CALL outpost.compact_online()` runs in another session.
+pub fn run_latency(rows: &mut Vec<Row>) -> Result<()> {
+    let superseded: i64 = std::env::var("OUTPOST_BENCH_SUPERSEDED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let n = (superseded / 10).max(1000);
+    let db = TestDb::new("bench_compact_latency");
+    let mut c = db.connect();
+    c.batch_execute(&format!(
+        "CREATE TABLE pile (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO pile SELECT g, 0 FROM generate_series(1, {n}) g;
+         CREATE TABLE probes (id int PRIMARY KEY);"
+    ))?;
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  pile:\n    data: SELECT id, v FROM pile\n  probes:\n    data: SELECT id FROM probes\n"],
+    )?;
+    eprintln!("bench: piling up {} superseded ops", n * 10);
+    for round in 1..=10 {
+        c.execute("UPDATE pile SET v = $1", &[&round])?;
+        c.query_one("SELECT outpost.tick()", &[])?;
+    }
+    let pending: i64 = c
+        .query_one("SELECT count(*) FROM outpost.superseded", &[])?
+        .get(0);
+
+    let window = Duration::from_secs(10);
+    let alone = commit_to_checkpoint(&db.url, window, 1)?;
+    let url = db.url.clone();
+    let compactor = std::thread::spawn(move || -> Result<(i64, Duration)> {
+        let mut c = Client::connect(&url, postgres::NoTls)?;
+        let t = Instant::now();
+        let removed: i64 = c.query_one("CALL outpost.compact_online()", &[])?.get(0);
+        Ok((removed, t.elapsed()))
+    });
+    let mut during = Vec::new();
+    let mut id = 1_000_000;
+    while !compactor.is_finished() {
+        let s = commit_to_checkpoint(&db.url, Duration::from_secs(1), id)?;
+        id += s.len() as i32;
+        during.extend(s);
+    }
+    let (removed, took) = compactor.join().expect("compactor thread")?;
+    let (a, d) = (p99(alone.clone()), p99(during.clone()));
+    rows.push(Row {
+        name: format!(
+            "commit → checkpoint published, p99, while compact_online() works through {pending} superseded ops vs no compaction"
+        ),
+        value: format!(
+            "{:.1} ms vs {:.1} ms ({} / {} samples; compaction removed {removed} ops in {:.1} s)",
+            d.as_secs_f64() * 1e3,
+            a.as_secs_f64() * 1e3,
+            during.len(),
+            alone.len(),
+            took.as_secs_f64()
+        ),
+        goal: "p99 ≤ 50 ms".into(),
+        ratio: format!(
+            "{:.2}x {}",
+            0.05 / d.as_secs_f64(),
+            if d <= Duration::from_millis(50) {
+                "met"
+            } else {
+                "missed"
+            }
         ),
     });
     Ok(())

@@ -96,10 +96,10 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
             s.as_secs_f64() * 1e3,
             p.as_secs_f64() * 1e3
         ),
-        goal: "≤ 3x".into(),
+        goal: "≤ 1.3x".into(),
         ratio: format!(
             "{ratio:.2}x {}",
-            if ratio <= 3.0 { "met" } else { "missed" }
+            if ratio <= 1.3 { "met" } else { "missed" }
         ),
     });
 

@@ -2,7 +2,9 @@
 //! side in one run, and writes a Markdown table to `bench-results/bench.md`.
 //!
 //! Sections (one module each): `extension` (capture overhead, tick and
-//! snapshot throughput). `OUTPOST_BENCH=extension,relay` runs a subset.
+//! snapshot throughput), `compaction` (op-log shrinkage, fresh download;
+//! `compaction_latency`: ticks while compaction runs), `client`, `relay`,
+//! `rules`. `OUTPOST_BENCH=extension,relay` runs a subset.
 
 mod client;
 mod compaction;
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
     let sections: &[(&str, Section)] = &[
         ("extension", extension::run),
         ("compaction", compaction::run),
+        ("compaction_latency", compaction::run_latency),
         ("client", client::run),
         ("relay", relay::run),
         ("rules", rules::run),

@@ -1,3 +1,6 @@
+-- 08_crud.sql — client writes (`POST /crud`): entry checks, the default
+-- PUT/PATCH/DELETE and per-table write handlers.
+--
 -- Client writes: what the relay's `POST /crud` runs for each entry of an
 -- uploaded batch, inside ONE transaction, after `SET LOCAL ROLE <write role>`
 -- and `set_config('request.jwt.claims' / 'request.jwt.claim.sub', …, true)`.
@@ -21,9 +24,12 @@
 --   not exist is a no-op (it was deleted: the delete wins);
 -- - DELETE: delete by id; deleting a missing row is a no-op (idempotent, so a
 --   client may safely re-upload a batch whose response it lost).
--- A PATCH or DELETE that affects no row while the row exists (RLS hides it
--- from the write role) raises insufficient_privilege (42501), as does a row
--- that fails a policy's WITH CHECK.
+-- A PATCH or DELETE of a row that RLS hides from the write role is a no-op
+-- too, exactly like one of a missing row (no existence probe past RLS). A row
+-- that fails a policy's WITH CHECK raises insufficient_privilege (42501).
+--
+-- Privileges: the write role needs `SELECT outpost.grant_crud('role')`
+-- (USAGE on the schema, EXECUTE on apply_crud and the entry check).
 --
 -- outpost.set_write_handler(table, handler) replaces the default for one
 -- table: `handler(entry jsonb)` receives the entry and does the write itself
@@ -35,11 +41,6 @@
 -- (bad entry: unknown op, table, column, malformed id or value); 42501 → 403;
 -- P0001 (a handler's RAISE EXCEPTION) and 23xxx (constraints) → 422.
 --
--- Load order: pgrx emits outpost.sql (declared `finalize`) after this file,
--- so nothing here may need outpost.sql's objects at CREATE time. Only the
--- schema (from the control file) is used then; the PL/pgSQL bodies below
--- resolve outpost.bucket_defs when they run.
-
 CREATE TABLE outpost.write_handlers (
     relid   oid PRIMARY KEY,
     handler regproc NOT NULL
@@ -63,14 +64,13 @@ BEGIN
         ON CONFLICT (relid) DO UPDATE SET handler = EXCLUDED.handler;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION outpost.set_write_handler(regclass, regproc) FROM PUBLIC;
 
 -- Checks an entry's shape and finds its table: one that some data query of
 -- the active rules syncs as object_type = its own name, and the table's
 -- handler (a qualified function name) if one is registered. Definer: the
 -- write role need not read outpost's catalog.
 CREATE FUNCTION outpost._crud_target(entry jsonb, OUT relid oid, OUT handler text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, outpost, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     typ text;
     id  jsonb;
@@ -116,27 +116,8 @@ BEGIN
 END
 $$;
 
--- Whether a synced table holds a row with this id, whatever RLS shows the
--- caller: tells "hidden by a policy" (denied) from "absent" (no-op).
-CREATE FUNCTION outpost._crud_row_exists(rel oid, id jsonb) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
-DECLARE
-    found boolean;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d,
-                          jsonb_array_elements(d.compiled -> 'data_queries') q
-                    WHERE (q ->> 'relid')::oid = rel) THEN
-        RETURN false;
-    END IF;
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.id = (jsonb_populate_record(NULL::%s, jsonb_build_object(''id'', $1))).id)',
-                   rel::regclass, rel::regclass)
-       INTO found USING id;
-    RETURN found;
-END
-$$;
-
 -- No SET search_path here: a handler runs with the caller's settings.
+-- Every name is qualified, since the body runs with the caller's search_path.
 CREATE FUNCTION outpost.apply_crud(entry jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY INVOKER AS $$
 DECLARE
@@ -146,7 +127,7 @@ BEGIN
     IF target.handler IS NOT NULL THEN
         EXECUTE pg_catalog.format('SELECT %s($1)', target.handler) USING entry;
     ELSE
-        PERFORM outpost._crud_default(entry, target.relid::regclass);
+        PERFORM outpost._crud_default(entry, target.relid::pg_catalog.regclass);
     END IF;
 END
 $$;
@@ -163,7 +144,6 @@ DECLARE
     bad     text;
     rec     jsonb;
     stmt    text;
-    n       bigint;
 BEGIN
     -- Columns: every given one must exist and be writable; `id` is the entry's.
     data := data - 'id';
@@ -208,11 +188,9 @@ BEGIN
         stmt := format('DELETE FROM %s AS t USING jsonb_populate_record(NULL::%s, $1) r WHERE t.id = r.id',
                        rel, rel);
     END IF;
+    -- A row the write role cannot see (RLS) is treated like a missing one: no
+    -- error, nothing written. Telling the two apart would need a look past
+    -- RLS, which would let any user probe for rows they may not read.
     EXECUTE stmt USING rec;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 AND outpost._crud_row_exists(rel, id) THEN
-        RAISE EXCEPTION 'permission denied: row-level security does not allow % of this row', lower(op)
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
 END
 $$;

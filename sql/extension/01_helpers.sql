@@ -1,0 +1,91 @@
+-- 01_helpers.sql — small functions the other files build on: value
+-- conversion for SQLite clients, array elements for `IN`, the 64-bit keys of
+-- bucket_rows, the tick lock's key, settings, and the catalog snapshot the
+-- rules compiler validates against.
+
+-- A value of unknown type as a SQLite client stores it (see compile.rs).
+CREATE FUNCTION outpost._sqlite_value(v jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(v)
+               WHEN 'boolean' THEN to_jsonb((v #>> '{}')::boolean::int)
+               WHEN 'object' THEN to_jsonb(v::text)
+               WHEN 'array' THEN to_jsonb(v::text)
+               ELSE v
+           END
+$$;
+
+-- Elements of an array value for `IN`: a JSON array, a JSON array stored as
+-- text (how SQLite-shaped data keeps arrays), or a single value.
+CREATE FUNCTION outpost._elements(v jsonb) RETURNS SETOF jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT e FROM jsonb_array_elements(
+        CASE
+            WHEN jsonb_typeof(v) = 'array' THEN v
+            WHEN jsonb_typeof(v) = 'string' AND left(v #>> '{}', 1) = '[' THEN (v #>> '{}')::jsonb
+            WHEN v IS NULL OR jsonb_typeof(v) = 'null' THEN '[]'::jsonb
+            ELSE jsonb_build_array(v)
+        END) AS e
+$$;
+
+CREATE FUNCTION outpost._row_key(bucket text, object_type text, object_id text, subkey text)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT hashtextextended(bucket || chr(1) || object_type || chr(1) || object_id || chr(1) || subkey, 0)
+$$;
+
+CREATE FUNCTION outpost._src_key(relid oid, pk jsonb)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT hashtextextended(pk::text, relid::bigint)
+$$;
+
+CREATE FUNCTION outpost._lock_key() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 7303137001::bigint $$;
+
+-- The tables rules may read: every user table, by `schema.name` and, when
+-- visible through `schemas` (the caller's current_schemas(true), passed as
+-- data), by bare name — the first schema in the list holding a relation of
+-- that name wins, as pg_table_is_visible would decide with that path. The
+-- search_path here is pinned, so type names come out schema-qualified unless
+-- they live in pg_catalog (the tick resolves them with the same pinned path).
+CREATE FUNCTION outpost._catalog(schemas name[]) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH t AS (
+    SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS name,
+           NOT EXISTS (
+               SELECT 1 FROM pg_catalog.pg_class c2
+                 JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
+                WHERE c2.relname OPERATOR(pg_catalog.=) c.relname
+                  AND pg_catalog.array_position(schemas, n2.nspname::name)
+                      OPERATOR(pg_catalog.<) pg_catalog.array_position(schemas, n.nspname::name))
+           AND pg_catalog.array_position(schemas, n.nspname::name) IS NOT NULL AS visible,
+           (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', a.attname,
+                                      'type', pg_catalog.format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+           (SELECT coalesce(pg_catalog.jsonb_agg(a.attname ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)), '[]')
+              FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = c.oid AND i.indisprimary) AS primary_key
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'outpost', 'pg_toast')
+       AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+)
+SELECT pg_catalog.jsonb_build_object('tables', coalesce(pg_catalog.jsonb_object_agg(key, obj), '{}'::pg_catalog.jsonb))
+  FROM (SELECT schema || '.' || name AS key, pg_catalog.to_jsonb(t) - 'visible' AS obj FROM t
+        UNION ALL
+        SELECT name, pg_catalog.to_jsonb(t) - 'visible' FROM t WHERE visible) x
+$$;
+
+-- Settings (SET outpost.… or ALTER DATABASE … SET outpost.…):
+--   outpost.defrag_ratio    (default 0.2)  re-PUT a bucket's live rows when they
+--                                          are fewer than this fraction of its ops
+--   outpost.defrag_min_ops  (default 1000) ...and it has at least this many ops
+--   outpost.defrag_batch    (default 2000) rows re-PUT per defragmentation
+--                                          step of compact_online() (the
+--                                          longest a tick waits for it)
+--   outpost.retention       (default '7 days') keep checkpoints and write
+--                                          checkpoints this long
+CREATE FUNCTION outpost._setting(name text, fallback text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting(name, true), ''), fallback)
+$$;

@@ -1,0 +1,293 @@
+-- 02_tick.sql — the tick: runs the compiled one-snapshot statement, diffs its
+-- result against bucket_rows, allocates op ids, appends ops, updates running
+-- totals and parameter lookups, publishes a checkpoint and NOTIFYs it.
+
+-- The one place op ids are allocated from. Every allocator (the tick, rules
+-- activation — deploy_rules, define_bucket, drop_bucket, redeploy, ALTER
+-- TABLE on a synced table — and compaction's defragmentation) calls this
+-- first and allocates above what it returns. It takes the tick lock (held to
+-- the end of the transaction) and refuses any isolation level but READ
+-- COMMITTED: in REPEATABLE READ or SERIALIZABLE the snapshot predates the
+-- lock wait, misses the previous tick's commit, and op ids at or below a
+-- published checkpoint would be handed out again.
+CREATE FUNCTION outpost._op_id_base() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'outpost: op ids are allocated only in READ COMMITTED, not % (tick, rules deploys and changes, ALTER TABLE of a synced table, compaction)',
+            pg_catalog.current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Run it in its own transaction with the default isolation level (READ COMMITTED).';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(outpost._lock_key());
+    RETURN (SELECT coalesce(max(c.op_id), 0) FROM outpost.checkpoints c);
+END
+$$;
+
+-- Defence in depth for the capture queue: sets aside every queued key the
+-- tick cannot read (values that do not convert to the table's primary key
+-- types), recording table and key in outpost.problems, so that one bad row
+-- never halts every user's sync. Only the capture triggers and the extension
+-- owner can queue keys; this runs only after a tick statement failed.
+-- Returns the number of keys set aside.
+CREATE FUNCTION outpost._quarantine_keys() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel   record;
+    k     record;
+    n     bigint := 0;
+BEGIN
+    FOR rel IN
+        SELECT c.oid AS relid, pg_catalog.format('%I.%I', ns.nspname, c.relname) AS qualified,
+               (SELECT pg_catalog.string_agg(pg_catalog.format('(q.pk ->> %s)::%s', x.i - 1,
+                                                               pg_catalog.format_type(a.atttypid, a.atttypmod)),
+                                             ', ' ORDER BY x.i)
+                  FROM pg_catalog.pg_index i,
+                       LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS x(attnum, i),
+                       pg_catalog.pg_attribute a
+                 WHERE i.indrelid = c.oid AND i.indisprimary
+                   AND a.attrelid = c.oid AND a.attnum = x.attnum) AS casts
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+         WHERE c.oid IN (SELECT q.relid FROM outpost.changes q WHERE q.kind = 'k')
+    LOOP
+        CONTINUE WHEN rel.casts IS NULL;
+        BEGIN
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.max(pg_catalog.length(ROW(%s)::pg_catalog.text)) FROM outpost.changes q WHERE q.relid = $1 AND q.kind = ''k''',
+                rel.casts) USING rel.relid;
+            CONTINUE;  -- every key of this table converts
+        EXCEPTION WHEN OTHERS THEN
+            NULL;      -- some do not: find them one by one
+        END;
+        FOR k IN SELECT q.ctid AS id, q.pk FROM outpost.changes q
+                  WHERE q.relid = rel.relid AND q.kind = 'k'
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('SELECT ROW(%s)::pg_catalog.text FROM (SELECT $1 AS pk) q', rel.casts)
+                    USING k.pk;
+            EXCEPTION WHEN OTHERS THEN
+                DELETE FROM outpost.changes q WHERE q.ctid = k.id;
+                INSERT INTO outpost.problems (kind, message, table_name, key)
+                VALUES ('quarantine',
+                        pg_catalog.format('queued key %s of %s set aside: %s', k.pk, rel.qualified, SQLERRM),
+                        rel.qualified, k.pk);
+                n := n + 1;
+            END;
+        END LOOP;
+    END LOOP;
+    IF n > 0 THEN
+        RAISE WARNING 'outpost: % queued key(s) could not be read and were set aside (see outpost.problems)', n;
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- The tick's error when the compiled statement fails: most likely the schema
+-- changed under the rules; say so briefly instead of echoing the statement.
+CREATE FUNCTION outpost._raise_tick_error(message text, code text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'outpost.tick: the compiled sync rules failed: %', message
+        USING ERRCODE = code,
+              DETAIL = coalesce((SELECT pg_catalog.string_agg(p.message, '; ') FROM outpost.problems p
+                                  WHERE p.kind = 'schema'),
+                                'no schema problem recorded'),
+              HINT = 'Fix the table or redeploy the rules (outpost.deploy_rules).';
+END
+$$;
+
+-- Appends the ops in outpost.work_ops to the op log and brings bucket_rows,
+-- bucket_state and the superseded list up to date. Caller holds the tick lock.
+CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+BEGIN
+    IF n_ops > 5000 THEN
+        ANALYZE outpost.work_ops;
+    END IF;
+    -- Changed rows are updated in place (HOT: no index touched), new ones
+    -- inserted, removed ones deleted.
+    UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
+      FROM outpost.work_ops w
+     WHERE w.op = 'PUT' AND w.existed
+       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+    DELETE FROM outpost.bucket_rows b
+     USING outpost.work_ops w
+     WHERE w.op = 'REMOVE'
+       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
+       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+    INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
+    SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
+      FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
+    INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
+    SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
+    INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
+    SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
+      FROM outpost.work_ops GROUP BY bucket
+    ON CONFLICT (bucket) DO UPDATE
+       SET checksum = (s.checksum + excluded.checksum) % 4294967296,
+           op_count = s.op_count + excluded.op_count,
+           last_op_id = excluded.last_op_id;
+    INSERT INTO outpost.superseded (bucket, op_id, by_op)
+    SELECT bucket, old_op_id, op_id FROM outpost.work_ops WHERE old_op_id IS NOT NULL;
+END
+$$;
+
+-- The body of a tick; the caller holds the tick lock (outpost._op_id_base).
+CREATE FUNCTION outpost._tick_locked() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '64MB' SET jit = off AS $$
+DECLARE
+    stmt           text;
+    last_cp        bigint;
+    n_ops          bigint;
+    n_wc           bigint;
+    params_changed boolean;
+    cp             bigint;
+    n_changes      bigint;
+    retry          boolean := false;
+BEGIN
+    SELECT r.tick_sql INTO stmt FROM outpost.rules r WHERE r.active;
+    IF stmt IS NULL THEN
+        stmt := outpost._empty_tick_sql();
+    END IF;
+    -- One statement, one snapshot: every read of user tables happens here.
+    -- When it fails, keys nobody can read are set aside and it runs once more.
+    BEGIN
+        EXECUTE stmt INTO n_changes;
+    EXCEPTION WHEN OTHERS THEN
+        IF outpost._quarantine_keys() = 0 THEN
+            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+        END IF;
+        retry := true;
+    END;
+    IF retry THEN
+        BEGIN
+            EXECUTE stmt INTO n_changes;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+        END;
+    END IF;
+
+    last_cp := outpost._op_id_base();
+
+    -- Big ticks get real statistics so the joins below plan as hash joins.
+    IF n_changes > 5000 THEN
+        ANALYZE outpost.work_keys, outpost.work_rows, outpost.work_params;
+    END IF;
+
+    -- Diff against the current rows. Lookups into the big tables are driven by
+    -- the (small) work tables through index scans; OFFSET 0 keeps the planner
+    -- from turning them into scans of the whole op state.
+    INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
+                                  checksum, relid, pk, fingerprint, existed, old_op_id)
+    SELECT last_cp + row_number() OVER (),
+           d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
+           outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
+           d.relid, d.pk, d.fp, d.existed, d.old_op_id
+      FROM (
+        SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
+               n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed, o.op_id AS old_op_id
+          FROM (SELECT w.*, outpost._fingerprint(w.data) AS fp,
+                       outpost._row_key(w.bucket, w.object_type, w.object_id, w.subkey) AS row_key
+                  FROM outpost.work_rows w) n
+          LEFT JOIN LATERAL (
+              SELECT b.fingerprint, b.op_id FROM outpost.bucket_rows b
+               WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
+                 AND b.object_id = n.object_id AND b.subkey = n.subkey
+              OFFSET 0) o ON true
+         WHERE o.fingerprint IS DISTINCT FROM n.fp
+        UNION ALL
+        SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
+               NULL, true, b.op_id
+          FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+                  FROM outpost.work_keys GROUP BY relid, pk) k
+         CROSS JOIN LATERAL (
+              SELECT * FROM outpost.bucket_rows b
+               WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+              OFFSET 0) b
+         WHERE (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
+           AND NOT EXISTS (
+              SELECT 1 FROM outpost.work_rows n
+               WHERE n.bucket = b.bucket AND n.object_type = b.object_type
+                 AND n.object_id = b.object_id AND n.subkey = b.subkey)
+      ) d;
+    GET DIAGNOSTICS n_ops = ROW_COUNT;
+
+    IF n_ops > 0 THEN
+        PERFORM outpost._apply_work_ops(n_ops);
+    END IF;
+
+    -- Parameter lookups of the touched rows: replace, and note whether any changed.
+    -- Only tables read by parameter queries can have lookups.
+    INSERT INTO outpost.work_old_params
+    SELECT p.query_id, p.relid, p.pk, p.lookup, p.bucket
+      FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+              FROM outpost.work_keys
+             WHERE relid IN (SELECT (q ->> 'relid')::oid
+                               FROM outpost.bucket_defs d,
+                                    jsonb_array_elements(d.compiled -> 'parameter_queries') q
+                              WHERE q ->> 'kind' = 'table')
+             GROUP BY relid, pk) k
+     CROSS JOIN LATERAL (
+          SELECT * FROM outpost.param_rows p WHERE p.relid = k.relid AND p.pk = k.pk OFFSET 0) p
+     WHERE k.all_defs OR split_part(p.query_id, '#', 1) = ANY (k.defs);
+    SELECT EXISTS (
+        (SELECT * FROM outpost.work_old_params
+         EXCEPT SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params)
+        UNION ALL
+        (SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params
+         EXCEPT SELECT * FROM outpost.work_old_params)
+    ) INTO params_changed;
+    IF params_changed THEN
+        DELETE FROM outpost.param_rows p USING outpost.work_old_params o
+         WHERE p.relid = o.relid AND p.pk = o.pk AND p.query_id = o.query_id;
+        INSERT INTO outpost.param_rows (query_id, relid, pk, lookup, bucket)
+        SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params;
+    END IF;
+
+    SELECT count(*) INTO n_wc FROM outpost.work_write_checkpoints;
+
+    IF n_ops > 0 OR params_changed OR n_wc > 0 THEN
+        cp := last_cp + greatest(n_ops, 1);
+        INSERT INTO outpost.checkpoints (op_id, ops, params_changed) VALUES (cp, n_ops, params_changed);
+        INSERT INTO outpost.write_checkpoints AS w (user_id, client_id, seq, checkpoint)
+        SELECT user_id, client_id, seq, cp FROM outpost.work_write_checkpoints
+        ON CONFLICT (user_id, client_id) DO UPDATE
+           SET seq = greatest(w.seq, excluded.seq), checkpoint = excluded.checkpoint;
+        PERFORM pg_notify('outpost_checkpoint', cp::text);
+    ELSE
+        cp := last_cp;
+    END IF;
+
+    -- TRUNCATE leaves no dead rows to scan but rewrites catalog entries, so
+    -- it is reserved for big ticks.
+    IF n_changes > 5000 OR n_ops > 5000 THEN
+        TRUNCATE outpost.work_keys, outpost.work_rows, outpost.work_params,
+                 outpost.work_write_checkpoints, outpost.work_ops, outpost.work_old_params;
+    ELSE
+        DELETE FROM outpost.work_keys;
+        DELETE FROM outpost.work_rows;
+        DELETE FROM outpost.work_params;
+        DELETE FROM outpost.work_write_checkpoints;
+        DELETE FROM outpost.work_ops;
+        DELETE FROM outpost.work_old_params;
+    END IF;
+    RETURN cp;
+END
+$$;
+
+CREATE FUNCTION outpost.tick() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- The lock (and the isolation check) before the one-snapshot statement.
+    PERFORM outpost._op_id_base();
+    RETURN outpost._tick_locked();
+END
+$$;
+
+-- Definer: the relay's role reads the latest checkpoint without any
+-- privilege on outpost's tables.
+CREATE FUNCTION outpost.checkpoint() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(max(c.op_id), 0) FROM outpost.checkpoints c
+$$;

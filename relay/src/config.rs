@@ -65,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OUTPOST_DRIVE_TICKS", default_value_t = true, action = ArgAction::Set)]
     pub drive_ticks: bool,
 
-    /// Run `outpost.compact()` whenever this many op ids were allocated since
+    /// Run `outpost.compact_online()` whenever this many op ids were allocated since
     /// the last compaction this relay started (0: never; schedule it yourself).
     /// Only with --drive-ticks; a compaction running elsewhere makes it a no-op.
     #[arg(long, env = "OUTPOST_COMPACT_EVERY_OPS", default_value_t = 100_000)]

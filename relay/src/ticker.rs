@@ -11,7 +11,7 @@
 //!
 //! Compaction is scheduled here too: once `compact_every` op ids were
 //! allocated since the last compaction it started, the ticker starts
-//! `outpost.compact()` on its own task (one at a time; ticks go on meanwhile).
+//! `CALL outpost.compact_online()` on its own task (one at a time; ticks go on meanwhile).
 
 use crate::listener::{publish, Announced};
 use crate::liveness::Liveness;
@@ -89,9 +89,11 @@ impl Ticker {
                             tokio::spawn(async move {
                                 let _running = flag;
                                 match store.compact().await {
-                                    Ok(n) => tracing::info!(removed = n, "outpost.compact() done"),
+                                    Ok(n) => {
+                                        tracing::info!(removed = n, "outpost.compact_online() done")
+                                    }
                                     Err(e) => {
-                                        tracing::warn!(error = %e, "outpost.compact() failed")
+                                        tracing::warn!(error = %e, "outpost.compact_online() failed")
                                     }
                                 }
                             });

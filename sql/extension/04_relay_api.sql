@@ -170,7 +170,7 @@ BEGIN
     INSERT INTO outpost.write_checkpoint_counters AS c (user_id, client_id, seq)
     VALUES (request_checkpoint.user_id, request_checkpoint.client_id, request_id)
     ON CONFLICT ON CONSTRAINT write_checkpoint_counters_pkey
-       DO UPDATE SET seq = pg_catalog.greatest(c.seq, excluded.seq)
+       DO UPDATE SET seq = greatest(c.seq, excluded.seq)
     RETURNING c.seq INTO s;
     IF s = request_id THEN
         INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)

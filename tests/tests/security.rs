@@ -296,6 +296,7 @@ const RELAY_MAY: &[&str] = &[
     "outpost.bucket_ops(text[],bigint[],bigint,integer): EXECUTE",
     "outpost.changes_since(bigint): EXECUTE",
     "outpost.request_write_checkpoint(text,text): EXECUTE",
+    "outpost.request_checkpoint(text,text,bigint): EXECUTE",
     "outpost._compact_begin(): EXECUTE",
     "outpost._compact_step(bigint,integer): EXECUTE",
     "outpost._defrag_candidates(): EXECUTE",

@@ -12,7 +12,7 @@
 //! `set_config('request.jwt.claim.sub', <sub>, true)` (PostgREST's names, so
 //! policies written for PostgREST/Supabase work: `USING (owner_id =
 //! current_setting('request.jwt.claim.sub', true))`), then
-//! `outpost.apply_crud(entry)` for each entry in order (sql/crud.sql). The
+//! `outpost.apply_crud(entry)` for each entry in order (sql/extension/08_crud.sql). The
 //! write role's grants and the tables' RLS policies decide what lands. Only
 //! tables the active rules sync under their own name are writable.
 //!

@@ -64,7 +64,7 @@ pub trait Store: Send + Sync + 'static {
     /// `outpost.tick()`: returns the latest checkpoint.
     fn tick(&self) -> BoxFuture<'_, Result<OpId, Error>>;
 
-    /// `outpost.compact()`: ops removed (0 when another compaction runs).
+    /// `CALL outpost.compact_online()`: ops removed (0 when another compaction runs).
     fn compact(&self) -> BoxFuture<'_, Result<i64, Error>>;
 
     /// `outpost.checkpoint()`: the latest published checkpoint.

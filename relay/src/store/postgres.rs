@@ -20,7 +20,7 @@ pub struct PgStore {
     pool: Pool,
 }
 
-/// One shared read per checkpoint (see `outpost.changes_since` in sql/outpost.sql).
+/// One shared read per checkpoint (see `outpost.changes_since` in sql/extension/04_relay_api.sql).
 const CHANGES_SQL: &str = "SELECT checkpoint, rules_version, bucket_sets_stable, buckets::text, \
                                   write_checkpoints::text FROM outpost.changes_since($1)";
 

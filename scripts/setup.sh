@@ -5,10 +5,27 @@
 #
 #   scripts/setup.sh            # packages, cargo-pgrx, Postgres cluster, extension
 #   SKIP_EXTENSION=1 scripts/setup.sh   # everything but building/installing the extension
+#   PG=16 scripts/setup.sh      # also Postgres 16 (or PG=18): see below
+#
+# PG=16 / PG=18: Debian 12 has no such server, so that major comes from its
+# pinned Python wheel (scripts/pg-wheel.sh: version and sha256 pinned, unpacked
+# under .pg/<N>/), gets a cluster of its own on 127.0.0.1:5436 (16) or :5438
+# (18), trust auth, and the extension built with `--features pg<N>` and
+# installed into that wheel's Postgres. The Postgres 15 packages and pgrx's
+# pg15 entry are set up as well (the workspace builds and lints against 15),
+# but the 5432 cluster is neither created nor touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_MAJOR=15
+TARGET_PG=${PG:-15}
+case "$TARGET_PG" in
+  15 | 16 | 18) ;;
+  *)
+    printf 'setup: PG=%s is not supported (15, 16 or 18; README: "Postgres versions")\n' "$TARGET_PG" >&2
+    exit 2
+    ;;
+esac
 PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/bin/pg_config
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
@@ -40,6 +57,21 @@ fi
 if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
   cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
+fi
+
+# 2b. Another major: its wheel, pgrx's entry for it, its cluster, the extension.
+if [ "$TARGET_PG" != "$PG_MAJOR" ]; then
+  # shellcheck source=scripts/pg-wheel.sh
+  . scripts/pg-wheel.sh
+  pgw_pgrx_init "$TARGET_PG"
+  pgw_cluster "$TARGET_PG" main "$PGW_PORT"
+  if [ "${SKIP_EXTENSION:-0}" != 1 ]; then
+    log "building and installing extension outpost for Postgres $TARGET_PG"
+    (cd pg_ext && cargo pgrx install --release --pg-config "$PGW_PG_CONFIG" \
+      --no-default-features --features "pg$TARGET_PG" >/dev/null)
+  fi
+  log "ready: postgres://postgres@127.0.0.1:$PGW_PORT/postgres (Postgres $TARGET_PG)"
+  exit 0
 fi
 
 # 3. A Postgres cluster on loopback with trust auth (dev/test only).

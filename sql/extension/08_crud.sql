@@ -41,9 +41,13 @@
 -- (bad entry: unknown op, table, column, malformed id or value); 42501 → 403;
 -- P0001 (a handler's RAISE EXCEPTION) and 23xxx (constraints) → 422.
 --
+-- The handler is kept as its quoted, qualified name, not as regproc:
+-- pg_upgrade refuses clusters with reg* columns other than regclass/regtype/
+-- regrole in user tables (function OIDs are not kept across a major upgrade).
+-- Table OIDs are kept, so relid stays an oid.
 CREATE TABLE outpost.write_handlers (
     relid   oid PRIMARY KEY,
-    handler regproc NOT NULL
+    handler text NOT NULL
 );
 
 -- Registers `handler(entry jsonb)` for `tbl`; NULL removes it.
@@ -60,7 +64,10 @@ BEGIN
         RAISE EXCEPTION 'write handler % must be a function taking one jsonb argument', handler
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO outpost.write_handlers VALUES (tbl, handler)
+    INSERT INTO outpost.write_handlers
+    SELECT tbl, format('%I.%I', ns.nspname, p.proname)
+      FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+     WHERE p.oid = handler
         ON CONFLICT (relid) DO UPDATE SET handler = EXCLUDED.handler;
 END
 $$;
@@ -108,11 +115,11 @@ BEGIN
     ELSIF n = 0 THEN
         RAISE EXCEPTION 'table "%" is not synced', typ USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT format('%I.%I', ns.nspname, p.proname) INTO handler
+    -- A handler that was dropped since (or renamed) no longer applies.
+    SELECT h.handler INTO handler
       FROM outpost.write_handlers h
-      JOIN pg_proc p ON p.oid = h.handler
-      JOIN pg_namespace ns ON ns.oid = p.pronamespace
-     WHERE h.relid = _crud_target.relid;
+     WHERE h.relid = _crud_target.relid
+       AND to_regprocedure(h.handler || '(jsonb)') IS NOT NULL;
 END
 $$;
 

@@ -599,16 +599,10 @@ fn a_restored_dump_redeploys_and_keeps_capturing() {
     c.query_one("SELECT outpost.request_write_checkpoint('u1', 'dev')", &[])
         .unwrap();
     let source_checkpoint = tick(&mut c);
+    // The connection string, not -h/-p: the server may be another major's
+    // cluster on its own port (`make test PG=18`).
     let dump = std::process::Command::new("pg_dump")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--no-owner",
-            "-d",
-            &db.name,
-        ])
+        .args(["--no-owner", "-d", &db.url])
         .output()
         .expect("run pg_dump");
     assert!(
@@ -618,18 +612,7 @@ fn a_restored_dump_redeploys_and_keeps_capturing() {
     );
     let target = TestDb::empty("dump_dst");
     let restore = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &target.name,
-        ])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.url])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

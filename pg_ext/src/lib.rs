@@ -22,6 +22,11 @@ extension_sql_file!(
     name = "outpost_crud",
     requires = ["outpost_core"]
 );
+extension_sql_file!(
+    "../../sql/dialect.sql",
+    name = "outpost_dialect",
+    requires = ["outpost_core"]
+);
 
 fn rules_error(message: String) -> ! {
     ereport!(
@@ -62,23 +67,17 @@ fn _plan(sources: JsonB, catalog: JsonB) -> JsonB {
     }
 }
 
-/// Like `_parse_yaml` + `_plan`, but returns the problems instead of raising:
-/// `{"problems": [{level, message, location}], "plan": …|null}`.
+/// Like `_parse_yaml` + `_plan`, but returns the problems (errors and
+/// warnings) instead of raising: `{"problems": [{level, message, location}], "plan": …|null}`.
 #[pg_extern(immutable, parallel_safe)]
 fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
-    let catalog = catalog_from(catalog);
-    let problem = |e: &outpost_rules::RuleError| serde_json::json!({"level": "error", "message": e.message, "location": e.location()});
-    let out = match outpost_rules::parse_yaml(rules) {
-        Err(e) => serde_json::json!({"problems": [problem(&e)], "plan": null}),
-        Ok(sources) => match outpost_rules::plan(&sources, &catalog) {
-            Ok(p) => serde_json::json!({"problems": [], "plan": p}),
-            Err(errs) => serde_json::json!({
-                "problems": errs.0.iter().map(problem).collect::<Vec<_>>(),
-                "plan": null
-            }),
-        },
-    };
-    JsonB(out)
+    let v = outpost_rules::validate(rules, &catalog_from(catalog));
+    let problems: Vec<serde_json::Value> = v
+        .problems
+        .iter()
+        .map(|(level, e)| serde_json::json!({"level": level, "message": e.message, "location": e.location()}))
+        .collect();
+    JsonB(serde_json::json!({"problems": problems, "plan": v.plan}))
 }
 
 /// Bucket sources → PowerSync YAML.
@@ -94,13 +93,6 @@ fn _empty_tick_sql() -> String {
         buckets: vec![],
         tables: vec![],
     })
-}
-
-/// A row object → the JSON text a SQLite client stores: booleans become 1/0,
-/// nested objects and arrays become JSON text; numbers, strings and nulls stay.
-#[pg_extern(immutable, parallel_safe, strict)]
-fn _sqlite_json(row: JsonB) -> String {
-    outpost_rules::values::sqlite_json(row.0)
 }
 
 /// The op's checksum (u32 as bigint); see `outpost_protocol::op_checksum`.

@@ -7,105 +7,136 @@
 //! when the extension deploys it.
 
 use crate::catalog::{Catalog, Table};
+use crate::config::Options;
+use crate::dialect;
 use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArguments, GroupByExpr, Ident, ObjectNamePart, SelectItem,
-    SetExpr, Statement, TableFactor,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 use std::ops::ControlFlow;
 
-/// The parsed shape every rule query must have: one SELECT, at most one table.
+/// The parsed shape every rule query must have: one SELECT, at most one source.
 pub struct Select {
     pub projection: Vec<SelectItem>,
-    /// Table name as written and its alias.
-    pub from: Option<(String, Option<String>)>,
+    pub from: Option<From>,
     pub selection: Option<Expr>,
 }
 
-/// `IN` against a single value (`bucket.p IN tags`) is how PowerSync writes
-/// membership in an array value; Postgres syntax needs parentheses there, so
-/// they are added before parsing: `IN x.y` → `IN (x.y)`, `IN f()` → `IN (f())`.
-fn parenthesize_in(sql: &str) -> String {
-    // Works on bytes and only ever inserts ASCII next to ASCII, so multi-byte
-    // characters pass through untouched.
-    let bytes = sql.as_bytes();
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let skip_ws = |mut k: usize| {
-        while k < bytes.len() && bytes[k].is_ascii_whitespace() {
+/// What a query reads.
+pub enum From {
+    /// A table name as written, and its alias.
+    Table(String, Option<String>),
+    /// `json_each(<expr>) [AS alias]`: one row per element, its `value`.
+    JsonEach(Box<Expr>, Option<String>),
+}
+
+/// `IN` against a single value (`bucket.p IN tags`, `x IN '["a","b"]'`) is how
+/// PowerSync writes membership in an array value; Postgres syntax needs
+/// parentheses there, so they are added to the token stream before parsing:
+/// `IN x.y` → `IN (x.y)`, `IN f(a)` → `IN (f(a))`, `IN j -> 'k'` → `IN (j -> 'k')`.
+/// Working on tokens keeps comments, quoted identifiers, dollar quotes and
+/// string literals that merely contain "in" out of it.
+fn parenthesize_in(tokens: Vec<Token>) -> Vec<Token> {
+    let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
+    let next_sig = |tokens: &[Token], mut k: usize| {
+        while k < tokens.len() && !significant(&tokens[k]) {
             k += 1;
         }
         k
     };
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
+    let mut out = Vec::with_capacity(tokens.len() + 8);
     let mut i = 0;
-    let mut in_str = false;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'\'' {
-            in_str = !in_str;
+    while i < tokens.len() {
+        let is_in = matches!(&tokens[i], Token::Word(w) if w.keyword == Keyword::IN);
+        out.push(tokens[i].clone());
+        i += 1;
+        if !is_in {
+            continue;
         }
-        let boundary_before = i == 0 || !ident(bytes[i - 1]);
-        if !in_str
-            && boundary_before
-            && i + 2 < bytes.len()
-            && bytes[i..i + 2].eq_ignore_ascii_case(b"in")
-            && bytes[i + 2].is_ascii_whitespace()
-        {
-            let mut j = skip_ws(i + 2);
-            if j < bytes.len() && bytes[j] != b'(' {
-                // Operand: a dotted name, optionally called with `()`.
-                let start = j;
-                while j < bytes.len() && (ident(bytes[j]) || bytes[j] == b'.' || bytes[j] == b'"') {
-                    j += 1;
-                }
-                if j + 1 < bytes.len() && bytes[j] == b'(' && bytes[j + 1] == b')' {
-                    j += 2;
-                }
-                // JSON access chains: `request.jwt() -> 'lists'`, `->> 0`.
-                loop {
-                    let mut k = skip_ws(j);
-                    if !bytes[k..].starts_with(b"->") {
+        let start = next_sig(&tokens, i);
+        let end = single_operand_end(&tokens, start);
+        if end > start {
+            out.extend_from_slice(&tokens[i..start]);
+            out.push(Token::LParen);
+            out.extend_from_slice(&tokens[start..end]);
+            out.push(Token::RParen);
+            i = end;
+        }
+    }
+    out
+}
+
+/// The end of an `IN` operand written without parentheses (a string literal,
+/// or a dotted name, optionally called, followed by `->`/`->>` steps), or
+/// `start` when the operand is something else (e.g. a parenthesized list).
+fn single_operand_end(tokens: &[Token], start: usize) -> usize {
+    let skip_ws = |mut k: usize| {
+        while matches!(tokens.get(k), Some(Token::Whitespace(_))) {
+            k += 1;
+        }
+        k
+    };
+    let mut j = start;
+    match tokens.get(j) {
+        Some(Token::SingleQuotedString(_)) => return j + 1,
+        Some(Token::Word(_)) => {}
+        _ => return start,
+    }
+    j += 1;
+    while matches!(tokens.get(j), Some(Token::Period))
+        && matches!(tokens.get(j + 1), Some(Token::Word(_)))
+    {
+        j += 2;
+    }
+    if matches!(tokens.get(j), Some(Token::LParen)) {
+        let mut depth = 0usize;
+        while j < tokens.len() {
+            match tokens[j] {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        j += 1;
                         break;
                     }
-                    k += if bytes[k..].starts_with(b"->>") { 3 } else { 2 };
-                    k = skip_ws(k);
-                    if k < bytes.len() && bytes[k] == b'\'' {
-                        k += 1;
-                        while k < bytes.len() && bytes[k] != b'\'' {
-                            k += 1;
-                        }
-                        k += 1;
-                    } else {
-                        while k < bytes.len() && bytes[k].is_ascii_digit() {
-                            k += 1;
-                        }
-                    }
-                    j = k.min(bytes.len());
                 }
-                if j > start {
-                    out.extend_from_slice(b"IN (");
-                    out.extend_from_slice(&bytes[start..j]);
-                    out.push(b')');
-                    i = j;
-                    continue;
-                }
+                _ => {}
             }
+            j += 1;
         }
-        out.push(c);
-        i += 1;
     }
-    String::from_utf8(out).expect("only ASCII was inserted, at ASCII positions")
+    loop {
+        let k = skip_ws(j);
+        if !matches!(tokens.get(k), Some(Token::Arrow | Token::LongArrow)) {
+            return j;
+        }
+        let v = skip_ws(k + 1);
+        match tokens.get(v) {
+            Some(Token::SingleQuotedString(_) | Token::Number(..)) => j = v + 1,
+            _ => return j,
+        }
+    }
 }
 
 pub fn parse_select(sql: &str) -> Result<Select, String> {
-    let text = parenthesize_in(sql);
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| {
+    let syntax = |e: String| {
         format!(
             "SQL syntax error: {}",
-            e.to_string().trim_start_matches("sql parser error: ")
+            e.trim_start_matches("sql parser error: ")
         )
-    })?;
+    };
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| syntax(e.to_string()))?;
+    let mut stmts = Parser::new(&dialect)
+        .with_tokens(parenthesize_in(tokens))
+        .parse_statements()
+        .map_err(|e| syntax(e.to_string()))?;
     if stmts.len() != 1 {
         return Err(format!(
             "expected exactly one SELECT statement, found {}",
@@ -155,10 +186,7 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
             }
             match twj.relation {
                 TableFactor::Table {
-                    name,
-                    alias,
-                    args: None,
-                    ..
+                    name, alias, args, ..
                 } => {
                     let parts: Vec<String> = name
                         .0
@@ -173,12 +201,33 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                             return Err("column aliases on the table are not supported".into());
                         }
                     }
-                    Some((parts.join("."), alias.map(|a| a.name.value)))
+                    let alias = alias.map(|a| a.name.value);
+                    match args {
+                        None => Some(From::Table(parts.join("."), alias)),
+                        Some(a)
+                            if parts.len() == 1 && parts[0].eq_ignore_ascii_case("json_each") =>
+                        {
+                            match a.args.as_slice() {
+                                [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => {
+                                    Some(From::JsonEach(Box::new(e.clone()), alias))
+                                }
+                                _ => return Err("json_each takes one argument".into()),
+                            }
+                        }
+                        Some(_) => {
+                            return Err(format!(
+                                "table function `{}` is not supported (only json_each)",
+                                parts.join(".")
+                            ))
+                        }
+                    }
                 }
-                _ => return Err(
-                    "FROM must name one table (subqueries and table functions are not supported)"
-                        .into(),
-                ),
+                _ => {
+                    return Err(
+                        "FROM must name one table or json_each(...) (subqueries are not supported)"
+                            .into(),
+                    )
+                }
             }
         }
     };
@@ -195,22 +244,54 @@ pub struct Refs {
     pub columns: Vec<String>,
     pub bucket_params: Vec<String>,
     pub request: bool,
+    /// Values the client chooses (`request.parameters()`, `user_parameters.*`).
+    pub client_params: bool,
+    /// Values from the signed token (`request.user_id()`, `request.jwt()`, `token_parameters.*`).
+    pub token_params: bool,
+    /// `value` of a `json_each` source.
+    pub json_each: bool,
 }
 
+impl Refs {
+    pub fn merge(&mut self, o: Refs) {
+        self.columns.extend(o.columns);
+        self.bucket_params.extend(o.bucket_params);
+        self.request |= o.request;
+        self.client_params |= o.client_params;
+        self.token_params |= o.token_params;
+        self.json_each |= o.json_each;
+    }
+}
+
+/// The names an expression may use.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    /// The table read and the alias its columns are qualified with.
+    pub table: Option<(&'a Table, &'a str)>,
+    /// The alias of a `json_each(...)` source, whose rows have a `value`.
+    pub json_each: Option<&'a str>,
+    pub options: &'a Options,
+}
+
+/// The SQL alias of a `json_each` source's elements (`outpost._elements`).
+pub const JSON_EACH_SQL: &str = "_outpost_je";
+
 /// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb)
-/// and `$2` (client parameters, jsonb).
-fn request_sql(parts: &[String], is_call: bool) -> Option<String> {
+/// and `$2` (client parameters, jsonb), and whether the client chooses it.
+fn request_sql(parts: &[String], is_call: bool) -> Option<(String, bool)> {
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
     match (p.as_slice(), is_call) {
-        (["request", "user_id"], true) => Some("($1 ->> 'sub')".into()),
-        (["request", "jwt"], true) => Some("$1".into()),
-        (["request", "parameters"], true) => Some("$2".into()),
-        (["token_parameters", "user_id"], false) => Some("($1 ->> 'sub')".into()),
-        (["token_parameters", k], false) => Some(format!(
-            "($1 -> 'parameters' ->> {})",
-            crate::quote_literal(k)
+        (["request", "user_id"], true) => Some(("($1 ->> 'sub')".into(), false)),
+        (["request", "jwt"], true) => Some(("$1".into(), false)),
+        (["request", "parameters"], true) => Some(("$2".into(), true)),
+        (["token_parameters", "user_id"], false) => Some(("($1 ->> 'sub')".into(), false)),
+        (["token_parameters", k], false) => Some((
+            format!("($1 -> 'parameters' ->> {})", crate::quote_literal(k)),
+            false,
         )),
-        (["user_parameters", k], false) => Some(format!("($2 ->> {})", crate::quote_literal(k))),
+        (["user_parameters", k], false) => {
+            Some((format!("($2 ->> {})", crate::quote_literal(k)), true))
+        }
         _ => None,
     }
 }
@@ -219,17 +300,130 @@ fn parse_expr(sql: &str) -> Expr {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_expr())
-        .expect("generated expressions parse")
+        .unwrap_or_else(|e| panic!("generated expression does not parse ({e}): {sql}"))
 }
 
 fn ident_parts(idents: &[Ident]) -> Vec<String> {
     idents.iter().map(|i| i.value.clone()).collect()
 }
 
+/// Whether the expression refers to a `bucket.` parameter.
+pub fn mentions_bucket(e: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(e, |x| match x {
+        Expr::CompoundIdentifier(ids) if ids.len() == 2 && ids[0].value == "bucket" => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// The expression inside any parentheses.
+pub fn unnest(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(i) => unnest(i),
+        other => other,
+    }
+}
+
+/// What is known of a compiled expression's type, for the dialect.
+fn kind_of(e: &Expr, scope: &Scope) -> (dialect::Kind, Option<String>) {
+    use dialect::Kind;
+    match unnest(e) {
+        Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+            let ty = scope.table.and_then(|(t, alias)| {
+                (ids[0].value == alias)
+                    .then(|| t.column(&ids[1].value))
+                    .flatten()
+                    .map(|c| c.type_name.clone())
+            });
+            if ids[0].value == JSON_EACH_SQL {
+                return (Kind::Json, None);
+            }
+            match ty {
+                Some(t) => (Kind::of_type(&t), Some(t)),
+                None => (Kind::Other, None),
+            }
+        }
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(_) => (Kind::Literal, None),
+            Value::Number(n, _) if n.contains(['.', 'e', 'E']) => (Kind::Real, None),
+            Value::Number(..) => (Kind::Int, None),
+            Value::Boolean(_) => (Kind::Bool, None),
+            Value::Placeholder(p) if p == "$1" || p == "$2" => (Kind::Json, None),
+            _ => (Kind::Other, None),
+        },
+        Expr::Cast { data_type, .. } => {
+            let t = data_type.to_string().to_lowercase();
+            let k = match t.as_str() {
+                "jsonb" | "json" => Kind::Json,
+                "bigint" | "int" | "integer" => Kind::Int,
+                "float8" | "numeric" | "double precision" => Kind::Real,
+                "bytea" => Kind::Bytea,
+                _ => Kind::Other,
+            };
+            (k, None)
+        }
+        Expr::BinaryOp {
+            op: BinaryOperator::HashArrow,
+            ..
+        } => (Kind::Json, None),
+        Expr::IsNull(_) | Expr::IsNotNull(_) | Expr::Exists { .. } | Expr::InList { .. } => {
+            (Kind::Bool, None)
+        }
+        _ => (Kind::Other, None),
+    }
+}
+
+fn arg_of(e: &Expr, scope: &Scope) -> dialect::Arg {
+    let (kind, _) = kind_of(e, scope);
+    let (literal, index) = match unnest(e) {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => (Some(s.clone()), None),
+            Value::Number(n, _) => (None, n.parse::<i64>().ok()),
+            _ => (None, None),
+        },
+        _ => (None, None),
+    };
+    dialect::Arg {
+        sql: e.to_string(),
+        kind,
+        literal,
+        index,
+    }
+}
+
+fn call_args(f: &sqlparser::ast::Function) -> Result<Vec<Expr>, String> {
+    match &f.args {
+        FunctionArguments::None => Ok(vec![]),
+        FunctionArguments::List(l) if l.duplicate_treatment.is_none() && l.clauses.is_empty() => l
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                _ => Err(format!("unsupported argument `{a}` in `{f}`")),
+            })
+            .collect(),
+        _ => Err(format!("unsupported arguments in `{f}`")),
+    }
+}
+
+fn function_name(f: &sqlparser::ast::Function) -> Vec<String> {
+    f.name
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Rewrites an expression in place: request references become `$1`/`$2` SQL,
-/// column names are qualified with `alias`, `bucket.p` is left for the caller
-/// (collected in the returned refs). Unknown names and subqueries are errors.
-pub fn rewrite(expr: &mut Expr, table: Option<(&Table, &str)>) -> Result<Refs, String> {
+/// column names are qualified with the table alias, PowerSync's functions and
+/// operators become their Postgres equivalents, `bucket.p` is left for the
+/// caller (collected in the returned refs). Unknown names and subqueries are errors.
+pub fn rewrite(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
     let has_subquery = sqlparser::ast::visit_expressions(expr, |e| match e {
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
@@ -240,99 +434,13 @@ pub fn rewrite(expr: &mut Expr, table: Option<(&Table, &str)>) -> Result<Refs, S
     let mut refs = Refs::default();
     let mut err: Option<String> = None;
     let _ = sqlparser::ast::visit_expressions_mut(expr, |e| {
-        let replacement = match e {
-            Expr::Function(f) => {
-                let parts: Vec<String> = f
-                    .name
-                    .0
-                    .iter()
-                    .filter_map(|p| match p {
-                        ObjectNamePart::Identifier(i) => Some(i.value.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                if parts.first().map(String::as_str) == Some("request") {
-                    let no_args =
-                        matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty());
-                    match request_sql(&parts, true) {
-                        Some(sql) if no_args => {
-                            refs.request = true;
-                            Some(parse_expr(&sql))
-                        }
-                        _ => {
-                            err = Some(format!(
-                                "unknown request function `{}()`: use request.user_id(), request.jwt() or request.parameters()",
-                                parts.join(".")
-                            ));
-                            return ControlFlow::Break(());
-                        }
-                    }
-                } else if f.over.is_some() {
-                    err = Some("window functions are not supported".into());
-                    return ControlFlow::Break(());
-                } else {
-                    None
-                }
+        match rewrite_node(e, &scope, &mut refs) {
+            Ok(Some(r)) => *e = Expr::Nested(Box::new(r)),
+            Ok(None) => {}
+            Err(m) => {
+                err = Some(m);
+                return ControlFlow::Break(());
             }
-            Expr::Identifier(i) => {
-                let name = i.value.clone();
-                match table {
-                    Some((t, alias)) if t.column(&name).is_some() => {
-                        refs.columns.push(name.clone());
-                        Some(Expr::CompoundIdentifier(vec![
-                            Ident::with_quote('"', alias),
-                            Ident::with_quote('"', name),
-                        ]))
-                    }
-                    Some((t, _)) => {
-                        err = Some(format!("unknown column \"{name}\" in table \"{}\"", t.name));
-                        return ControlFlow::Break(());
-                    }
-                    None => {
-                        err = Some(format!(
-                            "unknown name \"{name}\": a query without FROM can only use request values"
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                }
-            }
-            Expr::CompoundIdentifier(ids) => {
-                let parts = ident_parts(ids);
-                if parts.len() == 2 && parts[0] == "bucket" {
-                    refs.bucket_params.push(parts[1].clone());
-                    None
-                } else if let Some(sql) = request_sql(&parts, false) {
-                    refs.request = true;
-                    Some(parse_expr(&sql))
-                } else if let (Some((t, alias)), 2) = (table, parts.len()) {
-                    if parts[0] != alias && parts[0] != t.name {
-                        err = Some(format!(
-                            "unknown table reference \"{}\" (the query reads \"{}\")",
-                            parts[0], alias
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                    if t.column(&parts[1]).is_none() {
-                        err = Some(format!(
-                            "unknown column \"{}\" in table \"{}\"",
-                            parts[1], t.name
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                    refs.columns.push(parts[1].clone());
-                    Some(Expr::CompoundIdentifier(vec![
-                        Ident::with_quote('"', alias),
-                        Ident::with_quote('"', parts[1].clone()),
-                    ]))
-                } else {
-                    err = Some(format!("unknown name \"{}\"", parts.join(".")));
-                    return ControlFlow::Break(());
-                }
-            }
-            _ => None,
-        };
-        if let Some(r) = replacement {
-            *e = Expr::Nested(Box::new(r));
         }
         ControlFlow::Continue(())
     });
@@ -340,6 +448,232 @@ pub fn rewrite(expr: &mut Expr, table: Option<(&Table, &str)>) -> Result<Refs, S
         Some(e) => Err(e),
         None => Ok(refs),
     }
+}
+
+/// Like [`rewrite`], for an expression whose value is output (a data column
+/// or a bucket parameter): a JSON extraction at the top keeps its JSON type.
+pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    let top = match unnest(expr) {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::LongArrow,
+            right,
+        } => Some((left.as_ref().clone(), right.as_ref().clone(), false)),
+        Expr::Function(f)
+            if function_name(f).len() == 1
+                && function_name(f)[0].eq_ignore_ascii_case("json_extract") =>
+        {
+            match call_args(f)?.as_slice() {
+                [j, p] => Some((j.clone(), p.clone(), true)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some((mut l, mut r, dollar)) = top {
+        let mut refs = rewrite(&mut l, scope)?;
+        refs.merge(rewrite(&mut r, scope)?);
+        let (la, ra) = (arg_of(&l, &scope), arg_of(&r, &scope));
+        if dollar {
+            dialect::json_path(&ra, scope.options, true)?;
+        }
+        let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
+        *expr = Expr::Nested(Box::new(parse_expr(&sql)));
+        return Ok(refs);
+    }
+    let is_value = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value == "value",
+        Expr::CompoundIdentifier(ids) => {
+            ids.len() == 2
+                && Some(ids[0].value.as_str()) == scope.json_each
+                && ids[1].value == "value"
+        }
+        _ => false,
+    };
+    if scope.json_each.is_some() && is_value(unnest(expr)) {
+        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))));
+        return Ok(Refs {
+            json_each: true,
+            ..Refs::default()
+        });
+    }
+    rewrite(expr, scope)
+}
+
+fn json_each_value(refs: &mut Refs) -> Option<Expr> {
+    refs.json_each = true;
+    Some(parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")))
+}
+
+/// One node of [`rewrite`], its children already rewritten.
+fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>, String> {
+    let table = scope.table;
+    Ok(match e {
+        Expr::Function(f) => {
+            let parts = function_name(f);
+            if parts.first().map(String::as_str) == Some("request") {
+                let args = call_args(f)?;
+                if let (["request", "parameter"], [k]) = (
+                    parts
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                    args.as_slice(),
+                ) {
+                    refs.request = true;
+                    refs.client_params = true;
+                    let k = arg_of(k, scope);
+                    let path = dialect::json_path(
+                        &k,
+                        &Options {
+                            fixed_json_extract: true,
+                            ..scope.options.clone()
+                        },
+                        false,
+                    )?;
+                    return Ok(Some(parse_expr(&format!("($2 #>> {path})"))));
+                }
+                match request_sql(&parts, true) {
+                    Some((sql, client)) if args.is_empty() => {
+                        refs.request = true;
+                        refs.client_params |= client;
+                        refs.token_params |= !client;
+                        Some(parse_expr(&sql))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown request function `{}()`: use request.user_id(), request.jwt(), request.parameters() or request.parameter('key')",
+                            parts.join(".")
+                        ))
+                    }
+                }
+            } else if f.over.is_some() {
+                return Err("window functions are not supported".into());
+            } else if parts.len() == 1 {
+                let name = parts[0].to_lowercase();
+                let args = call_args(f).unwrap_or_default();
+                let compiled: Vec<dialect::Arg> = args.iter().map(|a| arg_of(a, scope)).collect();
+                let pg_type = args.first().and_then(|a| kind_of(a, scope).1);
+                dialect::call(&name, &compiled, pg_type.as_deref(), scope.options)?
+                    .map(|sql| parse_expr(&sql))
+            } else {
+                None
+            }
+        }
+        Expr::Substring {
+            expr,
+            substring_from,
+            substring_for,
+            ..
+        } => {
+            let mut args = vec![arg_of(expr, scope)];
+            args.extend(substring_from.iter().map(|a| arg_of(a, scope)));
+            args.extend(substring_for.iter().map(|a| arg_of(a, scope)));
+            dialect::call("substring", &args, None, scope.options)?.map(|sql| parse_expr(&sql))
+        }
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Arrow | BinaryOperator::LongArrow => {
+                let sql = dialect::json_get(
+                    &arg_of(left, scope),
+                    &arg_of(right, scope),
+                    *op == BinaryOperator::LongArrow,
+                    dialect::Use::Inner,
+                    scope.options,
+                )?;
+                Some(parse_expr(&sql))
+            }
+            BinaryOperator::PGOverlap => {
+                let (l, r) = (arg_of(left, scope), arg_of(right, scope));
+                let pg_arrays = [left, right]
+                    .iter()
+                    .all(|s| kind_of(s, scope).1.is_some_and(|t| t.ends_with("[]")));
+                (!pg_arrays).then(|| parse_expr(&dialect::overlap(&l, &r)))
+            }
+            _ => None,
+        },
+        Expr::Cast {
+            expr, data_type, ..
+        } => {
+            let target = data_type.to_string().to_lowercase();
+            dialect::cast(&arg_of(expr, scope), &target).map(|sql| parse_expr(&sql))
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } if list.len() == 1
+            && as_bucket_param(expr).is_none()
+            && as_bucket_param(&list[0]).is_none() =>
+        {
+            let m = dialect::membership(&arg_of(expr, scope), &arg_of(&list[0], scope));
+            Some(parse_expr(&if *negated { format!("(NOT {m})") } else { m }))
+        }
+        Expr::Identifier(i) => {
+            let name = i.value.clone();
+            match table {
+                Some((t, alias)) if t.column(&name).is_some() => {
+                    refs.columns.push(name.clone());
+                    Some(Expr::CompoundIdentifier(vec![
+                        Ident::with_quote('"', alias),
+                        Ident::with_quote('"', name),
+                    ]))
+                }
+                Some((t, _)) => {
+                    return Err(format!("unknown column \"{name}\" in table \"{}\"", t.name))
+                }
+                None if scope.json_each.is_some() && name == "value" => json_each_value(refs),
+                None if scope.json_each.is_some() => {
+                    return Err(format!(
+                        "unknown name \"{name}\": json_each(...) rows have a `value`"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "unknown name \"{name}\": a query without FROM can only use request values"
+                    ))
+                }
+            }
+        }
+        Expr::CompoundIdentifier(ids) => {
+            let parts = ident_parts(ids);
+            if parts.len() == 2 && parts[0] == "bucket" {
+                refs.bucket_params.push(parts[1].clone());
+                None
+            } else if let Some((sql, client)) = request_sql(&parts, false) {
+                refs.request = true;
+                refs.client_params |= client;
+                refs.token_params |= !client;
+                Some(parse_expr(&sql))
+            } else if parts.len() == 2
+                && scope.json_each == Some(parts[0].as_str())
+                && parts[1] == "value"
+            {
+                json_each_value(refs)
+            } else if let (Some((t, alias)), 2) = (table, parts.len()) {
+                if parts[0] != alias && parts[0] != t.name {
+                    return Err(format!(
+                        "unknown table reference \"{}\" (the query reads \"{}\")",
+                        parts[0], alias
+                    ));
+                }
+                if t.column(&parts[1]).is_none() {
+                    return Err(format!(
+                        "unknown column \"{}\" in table \"{}\"",
+                        parts[1], t.name
+                    ));
+                }
+                refs.columns.push(parts[1].clone());
+                Some(Expr::CompoundIdentifier(vec![
+                    Ident::with_quote('"', alias),
+                    Ident::with_quote('"', parts[1].clone()),
+                ]))
+            } else {
+                return Err(format!("unknown name \"{}\"", parts.join(".")));
+            }
+        }
+        _ => None,
+    })
 }
 
 /// Splits `a AND (b AND c)` into `[a, b, c]`.
@@ -413,21 +747,49 @@ pub fn resolve_table<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c Table, 
 mod tests {
     use super::*;
 
+    fn paren(sql: &str) -> String {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .with_unescape(false)
+            .tokenize()
+            .unwrap();
+        parenthesize_in(tokens)
+            .iter()
+            .map(Token::to_string)
+            .collect()
+    }
+
     #[test]
     fn parenthesizes_bare_in_operands() {
         assert_eq!(
-            parenthesize_in("SELECT * FROM t WHERE bucket.x IN tags"),
+            paren("SELECT * FROM t WHERE bucket.x IN tags"),
             "SELECT * FROM t WHERE bucket.x IN (tags)"
         );
-        assert_eq!(parenthesize_in("WHERE a IN (1,2)"), "WHERE a IN (1,2)");
+        assert_eq!(paren("WHERE a IN (1,2)"), "WHERE a IN (1,2)");
         assert_eq!(
-            parenthesize_in("WHERE a IN request.jwt() AND b = 'in x'"),
+            paren("WHERE a IN request.jwt() AND b = 'in x'"),
             "WHERE a IN (request.jwt()) AND b = 'in x'"
         );
-        assert_eq!(parenthesize_in("SELECT min FROM t"), "SELECT min FROM t");
+        assert_eq!(paren("SELECT min FROM t"), "SELECT min FROM t");
         assert_eq!(
-            parenthesize_in("WHERE id IN request.parameters() -> 'lists' AND x"),
+            paren("WHERE id IN request.parameters() -> 'lists' AND x"),
             "WHERE id IN (request.parameters() -> 'lists') AND x"
+        );
+    }
+
+    #[test]
+    fn in_inside_comments_quotes_and_dollar_strings_is_left_alone() {
+        for sql in [
+            "SELECT id FROM t -- x IN tags\n",
+            "SELECT id FROM t /* a IN b */",
+            "SELECT $$ a IN b $$ AS x FROM t",
+            "SELECT \"in\" FROM t",
+            "SELECT 'a IN b' AS x FROM t",
+        ] {
+            assert_eq!(paren(sql), sql, "{sql}");
+        }
+        assert_eq!(
+            paren("WHERE c IN '[\"a\"]' AND d NOT IN json_extract(x, '$.a')"),
+            "WHERE c IN ('[\"a\"]') AND d NOT IN (json_extract(x, '$.a'))"
         );
     }
 

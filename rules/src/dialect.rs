@@ -400,14 +400,15 @@ pub fn call(
         }
         "json_keys" => {
             arity(name, args, 1, 1)?;
-            // `json`, not `jsonb`: keys keep the order they were written in.
+            // `json`, not `jsonb`: keys keep the order they were written in;
+            // the array is written without spaces, as PowerSync does.
             let valid = match a(0).kind {
                 Kind::Json => "_t IS NOT NULL".to_string(),
                 _ => "outpost._json(_t) IS NOT NULL".to_string(),
             };
             format!(
                 "(SELECT CASE WHEN {valid} AND json_typeof(_t::json) = 'object' \
-                 THEN coalesce((SELECT json_agg(_k)::text FROM json_object_keys(_t::json) AS _k), '[]') END \
+                 THEN '[' || coalesce((SELECT string_agg(to_json(_k)::text, ',') FROM json_object_keys(_t::json) AS _k), '') || ']' END \
                  FROM (SELECT {} AS _t) _a)",
                 a(0).text()
             )

@@ -8,11 +8,12 @@
 //! - [`config`]: the `config:` block (PowerSync edition and compatibility
 //!   options), resolved into the [`config::Options`] compilation honours.
 //! - [`catalog`]: the tables and columns the rules may reference, as the extension reads them.
-//! - [`query`]: parse one SQL query (sqlparser) and classify it: parameter query
-//!   (static, `json_each` or one table) or data query; rewrite
-//!   `request.*`/`bucket.*` references and qualify columns.
+//! - [`query`]: parse one SQL query (sqlparser, on its tokens) and take it
+//!   apart: source (none, `json_each(...)` or one table), outputs, WHERE.
+//! - [`rewrite`]: resolve the names of one expression (`request.*`,
+//!   `bucket.*`, columns) and lower it to Postgres SQL, calling [`dialect`].
 //! - [`dialect`]: PowerSync's functions and operators (SQLite semantics) as
-//!   Postgres expressions; [`query`] calls it for every node it rewrites.
+//!   Postgres expressions.
 //! - [`filter`]: WHERE clauses as OR branches (disjunctive normal form).
 //! - [`compile`]: turn each bucket into SQL: per-row materialization queries and
 //!   request-time lookup queries. `compile/mod.rs` holds the compiled types and
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dialect;
 pub mod filter;
 pub mod query;
+pub mod rewrite;
 pub mod tick_sql;
 pub mod yaml;
 

@@ -102,7 +102,12 @@ fn or_over_bucket_parameters_is_a_union_of_branches() {
         "SELECT id FROM assets WHERE owner_id = bucket.user_id OR shared_with = bucket.user_id",
     ));
     let q = &d.buckets[0].data_queries[0];
-    assert_eq!(q.sql_full.matches(" UNION ALL ").count(), 1, "{}", q.sql_full);
+    assert_eq!(
+        q.sql_full.matches(" UNION ALL ").count(),
+        1,
+        "{}",
+        q.sql_full
+    );
     assert!(q.may_duplicate, "a row may match both branches");
     assert!(q.sql_keyed.contains("\"shared_with\""));
     // NOT over a bucket match cannot be matched structurally.
@@ -137,7 +142,10 @@ fn or_in_parameter_queries_tags_each_branch_lookup() {
     // A value matched by one branch must not satisfy another's lookup.
     assert!(sql_full.contains("jsonb_build_array('#1'"), "{sql_full}");
     assert!(sql_full.contains("jsonb_build_array('#2'"), "{sql_full}");
-    assert!(lookup_sql.contains("'#1'") && lookup_sql.contains("'#2'"), "{lookup_sql}");
+    assert!(
+        lookup_sql.contains("'#1'") && lookup_sql.contains("'#2'"),
+        "{lookup_sql}"
+    );
     assert_eq!(lookup_sql.matches("UNION ALL").count(), 1);
 }
 
@@ -146,12 +154,23 @@ fn in_over_json_arrays_literals_and_columns() {
     let d = deploy(&global(
         "SELECT id FROM assets WHERE category IN '[\\\"draft\\\",\\\"hidden\\\"]'",
     ));
-    assert!(data_sql(&d).contains("outpost._elements(to_jsonb(('[\"draft\",\"hidden\"]')::text))"), "{}", data_sql(&d));
+    assert!(
+        data_sql(&d).contains("outpost._elements(to_jsonb(('[\"draft\",\"hidden\"]')::text))"),
+        "{}",
+        data_sql(&d)
+    );
     let d = deploy(&global("SELECT id FROM assets WHERE category NOT IN tags"));
     assert!(data_sql(&d).contains("not (case when"), "{}", data_sql(&d));
-    let d = deploy(&global("SELECT id FROM assets WHERE category IN ('a', 'b')"));
-    assert!(data_sql(&d).contains("in ('a', 'b')"), "a list stays a list");
-    deploy(&bucket("SELECT id FROM assets WHERE bucket.user_id IN tags"));
+    let d = deploy(&global(
+        "SELECT id FROM assets WHERE category IN ('a', 'b')",
+    ));
+    assert!(
+        data_sql(&d).contains("in ('a', 'b')"),
+        "a list stays a list"
+    );
+    deploy(&bucket(
+        "SELECT id FROM assets WHERE bucket.user_id IN tags",
+    ));
 }
 
 #[test]
@@ -200,14 +219,24 @@ fn output_renames_table_aliases_and_priority() {
         "bucket_definitions:\n  b:\n    parameters: SELECT m.org_id AS org, 1 AS _priority FROM members AS m WHERE m.user_id = request.user_id()\n    data: SELECT a.id, a.category AS kind FROM assets AS a WHERE a.org_id = bucket.org\n",
     );
     let b = &d.buckets[0];
-    assert_eq!(b.param_names, vec!["org"], "_priority is not a bucket parameter");
+    assert_eq!(
+        b.param_names,
+        vec!["org"],
+        "_priority is not a bucket parameter"
+    );
     assert_eq!(b.source.priority, 1, "_priority sets the bucket's priority");
-    assert_eq!(b.data_queries[0].object_type, "a", "the alias names the output table");
+    assert_eq!(
+        b.data_queries[0].object_type, "a",
+        "the alias names the output table"
+    );
     assert_eq!(b.data_queries[0].columns[1].name, "kind");
     let e = refused(
         "bucket_definitions:\n  b:\n    priority: 2\n    parameters: SELECT request.user_id() AS u, 1 AS _priority\n    data: SELECT id FROM assets WHERE owner_id = bucket.u\n",
     );
-    assert!(e.contains("`_priority` 1 disagrees with the bucket's priority 2"), "{e}");
+    assert!(
+        e.contains("`_priority` 1 disagrees with the bucket's priority 2"),
+        "{e}"
+    );
     let e = refused(
         "bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS u, request.user_id() AS _priority\n    data: SELECT id FROM assets WHERE owner_id = bucket.u\n",
     );
@@ -235,20 +264,32 @@ fn functions_compile_to_postgres() {
         ("upper(category)", "upper((\"assets\".\"category\")::text)"),
         ("hex(category)", "encode(convert_to("),
         ("base64(category)", "translate(encode("),
-        ("length(category)", "length((\"assets\".\"category\")::text)"),
+        (
+            "length(category)",
+            "length((\"assets\".\"category\")::text)",
+        ),
         ("substring(category, 2, 3)", "substr(_t"),
         ("uuid_blob(id)", "decode(replace(_u"),
         ("typeof(price)", "pg_typeof("),
         ("ifnull(category, 'x')", "coalesce("),
         ("iif(archived, 'a', 'b')", "CASE WHEN"),
         ("instr(category, 'x')", "strpos("),
-        ("json_extract(meta, '$.a.b')", "outpost._json((\"assets\".\"meta\")::text) #> ARRAY['a', 'b']::text[]"),
+        (
+            "json_extract(meta, '$.a.b')",
+            "outpost._json((\"assets\".\"meta\")::text) #> ARRAY['a', 'b']::text[]",
+        ),
         ("meta ->> '$.a[0]'", "ARRAY['a', '0']::text[]"),
-        ("doc -> 'a'", "((\"assets\".\"doc\")::jsonb #> ARRAY['a']::text[])"),
+        (
+            "doc -> 'a'",
+            "((\"assets\".\"doc\")::jsonb #> ARRAY['a']::text[])",
+        ),
         ("json_array_length(tags)", "jsonb_array_length(_v)"),
         ("json_valid(meta)", "outpost._json("),
         ("json_keys(doc)", "json_object_keys(_t::json)"),
-        ("unixepoch(created)", "extract(epoch FROM (\"assets\".\"created\"))"),
+        (
+            "unixepoch(created)",
+            "extract(epoch FROM (\"assets\".\"created\"))",
+        ),
         ("datetime(created)", "YYYY-MM-DD HH24:MI:SS"),
         ("CAST(meta AS integer)", "substring(ltrim("),
         ("meta::real", "::float8"),
@@ -270,17 +311,31 @@ fn functions_compile_to_postgres() {
     }
     let d = deploy(&global("SELECT id FROM assets WHERE tags && '[\\\"a\\\"]'"));
     assert!(data_sql(&d).contains("join outpost._elements("));
-    let d = deploy(&global("SELECT id FROM assets WHERE region_ids && region_ids"));
+    let d = deploy(&global(
+        "SELECT id FROM assets WHERE region_ids && region_ids",
+    ));
     assert!(data_sql(&d).contains("&&"), "Postgres arrays keep &&");
 }
 
 #[test]
 fn function_misuse_is_refused_by_name() {
     for (expr, want) in [
-        ("st_astext(meta)", "function `st_astext` needs a geometry or geography column (PostGIS)"),
-        ("upper(meta, meta)", "function `upper` takes 1 argument(s), got 2"),
-        ("json_extract(meta, 'a')", "invalid JSON path `a`: a path starts with `$`"),
-        ("unixepoch(meta, 'localtime')", "supported modifiers are 'unixepoch' and 'subsec'"),
+        (
+            "st_astext(meta)",
+            "function `st_astext` needs a geometry or geography column (PostGIS)",
+        ),
+        (
+            "upper(meta, meta)",
+            "function `upper` takes 1 argument(s), got 2",
+        ),
+        (
+            "json_extract(meta, 'a')",
+            "invalid JSON path `a`: a path starts with `$`",
+        ),
+        (
+            "unixepoch(meta, 'localtime')",
+            "supported modifiers are 'unixepoch' and 'subsec'",
+        ),
         ("meta ->> '$.a['", "invalid JSON path"),
     ] {
         let e = refused(&global(&format!("SELECT id, {expr} AS x FROM assets")));
@@ -312,14 +367,32 @@ fn config_options_are_honoured_or_refused_by_name() {
     for (config, want) in [
         ("edition: 7", "unknown edition 7"),
         ("edition: 3", "edition 3 compiles Sync Streams only"),
-        ("versioned_bucket_ids: true", "versioned_bucket_ids is not supported"),
-        ("custom_postgres_types: true", "custom_postgres_types is not supported"),
-        ("timestamp_max_precision: minutes", "unknown timestamp_max_precision `minutes`"),
-        ("timestamp_max_precision: seconds", "timestamp_max_precision requires timestamps_iso8601"),
-        ("unstable_sqlite_expression_engine: true", "unstable_sqlite_expression_engine is not supported"),
+        (
+            "versioned_bucket_ids: true",
+            "versioned_bucket_ids is not supported",
+        ),
+        (
+            "custom_postgres_types: true",
+            "custom_postgres_types is not supported",
+        ),
+        (
+            "timestamp_max_precision: minutes",
+            "unknown timestamp_max_precision `minutes`",
+        ),
+        (
+            "timestamp_max_precision: seconds",
+            "timestamp_max_precision requires timestamps_iso8601",
+        ),
+        (
+            "unstable_sqlite_expression_engine: true",
+            "unstable_sqlite_expression_engine is not supported",
+        ),
         ("no_such_option: 1", "no_such_option"),
     ] {
-        let e = refused(&format!("config:\n  {config}\n{}", global("SELECT id FROM assets")));
+        let e = refused(&format!(
+            "config:\n  {config}\n{}",
+            global("SELECT id FROM assets")
+        ));
         assert!(e.contains(want), "{config}: want `{want}`, got `{e}`");
     }
     deploy(&format!(
@@ -331,7 +404,10 @@ fn config_options_are_honoured_or_refused_by_name() {
 #[test]
 fn streams_are_refused_and_events_warned() {
     let e = refused("streams:\n  s:\n    query: SELECT * FROM assets\n");
-    assert!(e.contains("`streams:` (Sync Streams) are not supported"), "{e}");
+    assert!(
+        e.contains("`streams:` (Sync Streams) are not supported"),
+        "{e}"
+    );
     let v = validate(
         &format!(
             "event_definitions:\n  e:\n    payloads: [SELECT id FROM assets]\n{}",
@@ -342,7 +418,10 @@ fn streams_are_refused_and_events_warned() {
     assert!(v.plan.is_some());
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert_eq!(v.problems[0].0, Level::Warning);
-    assert!(v.problems[0].1.message.contains("Outpost does not emit events"));
+    assert!(v.problems[0]
+        .1
+        .message
+        .contains("Outpost does not emit events"));
 }
 
 #[test]
@@ -372,7 +451,10 @@ fn client_chosen_parameters_warn_unless_accepted() {
         assert_eq!(*level, Level::Warning);
         assert!(e.message.contains("values the client chooses"), "{e}");
         assert_eq!(e.location(), "bucket \"b\", parameter query 1");
-        assert!(validate(&doc(q, true), &catalog()).problems.is_empty(), "{q}");
+        assert!(
+            validate(&doc(q, true), &catalog()).problems.is_empty(),
+            "{q}"
+        );
     }
     for q in safe {
         let v = validate(&doc(q, false), &catalog());

@@ -10,10 +10,8 @@ use super::values::{cast_type, json_object_sql, sqlite_type, sqlite_value, Clien
 use super::DataQuery;
 use crate::catalog::{Catalog, Table};
 use crate::filter;
-use crate::query::{
-    self, as_bucket_param, mentions_bucket, output_name, parse_select, rewrite, rewrite_output,
-    From, Scope,
-};
+use crate::query::{self, as_bucket_param, mentions_bucket, output_name, parse_select, From};
+use crate::rewrite::{rewrite, rewrite_output, Scope};
 use crate::yaml::BucketSource;
 use crate::{quote_ident, quote_literal};
 use sqlparser::ast::{BinaryOperator, Expr, SelectItem};

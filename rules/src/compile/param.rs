@@ -11,10 +11,8 @@ use super::sqlgen::{bucket_id_sql, jsonb_text, lookup_text, pk_exprs, RowQuery};
 use super::ParamQuery;
 use crate::catalog::Catalog;
 use crate::filter;
-use crate::query::{
-    self, conjuncts, output_name, parse_select, rewrite, rewrite_output, From, Refs, Scope,
-    JSON_EACH_SQL,
-};
+use crate::query::{self, conjuncts, output_name, parse_select, From};
+use crate::rewrite::{rewrite, rewrite_output, Refs, Scope, JSON_EACH_SQL};
 use crate::yaml::BucketSource;
 use crate::{quote_ident, quote_literal};
 use sqlparser::ast::{BinaryOperator, Expr, SelectItem, Value};

@@ -47,7 +47,8 @@ pub fn sqlite_value(expr: &str, type_name: Option<&str>, options: &Options) -> S
     match type_name {
         Some("boolean") => format!("({expr})::int"),
         Some("json") | Some("jsonb") => format!("({expr})::text"),
-        Some(t) if t.ends_with("[]") => format!("(to_jsonb({expr}))::text"),
+        // array_to_json writes no spaces, like PowerSync's JSON text.
+        Some(t) if t.ends_with("[]") => format!("(array_to_json({expr}))::text"),
         Some(t) if t.starts_with("numeric") => format!("({expr})::text"),
         Some(t) => time_text(expr, t, options).unwrap_or_else(|| expr.to_string()),
         None => format!("outpost._sqlite_value(to_jsonb({expr}))"),

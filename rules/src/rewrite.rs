@@ -1,0 +1,437 @@
+//! Name resolution and lowering of one expression: the references that are
+//! not Postgres (`request.user_id()`, `token_parameters.x`, `bucket.p`, a
+//! `json_each` row's `value`) become SQL over `$1`/`$2`, column names are
+//! qualified with the table alias, and PowerSync's functions and operators
+//! become Postgres expressions ([`crate::dialect`]). Postgres itself
+//! type-checks the result when the extension deploys it.
+
+use crate::catalog::Table;
+use crate::config::Options;
+use crate::dialect;
+use crate::query::{as_bucket_param, unnest};
+use sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart,
+    Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// What an expression refers to.
+#[derive(Default, Debug)]
+pub struct Refs {
+    pub columns: Vec<String>,
+    pub bucket_params: Vec<String>,
+    pub request: bool,
+    /// Values the client chooses (`request.parameters()`, `user_parameters.*`).
+    pub client_params: bool,
+    /// Values from the signed token (`request.user_id()`, `request.jwt()`, `token_parameters.*`).
+    pub token_params: bool,
+    /// `value` of a `json_each` source.
+    pub json_each: bool,
+}
+
+impl Refs {
+    pub fn merge(&mut self, o: Refs) {
+        self.columns.extend(o.columns);
+        self.bucket_params.extend(o.bucket_params);
+        self.request |= o.request;
+        self.client_params |= o.client_params;
+        self.token_params |= o.token_params;
+        self.json_each |= o.json_each;
+    }
+}
+
+/// The names an expression may use.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    /// The table read and the alias its columns are qualified with.
+    pub table: Option<(&'a Table, &'a str)>,
+    /// The alias of a `json_each(...)` source, whose rows have a `value`.
+    pub json_each: Option<&'a str>,
+    pub options: &'a Options,
+}
+
+/// The SQL alias of a `json_each` source's elements (`outpost._elements`).
+pub const JSON_EACH_SQL: &str = "_outpost_je";
+
+/// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb)
+/// and `$2` (client parameters, jsonb), and whether the client chooses it.
+fn request_sql(parts: &[String], is_call: bool) -> Option<(String, bool)> {
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match (p.as_slice(), is_call) {
+        (["request", "user_id"], true) => Some(("($1 ->> 'sub')".into(), false)),
+        (["request", "jwt"], true) => Some(("$1".into(), false)),
+        (["request", "parameters"], true) => Some(("$2".into(), true)),
+        (["token_parameters", "user_id"], false) => Some(("($1 ->> 'sub')".into(), false)),
+        (["token_parameters", k], false) => Some((
+            format!("($1 -> 'parameters' ->> {})", crate::quote_literal(k)),
+            false,
+        )),
+        (["user_parameters", k], false) => {
+            Some((format!("($2 ->> {})", crate::quote_literal(k)), true))
+        }
+        _ => None,
+    }
+}
+
+fn parse_expr(sql: &str) -> Expr {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .unwrap_or_else(|e| panic!("generated expression does not parse ({e}): {sql}"))
+}
+
+fn ident_parts(idents: &[Ident]) -> Vec<String> {
+    idents.iter().map(|i| i.value.clone()).collect()
+}
+
+/// What is known of a compiled expression's type, for the dialect.
+fn kind_of(e: &Expr, scope: &Scope) -> (dialect::Kind, Option<String>) {
+    use dialect::Kind;
+    match unnest(e) {
+        Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+            let ty = scope.table.and_then(|(t, alias)| {
+                (ids[0].value == alias)
+                    .then(|| t.column(&ids[1].value))
+                    .flatten()
+                    .map(|c| c.type_name.clone())
+            });
+            if ids[0].value == JSON_EACH_SQL {
+                return (Kind::Json, None);
+            }
+            match ty {
+                Some(t) => (Kind::of_type(&t), Some(t)),
+                None => (Kind::Other, None),
+            }
+        }
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(_) => (Kind::Literal, None),
+            Value::Number(n, _) if n.contains(['.', 'e', 'E']) => (Kind::Real, None),
+            Value::Number(..) => (Kind::Int, None),
+            Value::Boolean(_) => (Kind::Bool, None),
+            Value::Placeholder(p) if p == "$1" || p == "$2" => (Kind::Json, None),
+            _ => (Kind::Other, None),
+        },
+        Expr::Cast { data_type, .. } => {
+            let t = data_type.to_string().to_lowercase();
+            let k = match t.as_str() {
+                "jsonb" | "json" => Kind::Json,
+                "bigint" | "int" | "integer" => Kind::Int,
+                "float8" | "numeric" | "double precision" => Kind::Real,
+                "bytea" => Kind::Bytea,
+                _ => Kind::Other,
+            };
+            (k, None)
+        }
+        Expr::BinaryOp {
+            op: BinaryOperator::HashArrow,
+            ..
+        } => (Kind::Json, None),
+        Expr::IsNull(_) | Expr::IsNotNull(_) | Expr::Exists { .. } | Expr::InList { .. } => {
+            (Kind::Bool, None)
+        }
+        _ => (Kind::Other, None),
+    }
+}
+
+fn arg_of(e: &Expr, scope: &Scope) -> dialect::Arg {
+    let (kind, _) = kind_of(e, scope);
+    let (literal, index) = match unnest(e) {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => (Some(s.clone()), None),
+            Value::Number(n, _) => (None, n.parse::<i64>().ok()),
+            _ => (None, None),
+        },
+        _ => (None, None),
+    };
+    dialect::Arg {
+        sql: e.to_string(),
+        kind,
+        literal,
+        index,
+    }
+}
+
+fn call_args(f: &sqlparser::ast::Function) -> Result<Vec<Expr>, String> {
+    match &f.args {
+        FunctionArguments::None => Ok(vec![]),
+        FunctionArguments::List(l) if l.duplicate_treatment.is_none() && l.clauses.is_empty() => l
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                _ => Err(format!("unsupported argument `{a}` in `{f}`")),
+            })
+            .collect(),
+        _ => Err(format!("unsupported arguments in `{f}`")),
+    }
+}
+
+fn function_name(f: &sqlparser::ast::Function) -> Vec<String> {
+    f.name
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rewrites an expression in place: request references become `$1`/`$2` SQL,
+/// column names are qualified with the table alias, PowerSync's functions and
+/// operators become their Postgres equivalents, `bucket.p` is left for the
+/// caller (collected in the returned refs). Unknown names and subqueries are errors.
+pub fn rewrite(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    let has_subquery = sqlparser::ast::visit_expressions(expr, |e| match e {
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if has_subquery.is_break() {
+        return Err("subqueries are not supported".into());
+    }
+    let mut refs = Refs::default();
+    let mut err: Option<String> = None;
+    let _ = sqlparser::ast::visit_expressions_mut(expr, |e| {
+        match rewrite_node(e, &scope, &mut refs) {
+            Ok(Some(r)) => *e = Expr::Nested(Box::new(r)),
+            Ok(None) => {}
+            Err(m) => {
+                err = Some(m);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(refs),
+    }
+}
+
+/// Like [`rewrite`], for an expression whose value is output (a data column
+/// or a bucket parameter): a JSON extraction at the top keeps its JSON type.
+pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    let top = match unnest(expr) {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::LongArrow,
+            right,
+        } => Some((left.as_ref().clone(), right.as_ref().clone(), false)),
+        Expr::Function(f)
+            if function_name(f).len() == 1
+                && function_name(f)[0].eq_ignore_ascii_case("json_extract") =>
+        {
+            match call_args(f)?.as_slice() {
+                [j, p] => Some((j.clone(), p.clone(), true)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some((mut l, mut r, dollar)) = top {
+        let mut refs = rewrite(&mut l, scope)?;
+        refs.merge(rewrite(&mut r, scope)?);
+        let (la, ra) = (arg_of(&l, &scope), arg_of(&r, &scope));
+        if dollar {
+            dialect::json_path(&ra, scope.options, true)?;
+        }
+        let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
+        *expr = Expr::Nested(Box::new(parse_expr(&sql)));
+        return Ok(refs);
+    }
+    let is_value = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value == "value",
+        Expr::CompoundIdentifier(ids) => {
+            ids.len() == 2
+                && Some(ids[0].value.as_str()) == scope.json_each
+                && ids[1].value == "value"
+        }
+        _ => false,
+    };
+    if scope.json_each.is_some() && is_value(unnest(expr)) {
+        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))));
+        return Ok(Refs {
+            json_each: true,
+            ..Refs::default()
+        });
+    }
+    rewrite(expr, scope)
+}
+
+fn json_each_value(refs: &mut Refs) -> Option<Expr> {
+    refs.json_each = true;
+    Some(parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")))
+}
+
+/// One node of [`rewrite`], its children already rewritten.
+fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>, String> {
+    let table = scope.table;
+    Ok(match e {
+        Expr::Function(f) => {
+            let parts = function_name(f);
+            if parts.first().map(String::as_str) == Some("request") {
+                let args = call_args(f)?;
+                if let (["request", "parameter"], [k]) = (
+                    parts
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                    args.as_slice(),
+                ) {
+                    refs.request = true;
+                    refs.client_params = true;
+                    let k = arg_of(k, scope);
+                    let path = dialect::json_path(
+                        &k,
+                        &Options {
+                            fixed_json_extract: true,
+                            ..scope.options.clone()
+                        },
+                        false,
+                    )?;
+                    return Ok(Some(parse_expr(&format!("($2 #>> {path})"))));
+                }
+                match request_sql(&parts, true) {
+                    Some((sql, client)) if args.is_empty() => {
+                        refs.request = true;
+                        refs.client_params |= client;
+                        refs.token_params |= !client;
+                        Some(parse_expr(&sql))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown request function `{}()`: use request.user_id(), request.jwt(), request.parameters() or request.parameter('key')",
+                            parts.join(".")
+                        ))
+                    }
+                }
+            } else if f.over.is_some() {
+                return Err("window functions are not supported".into());
+            } else if parts.len() == 1 {
+                let name = parts[0].to_lowercase();
+                let args = call_args(f).unwrap_or_default();
+                let compiled: Vec<dialect::Arg> = args.iter().map(|a| arg_of(a, scope)).collect();
+                let pg_type = args.first().and_then(|a| kind_of(a, scope).1);
+                dialect::call(&name, &compiled, pg_type.as_deref(), scope.options)?
+                    .map(|sql| parse_expr(&sql))
+            } else {
+                None
+            }
+        }
+        Expr::Substring {
+            expr,
+            substring_from,
+            substring_for,
+            ..
+        } => {
+            let mut args = vec![arg_of(expr, scope)];
+            args.extend(substring_from.iter().map(|a| arg_of(a, scope)));
+            args.extend(substring_for.iter().map(|a| arg_of(a, scope)));
+            dialect::call("substring", &args, None, scope.options)?.map(|sql| parse_expr(&sql))
+        }
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Arrow | BinaryOperator::LongArrow => {
+                let sql = dialect::json_get(
+                    &arg_of(left, scope),
+                    &arg_of(right, scope),
+                    *op == BinaryOperator::LongArrow,
+                    dialect::Use::Inner,
+                    scope.options,
+                )?;
+                Some(parse_expr(&sql))
+            }
+            BinaryOperator::PGOverlap => {
+                let (l, r) = (arg_of(left, scope), arg_of(right, scope));
+                let pg_arrays = [left, right]
+                    .iter()
+                    .all(|s| kind_of(s, scope).1.is_some_and(|t| t.ends_with("[]")));
+                (!pg_arrays).then(|| parse_expr(&dialect::overlap(&l, &r)))
+            }
+            _ => None,
+        },
+        Expr::Cast {
+            expr, data_type, ..
+        } => {
+            let target = data_type.to_string().to_lowercase();
+            dialect::cast(&arg_of(expr, scope), &target).map(|sql| parse_expr(&sql))
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } if list.len() == 1
+            && as_bucket_param(expr).is_none()
+            && as_bucket_param(&list[0]).is_none() =>
+        {
+            let m = dialect::membership(&arg_of(expr, scope), &arg_of(&list[0], scope));
+            Some(parse_expr(&if *negated { format!("(NOT {m})") } else { m }))
+        }
+        Expr::Identifier(i) => {
+            let name = i.value.clone();
+            match table {
+                Some((t, alias)) if t.column(&name).is_some() => {
+                    refs.columns.push(name.clone());
+                    Some(Expr::CompoundIdentifier(vec![
+                        Ident::with_quote('"', alias),
+                        Ident::with_quote('"', name),
+                    ]))
+                }
+                Some((t, _)) => {
+                    return Err(format!("unknown column \"{name}\" in table \"{}\"", t.name))
+                }
+                None if scope.json_each.is_some() && name == "value" => json_each_value(refs),
+                None if scope.json_each.is_some() => {
+                    return Err(format!(
+                        "unknown name \"{name}\": json_each(...) rows have a `value`"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "unknown name \"{name}\": a query without FROM can only use request values"
+                    ))
+                }
+            }
+        }
+        Expr::CompoundIdentifier(ids) => {
+            let parts = ident_parts(ids);
+            if parts.len() == 2 && parts[0] == "bucket" {
+                refs.bucket_params.push(parts[1].clone());
+                None
+            } else if let Some((sql, client)) = request_sql(&parts, false) {
+                refs.request = true;
+                refs.client_params |= client;
+                refs.token_params |= !client;
+                Some(parse_expr(&sql))
+            } else if parts.len() == 2
+                && scope.json_each == Some(parts[0].as_str())
+                && parts[1] == "value"
+            {
+                json_each_value(refs)
+            } else if let (Some((t, alias)), 2) = (table, parts.len()) {
+                if parts[0] != alias && parts[0] != t.name {
+                    return Err(format!(
+                        "unknown table reference \"{}\" (the query reads \"{}\")",
+                        parts[0], alias
+                    ));
+                }
+                if t.column(&parts[1]).is_none() {
+                    return Err(format!(
+                        "unknown column \"{}\" in table \"{}\"",
+                        parts[1], t.name
+                    ));
+                }
+                refs.columns.push(parts[1].clone());
+                Some(Expr::CompoundIdentifier(vec![
+                    Ident::with_quote('"', alias),
+                    Ident::with_quote('"', parts[1].clone()),
+                ]))
+            } else {
+                return Err(format!("unknown name \"{}\"", parts.join(".")));
+            }
+        }
+        _ => None,
+    })
+}

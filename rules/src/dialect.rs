@@ -59,7 +59,10 @@ impl Arg {
     /// The argument as SQLite's text: booleans are `1`/`0`.
     fn text(&self) -> String {
         match self.kind {
-            Kind::Bool => format!("(CASE WHEN {} THEN '1' ELSE '0' END)", self.sql),
+            Kind::Bool => format!(
+                "(CASE WHEN {x} THEN '1' WHEN NOT {x} THEN '0' END)",
+                x = self.sql
+            ),
             _ => format!("({})::text", self.sql),
         }
     }
@@ -204,8 +207,13 @@ fn numeric_prefix(a: &Arg) -> String {
     )
 }
 
+/// A numeric as bigint, truncated and saturated like SQLite's CAST.
 fn clamp_bigint(n: &str) -> String {
-    format!("(trunc(least(greatest({n}, -9223372036854775808), 9223372036854775807)))::bigint")
+    format!(
+        "(SELECT (CASE WHEN _n < -9223372036854775808 THEN -9223372036854775808 \
+         WHEN _n > 9223372036854775807 THEN 9223372036854775807 ELSE trunc(_n) END)::bigint \
+         FROM (SELECT {n} AS _n) _c)"
+    )
 }
 
 /// `CAST(x AS t)` for the five SQLite types; other targets stay Postgres casts.
@@ -218,7 +226,7 @@ pub fn cast(a: &Arg, target: &str) -> Option<String> {
             Kind::Int => format!("({})::bigint", a.sql),
             Kind::Bool => format!("({})::int", a.sql),
             Kind::Real => clamp_bigint(&format!("({})::numeric", a.sql)),
-            _ => null_safe(format!("coalesce({}, 0)", clamp_bigint(&numeric_prefix(a)))),
+            _ => null_safe(clamp_bigint(&format!("coalesce({}, 0)", numeric_prefix(a)))),
         },
         "real" => match a.kind {
             Kind::Int | Kind::Real => format!("({})::float8", a.sql),
@@ -230,7 +238,7 @@ pub fn cast(a: &Arg, target: &str) -> Option<String> {
             Kind::Bool => format!("({})::int::numeric", a.sql),
             _ => null_safe(format!("coalesce({}, 0)", numeric_prefix(a))),
         },
-        "blob" => a.bytes(),
+        "blob" => format!("({})::bytea", a.bytes()),
         _ => return None,
     })
 }
@@ -343,7 +351,7 @@ pub fn call(
             arity(name, args, 1, 1)?;
             format!(
                 "(SELECT CASE WHEN _u ~* '^[0-9a-f]{{8}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{4}}-?[0-9a-f]{{12}}$' \
-                 THEN decode(replace(_u, '-', ''), 'hex') END FROM (SELECT {} AS _u) _a)",
+                 THEN decode(replace(_u, '-', ''), 'hex') END FROM (SELECT {} AS _u) _a)::bytea",
                 a(0).text()
             )
         }

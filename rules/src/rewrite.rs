@@ -241,6 +241,15 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
         *expr = Expr::Nested(Box::new(parse_expr(&sql)));
         return Ok(refs);
     }
+    if let Some(k) = request_parameter_call(unnest(expr)) {
+        let sql = request_parameter(&k, &scope, "#>")?;
+        *expr = Expr::Nested(Box::new(parse_expr(&sql)));
+        return Ok(Refs {
+            request: true,
+            client_params: true,
+            ..Refs::default()
+        });
+    }
     let is_value = |e: &Expr| match e {
         Expr::Identifier(i) => i.value == "value",
         Expr::CompoundIdentifier(ids) => {
@@ -258,6 +267,31 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
         });
     }
     rewrite(expr, scope)
+}
+
+/// `request.parameter(k)`: always a single key unless `k` is a `$.` path.
+fn request_parameter(k: &Expr, scope: &Scope, op: &str) -> Result<String, String> {
+    let fixed = Options {
+        fixed_json_extract: true,
+        ..scope.options.clone()
+    };
+    let path = dialect::json_path(&arg_of(k, scope), &fixed, false)?;
+    Ok(format!("($2 {op} {path})"))
+}
+
+fn request_parameter_call(e: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = e else { return None };
+    let name = function_name(f);
+    match (
+        name.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        call_args(f).ok()?.as_slice(),
+    ) {
+        (["request", "parameter"], [k]) => Some(k.clone()),
+        _ => None,
+    }
 }
 
 fn json_each_value(refs: &mut Refs) -> Option<Expr> {
@@ -283,16 +317,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 ) {
                     refs.request = true;
                     refs.client_params = true;
-                    let k = arg_of(k, scope);
-                    let path = dialect::json_path(
-                        &k,
-                        &Options {
-                            fixed_json_extract: true,
-                            ..scope.options.clone()
-                        },
-                        false,
-                    )?;
-                    return Ok(Some(parse_expr(&format!("($2 #>> {path})"))));
+                    return Ok(Some(parse_expr(&request_parameter(k, scope, "#>>")?)));
                 }
                 match request_sql(&parts, true) {
                     Some((sql, client)) if args.is_empty() => {

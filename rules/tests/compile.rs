@@ -1,14 +1,10 @@
 //! Rules compiler: valid documents compile, each invalid one fails with a
 //! message that names the bucket, the query and the problem.
 
-use outpost_rules::{parse_yaml, plan, Catalog, Column, Table};
+mod support;
 
-fn col(name: &str, ty: &str) -> Column {
-    Column {
-        name: name.into(),
-        type_name: ty.into(),
-    }
-}
+use outpost_rules::{parse_yaml, plan, Catalog, Table};
+use support::col;
 
 fn catalog() -> Catalog {
     Catalog::from_tables([

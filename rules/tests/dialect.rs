@@ -3,56 +3,41 @@
 //! SQL evaluates to is checked against real Postgres in
 //! tests/tests/dialect_e2e.rs.
 
-use outpost_rules::{parse_document, plan, validate, Catalog, Column, Level, ParamQuery, Table};
+mod support;
 
-fn col(name: &str, ty: &str) -> Column {
-    Column {
-        name: name.into(),
-        type_name: ty.into(),
-    }
-}
+use outpost_rules::{parse_document, plan, validate, Catalog, Level, ParamQuery};
+use support::table;
 
 fn catalog() -> Catalog {
     Catalog::from_tables([
-        (
-            true,
-            Table {
-                oid: 100,
-                schema: "public".into(),
-                name: "assets".into(),
-                columns: vec![
-                    col("id", "uuid"),
-                    col("owner_id", "text"),
-                    col("shared_with", "text"),
-                    col("org_id", "text"),
-                    col("category", "text"),
-                    col("tags", "jsonb"),
-                    col("meta", "text"),
-                    col("doc", "json"),
-                    col("price", "numeric"),
-                    col("created", "timestamp with time zone"),
-                    col("region_ids", "text[]"),
-                    col("geo", "geometry"),
-                    col("archived", "boolean"),
-                ],
-                primary_key: vec!["id".into()],
-            },
+        table(
+            100,
+            "assets",
+            &[
+                ("id", "uuid"),
+                ("owner_id", "text"),
+                ("shared_with", "text"),
+                ("org_id", "text"),
+                ("category", "text"),
+                ("tags", "jsonb"),
+                ("meta", "text"),
+                ("doc", "json"),
+                ("price", "numeric"),
+                ("created", "timestamp with time zone"),
+                ("region_ids", "text[]"),
+                ("geo", "geometry"),
+                ("archived", "boolean"),
+            ],
         ),
-        (
-            true,
-            Table {
-                oid: 200,
-                schema: "public".into(),
-                name: "members".into(),
-                columns: vec![
-                    col("id", "uuid"),
-                    col("user_id", "text"),
-                    col("org_id", "text"),
-                    col("admin_of", "text"),
-                    col("role", "text"),
-                ],
-                primary_key: vec!["id".into()],
-            },
+        table(
+            200,
+            "members",
+            &[
+                ("id", "uuid"),
+                ("user_id", "text"),
+                ("org_id", "text"),
+                ("role", "text"),
+            ],
         ),
     ])
 }

@@ -107,9 +107,10 @@ pub fn compile_param_query(
         .iter()
         .map(|(_, e)| jsonb_text(&format!("({e})")))
         .collect();
+    // A JSON null (e.g. a claim set to null) is no parameter value either.
     let not_null: Vec<String> = outputs
         .iter()
-        .map(|(_, e)| format!("({e}) IS NOT NULL"))
+        .map(|(_, e)| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL"))
         .collect();
 
     match &table {

@@ -75,11 +75,14 @@ fn request_sql(parts: &[String], is_call: bool) -> Option<(String, bool)> {
     }
 }
 
-fn parse_expr(sql: &str) -> Expr {
+/// Parses SQL this module generated around the text of user expressions;
+/// an expression whose text does not survive the round trip is refused
+/// rather than compiled to something else.
+fn parse_expr(sql: &str) -> Result<Expr, String> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_expr())
-        .unwrap_or_else(|e| panic!("generated expression does not parse ({e}): {sql}"))
+        .map_err(|e| format!("cannot compile this expression (generated `{sql}`: {e})"))
 }
 
 fn ident_parts(idents: &[Ident]) -> Vec<String> {
@@ -238,12 +241,12 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
             dialect::json_path(&ra, scope.options, true)?;
         }
         let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
-        *expr = Expr::Nested(Box::new(parse_expr(&sql)));
+        *expr = Expr::Nested(Box::new(parse_expr(&sql)?));
         return Ok(refs);
     }
     if let Some(k) = request_parameter_call(unnest(expr)) {
         let sql = request_parameter(&k, &scope, "#>")?;
-        *expr = Expr::Nested(Box::new(parse_expr(&sql)));
+        *expr = Expr::Nested(Box::new(parse_expr(&sql)?));
         return Ok(Refs {
             request: true,
             client_params: true,
@@ -260,7 +263,7 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
         _ => false,
     };
     if scope.json_each.is_some() && is_value(unnest(expr)) {
-        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))));
+        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))?));
         return Ok(Refs {
             json_each: true,
             ..Refs::default()
@@ -294,9 +297,9 @@ fn request_parameter_call(e: &Expr) -> Option<Expr> {
     }
 }
 
-fn json_each_value(refs: &mut Refs) -> Option<Expr> {
+fn json_each_value(refs: &mut Refs) -> Result<Option<Expr>, String> {
     refs.json_each = true;
-    Some(parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")))
+    parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")).map(Some)
 }
 
 /// One node of [`rewrite`], its children already rewritten.
@@ -317,14 +320,14 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 ) {
                     refs.request = true;
                     refs.client_params = true;
-                    return Ok(Some(parse_expr(&request_parameter(k, scope, "#>>")?)));
+                    return Ok(Some(parse_expr(&request_parameter(k, scope, "#>>")?)?));
                 }
                 match request_sql(&parts, true) {
                     Some((sql, client)) if args.is_empty() => {
                         refs.request = true;
                         refs.client_params |= client;
                         refs.token_params |= !client;
-                        Some(parse_expr(&sql))
+                        Some(parse_expr(&sql)?)
                     }
                     _ => {
                         return Err(format!(
@@ -342,6 +345,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 let pg_type = args.first().and_then(|a| kind_of(a, scope).1);
                 dialect::call(&name, &compiled, pg_type.as_deref(), scope.options)?
                     .map(|sql| parse_expr(&sql))
+                    .transpose()?
             } else {
                 None
             }
@@ -355,7 +359,9 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             let mut args = vec![arg_of(expr, scope)];
             args.extend(substring_from.iter().map(|a| arg_of(a, scope)));
             args.extend(substring_for.iter().map(|a| arg_of(a, scope)));
-            dialect::call("substring", &args, None, scope.options)?.map(|sql| parse_expr(&sql))
+            dialect::call("substring", &args, None, scope.options)?
+                .map(|sql| parse_expr(&sql))
+                .transpose()?
         }
         Expr::BinaryOp { left, op, right } => match op {
             BinaryOperator::Arrow | BinaryOperator::LongArrow => {
@@ -366,14 +372,16 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                     dialect::Use::Inner,
                     scope.options,
                 )?;
-                Some(parse_expr(&sql))
+                Some(parse_expr(&sql)?)
             }
             BinaryOperator::PGOverlap => {
                 let (l, r) = (arg_of(left, scope), arg_of(right, scope));
                 let pg_arrays = [left, right]
                     .iter()
                     .all(|s| kind_of(s, scope).1.is_some_and(|t| t.ends_with("[]")));
-                (!pg_arrays).then(|| parse_expr(&dialect::overlap(&l, &r)))
+                (!pg_arrays)
+                    .then(|| parse_expr(&dialect::overlap(&l, &r)))
+                    .transpose()?
             }
             _ => None,
         },
@@ -381,7 +389,9 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             expr, data_type, ..
         } => {
             let target = data_type.to_string().to_lowercase();
-            dialect::cast(&arg_of(expr, scope), &target).map(|sql| parse_expr(&sql))
+            dialect::cast(&arg_of(expr, scope), &target)
+                .map(|sql| parse_expr(&sql))
+                .transpose()?
         }
         Expr::InList {
             expr,
@@ -392,7 +402,11 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             && as_bucket_param(&list[0]).is_none() =>
         {
             let m = dialect::membership(&arg_of(expr, scope), &arg_of(&list[0], scope));
-            Some(parse_expr(&if *negated { format!("(NOT {m})") } else { m }))
+            Some(parse_expr(&if *negated {
+                format!("(NOT {m})")
+            } else {
+                m
+            })?)
         }
         Expr::Identifier(i) => {
             let name = i.value.clone();
@@ -407,7 +421,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 Some((t, _)) => {
                     return Err(format!("unknown column \"{name}\" in table \"{}\"", t.name))
                 }
-                None if scope.json_each.is_some() && name == "value" => json_each_value(refs),
+                None if scope.json_each.is_some() && name == "value" => json_each_value(refs)?,
                 None if scope.json_each.is_some() => {
                     return Err(format!(
                         "unknown name \"{name}\": json_each(...) rows have a `value`"
@@ -429,12 +443,12 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 refs.request = true;
                 refs.client_params |= client;
                 refs.token_params |= !client;
-                Some(parse_expr(&sql))
+                Some(parse_expr(&sql)?)
             } else if parts.len() == 2
                 && scope.json_each == Some(parts[0].as_str())
                 && parts[1] == "value"
             {
-                json_each_value(refs)
+                json_each_value(refs)?
             } else if let (Some((t, alias)), 2) = (table, parts.len()) {
                 if parts[0] != alias && parts[0] != t.name {
                     return Err(format!(

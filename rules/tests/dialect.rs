@@ -166,7 +166,7 @@ fn json_each_parameter_queries() {
     let ParamQuery::Static { sql, .. } = &d.buckets[0].parameter_queries[0] else {
         panic!()
     };
-    assert!(sql.contains("FROM outpost._elements("), "{sql}");
+    assert!(sql.contains("jsonb_each("), "{sql}");
     assert!(sql.contains("_outpost_je.v #>> '{}'"), "{sql}");
     deploy(
         "bucket_definitions:\n  by_tag:\n    parameters: SELECT t.value AS tag FROM json_each(request.parameters() -> 'tags') AS t\n    accept_potentially_dangerous_queries: true\n    data: SELECT id FROM assets WHERE category = bucket.tag\n",

@@ -442,6 +442,33 @@ fn rules_written_like_powersync_docs_deploy_and_sync() {
     );
 }
 
+#[test]
+fn json_each_reads_arrays_objects_and_json_text() {
+    let db = TestDb::new("dialect_each");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE docs (id text PRIMARY KEY, tag text); INSERT INTO docs VALUES ('d1', 'a');",
+    )
+    .unwrap();
+    deploy(
+        &mut c,
+        "bucket_definitions:\n  by_tag:\n    parameters: SELECT value AS tag FROM json_each(request.jwt() -> 'tags') WHERE value <> 'skip'\n    data: SELECT id FROM docs WHERE tag = bucket.tag\n",
+    );
+    for (tags, want) in [
+        (json!(["a", "skip", 5]), vec!["by_tag[\"a\"]", "by_tag[5]"]),
+        (
+            json!({"x": "a", "y": "b"}),
+            vec!["by_tag[\"a\"]", "by_tag[\"b\"]"],
+        ),
+        (json!("[\"a\"]"), vec!["by_tag[\"a\"]"]),
+        (json!("a"), vec![]),
+        (json!(null), vec![]),
+    ] {
+        let got = checkpoint_buckets(&mut c, json!({"sub": "u", "tags": tags}), json!({}));
+        assert_eq!(got, want, "tags {tags}");
+    }
+}
+
 fn rows_by_key(c: &mut Client, bucket: &str) -> Vec<String> {
     fold_bucket(&ops(c, bucket))
         .into_keys()

@@ -141,7 +141,7 @@ pub fn compile_param_query(
                     },
                 )?;
                 client |= r.client_params;
-                from = format!(" FROM outpost._elements(to_jsonb({arg})) AS {JSON_EACH_SQL}(v)");
+                from = format!(" FROM {}", json_each_sql(&arg.to_string()));
             }
             let where_ = format!(" WHERE {}", filters.join(" AND "));
             Ok(Compiled {
@@ -224,6 +224,19 @@ pub fn compile_param_query(
             })
         }
     }
+}
+
+/// The rows of `json_each(arg)`, as PowerSync makes them: an array's
+/// elements, an object's values, a scalar itself; text is parsed as JSON
+/// first (text that is not JSON gives no rows).
+fn json_each_sql(arg: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN jsonb_typeof(_r) = 'string' THEN outpost._json(_r #>> '{{}}') ELSE _r END AS _j \
+         FROM (SELECT to_jsonb({arg}) AS _r) _r0) _src \
+         CROSS JOIN LATERAL (SELECT _e.value FROM jsonb_each(CASE WHEN jsonb_typeof(_src._j) = 'object' THEN _src._j END) _e \
+         UNION ALL SELECT _x.v FROM jsonb_array_elements(CASE WHEN jsonb_typeof(_src._j) = 'array' THEN _src._j END) _x(v) \
+         UNION ALL SELECT _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object', 'null')) AS {JSON_EACH_SQL}(v)"
+    )
 }
 
 /// `_priority` must be a constant the bucket's priority can take.

@@ -1,12 +1,14 @@
 //! `outpost`: the Postgres side of Outpost, as a thin pgrx shell.
 //!
 //! Layout:
-//! - this file: the few functions that need Rust (rules compilation, checksums,
-//!   value conversion), each a wrapper over a Postgres-free crate
+//! - this file: the few functions that need Rust (rules compilation and
+//!   validation, checksums), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
 //! - `sql/outpost.sql` (repository root): the schema (op log and shadow tables),
 //!   capture installation, the tick, and the functions the relay calls — plain
-//!   SQL and PL/pgSQL, because they are set-based work Postgres plans best.
+//!   SQL and PL/pgSQL, because they are set-based work Postgres plans best;
+//! - `sql/dialect.sql`: the helpers compiled rules call for PowerSync's
+//!   functions (`outpost._json`, `outpost._timestamp_utc`).
 //!
 //! Errors in rules are raised with SQLSTATE 22023 (invalid_parameter_value) and
 //! a message naming the bucket, the query and the problem.

@@ -89,7 +89,14 @@ impl Arg {
     pub fn to_jsonb(&self) -> String {
         match self.kind {
             Kind::Literal => format!("to_jsonb(({})::text)", self.sql),
-            _ => format!("to_jsonb({})", self.sql),
+            Kind::Json | Kind::Int | Kind::Real | Kind::Bool => format!("to_jsonb({})", self.sql),
+            // Text that looks like an array is parsed here, where malformed
+            // JSON can become an empty array instead of an error.
+            _ => format!(
+                "(SELECT CASE WHEN left(_s, 1) = '[' THEN coalesce(outpost._json(_s), '[]'::jsonb) ELSE _v END \
+                 FROM (SELECT to_jsonb({x}) AS _v, ({x})::text AS _s) _p)",
+                x = self.sql
+            ),
         }
     }
 }
@@ -231,7 +238,7 @@ pub fn cast(a: &Arg, target: &str) -> Option<String> {
         "real" => match a.kind {
             Kind::Int | Kind::Real => format!("({})::float8", a.sql),
             Kind::Bool => format!("({})::int::float8", a.sql),
-            _ => null_safe(format!("coalesce(({})::float8, 0)", numeric_prefix(a))),
+            _ => null_safe(to_float8(&format!("coalesce({}, 0)", numeric_prefix(a)))),
         },
         "numeric" => match a.kind {
             Kind::Int | Kind::Real => format!("({})::numeric", a.sql),
@@ -241,6 +248,13 @@ pub fn cast(a: &Arg, target: &str) -> Option<String> {
         "blob" => format!("({})::bytea", a.bytes()),
         _ => return None,
     })
+}
+
+/// A position or length argument: SQLite's integer cast, bounded by what a
+/// text can hold (so no int overflow can make the expression fail).
+fn position(a: &Arg) -> String {
+    let n = cast(a, "integer").expect("integer is a SQLite cast");
+    format!("least(greatest({n}, -1000000000), 1000000000)")
 }
 
 fn arity(name: &str, args: &[Arg], min: usize, max: usize) -> Result<(), String> {
@@ -266,16 +280,31 @@ fn time_value(a: &Arg, unixepoch: bool, pg_type: Option<&str>) -> String {
         (_, Some("timestamp with time zone")) => format!("({})", a.sql),
         (_, Some("timestamp without time zone")) => format!("(({}) AT TIME ZONE 'UTC')", a.sql),
         (_, Some("date")) => format!("(({})::timestamp AT TIME ZONE 'UTC')", a.sql),
-        (Kind::Int | Kind::Real, _) if unixepoch => format!("to_timestamp(({})::float8)", a.sql),
+        (Kind::Int | Kind::Real, _) if unixepoch => epoch_seconds(&format!("({})::float8", a.sql)),
         (Kind::Int | Kind::Real, _) => {
-            format!("to_timestamp((({})::float8 - 2440587.5) * 86400)", a.sql)
+            epoch_seconds(&format!("((({})::float8 - 2440587.5) * 86400)", a.sql))
         }
         _ if unixepoch => format!(
-            "(CASE WHEN {t} ~ '^[+-]?[0-9]+(\\.[0-9]*)?$' THEN to_timestamp(({t})::float8) END)",
+            "(CASE WHEN {t} ~ '^[+-]?[0-9]{{1,12}}(\\.[0-9]*)?$' THEN {} END)",
+            epoch_seconds(&format!("({})::float8", a.text())),
             t = a.text()
         ),
         _ => format!("outpost._timestamp_utc({})", a.text()),
     }
+}
+
+/// Seconds since 1970 as timestamptz; out of Postgres' range gives NULL.
+fn epoch_seconds(secs: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN abs(_e) < 1e11 THEN to_timestamp(_e) END FROM (SELECT {secs} AS _e) _t)"
+    )
+}
+
+/// A numeric as float8; beyond its range gives ±Infinity, as in SQLite.
+fn to_float8(n: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN abs(_f) < 1e308 THEN _f::float8 ELSE sign(_f)::float8 * 'Infinity'::float8 END FROM (SELECT {n} AS _f) _g)"
+    )
 }
 
 /// `unixepoch`/`datetime` modifiers: `unixepoch`, then `subsec`/`subsecond`.
@@ -320,19 +349,19 @@ pub fn call(
             let start = "CASE WHEN _s < 0 THEN greatest(0, length(_t) + _s) WHEN _s = 0 THEN 0 ELSE _s - 1 END";
             if args.len() == 2 {
                 format!(
-                    "(SELECT substr(_t, ({start})::int + 1) FROM (SELECT {} AS _t, ({})::bigint AS _s) _a)",
+                    "(SELECT substr(_t, ({start})::int + 1) FROM (SELECT {} AS _t, {} AS _s) _a)",
                     a(0).text(),
-                    a(1).sql
+                    position(a(1))
                 )
             } else {
                 format!(
                     "(SELECT CASE WHEN _n < 0 THEN substr(_t, greatest(_r + _n, 0)::int + 1, (_r - greatest(_r + _n, 0))::int) \
                      ELSE substr(_t, _r::int + 1, _n::int) END \
                      FROM (SELECT _t, {start} AS _r, CASE WHEN _s = 0 THEN _n0 - 1 ELSE _n0 END AS _n \
-                     FROM (SELECT {} AS _t, ({})::bigint AS _s, ({})::bigint AS _n0) _a) _b)",
+                     FROM (SELECT {} AS _t, {} AS _s, {} AS _n0) _a) _b)",
                     a(0).text(),
-                    a(1).sql,
-                    a(2).sql
+                    position(a(1)),
+                    position(a(2))
                 )
             }
         }

@@ -117,6 +117,41 @@ fn single_operand_end(tokens: &[Token], start: usize) -> usize {
     }
 }
 
+/// Tokens one query may have, and how deep its parentheses may nest: every
+/// later step (parsing, rewriting, rendering) recurses over the expression,
+/// and inside Postgres running out of stack is a crash, not an error.
+pub const MAX_TOKENS: usize = 1500;
+pub const MAX_NESTING: usize = 16;
+
+fn check_size(tokens: &[Token]) -> Result<(), String> {
+    let significant = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .count();
+    if significant > MAX_TOKENS {
+        return Err(format!(
+            "the query is too long ({significant} tokens, at most {MAX_TOKENS})"
+        ));
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    for t in tokens {
+        match t {
+            Token::LParen => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if max > MAX_NESTING {
+        return Err(format!(
+            "the query nests parentheses {max} deep (at most {MAX_NESTING})"
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_select(sql: &str) -> Result<Select, String> {
     let syntax = |e: String| {
         format!(
@@ -128,6 +163,7 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize()
         .map_err(|e| syntax(e.to_string()))?;
+    check_size(&tokens)?;
     let mut stmts = Parser::new(&dialect)
         .with_tokens(parenthesize_in(tokens))
         .parse_statements()
@@ -386,6 +422,11 @@ mod tests {
             ("SELECT 1; SELECT 2", "exactly one SELECT"),
             ("SELEC 1", "SQL syntax error"),
             ("SELECT 1 UNION SELECT 2", "plain SELECT"),
+            (
+                &format!("SELECT {}1{} AS x", "(".repeat(17), ")".repeat(17)),
+                "nests parentheses 17 deep",
+            ),
+            (&format!("SELECT 1{} AS x", " + 1".repeat(2000)), "too long"),
         ];
         for (sql, want) in cases {
             let err = parse_select(sql)

@@ -10,8 +10,8 @@ use crate::config::Options;
 use crate::dialect;
 use crate::query::{as_bucket_param, unnest};
 use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart,
-    Value,
+    BinaryOperator, CastKind, DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Ident, ObjectNamePart, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -85,6 +85,38 @@ fn parse_expr(sql: &str) -> Result<Expr, String> {
         .map_err(|e| format!("cannot compile this expression (generated `{sql}`: {e})"))
 }
 
+/// Generated SQL is longer than any sensible expression compiles to (each
+/// argument may appear in its function's SQL more than once).
+const MAX_COMPILED: usize = 64 * 1024;
+
+/// A compiled dialect expression as an opaque node: its SQL is kept as text
+/// (not parsed back, so nesting depth costs no stack), with a cast to the
+/// type it already has when later lowering needs to know it.
+fn compiled(sql: String, kind: dialect::Kind) -> Result<Expr, String> {
+    use dialect::Kind;
+    if sql.len() > MAX_COMPILED {
+        return Err(format!(
+            "expression too large once compiled (over {MAX_COMPILED} bytes of SQL); simplify it"
+        ));
+    }
+    let raw = Expr::Identifier(Ident::new(format!("({sql})")));
+    let data_type = match kind {
+        Kind::Json => DataType::JSONB,
+        Kind::Bytea => DataType::Bytea,
+        Kind::Bool => DataType::Boolean,
+        Kind::Int => DataType::BigInt(None),
+        Kind::Real => DataType::Float8,
+        _ => return Ok(raw),
+    };
+    Ok(Expr::Cast {
+        kind: CastKind::DoubleColon,
+        expr: Box::new(raw),
+        data_type,
+        array: false,
+        format: None,
+    })
+}
+
 fn ident_parts(idents: &[Ident]) -> Vec<String> {
     idents.iter().map(|i| i.value.clone()).collect()
 }
@@ -123,6 +155,7 @@ fn kind_of(e: &Expr, scope: &Scope) -> (dialect::Kind, Option<String>) {
                 "bigint" | "int" | "integer" => Kind::Int,
                 "float8" | "numeric" | "double precision" => Kind::Real,
                 "bytea" => Kind::Bytea,
+                "boolean" | "bool" => Kind::Bool,
                 _ => Kind::Other,
             };
             (k, None)
@@ -241,12 +274,12 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
             dialect::json_path(&ra, scope.options, true)?;
         }
         let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
-        *expr = Expr::Nested(Box::new(parse_expr(&sql)?));
+        *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
         return Ok(refs);
     }
     if let Some(k) = request_parameter_call(unnest(expr)) {
         let sql = request_parameter(&k, &scope, "#>")?;
-        *expr = Expr::Nested(Box::new(parse_expr(&sql)?));
+        *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
         return Ok(Refs {
             request: true,
             client_params: true,
@@ -320,7 +353,10 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 ) {
                     refs.request = true;
                     refs.client_params = true;
-                    return Ok(Some(parse_expr(&request_parameter(k, scope, "#>>")?)?));
+                    return Ok(Some(compiled(
+                        request_parameter(k, scope, "#>>")?,
+                        dialect::Kind::Other,
+                    )?));
                 }
                 match request_sql(&parts, true) {
                     Some((sql, client)) if args.is_empty() => {
@@ -341,10 +377,15 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             } else if parts.len() == 1 {
                 let name = parts[0].to_lowercase();
                 let args = call_args(f).unwrap_or_default();
-                let compiled: Vec<dialect::Arg> = args.iter().map(|a| arg_of(a, scope)).collect();
+                let args_sql: Vec<dialect::Arg> = args.iter().map(|a| arg_of(a, scope)).collect();
                 let pg_type = args.first().and_then(|a| kind_of(a, scope).1);
-                dialect::call(&name, &compiled, pg_type.as_deref(), scope.options)?
-                    .map(|sql| parse_expr(&sql))
+                let kind = match name.as_str() {
+                    "json_valid" => dialect::Kind::Bool,
+                    "uuid_blob" => dialect::Kind::Bytea,
+                    _ => dialect::Kind::Other,
+                };
+                dialect::call(&name, &args_sql, pg_type.as_deref(), scope.options)?
+                    .map(|sql| compiled(sql, kind))
                     .transpose()?
             } else {
                 None
@@ -360,7 +401,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             args.extend(substring_from.iter().map(|a| arg_of(a, scope)));
             args.extend(substring_for.iter().map(|a| arg_of(a, scope)));
             dialect::call("substring", &args, None, scope.options)?
-                .map(|sql| parse_expr(&sql))
+                .map(|sql| compiled(sql, dialect::Kind::Other))
                 .transpose()?
         }
         Expr::BinaryOp { left, op, right } => match op {
@@ -372,7 +413,12 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                     dialect::Use::Inner,
                     scope.options,
                 )?;
-                Some(parse_expr(&sql)?)
+                let kind = if *op == BinaryOperator::Arrow {
+                    dialect::Kind::Json
+                } else {
+                    dialect::Kind::Other
+                };
+                Some(compiled(sql, kind)?)
             }
             BinaryOperator::PGOverlap => {
                 let (l, r) = (arg_of(left, scope), arg_of(right, scope));
@@ -380,7 +426,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                     .iter()
                     .all(|s| kind_of(s, scope).1.is_some_and(|t| t.ends_with("[]")));
                 (!pg_arrays)
-                    .then(|| parse_expr(&dialect::overlap(&l, &r)))
+                    .then(|| compiled(dialect::overlap(&l, &r), dialect::Kind::Bool))
                     .transpose()?
             }
             _ => None,
@@ -389,8 +435,13 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             expr, data_type, ..
         } => {
             let target = data_type.to_string().to_lowercase();
+            let kind = match target.as_str() {
+                "blob" => dialect::Kind::Bytea,
+                "integer" => dialect::Kind::Int,
+                _ => dialect::Kind::Other,
+            };
             dialect::cast(&arg_of(expr, scope), &target)
-                .map(|sql| parse_expr(&sql))
+                .map(|sql| compiled(sql, kind))
                 .transpose()?
         }
         Expr::InList {
@@ -402,11 +453,8 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             && as_bucket_param(&list[0]).is_none() =>
         {
             let m = dialect::membership(&arg_of(expr, scope), &arg_of(&list[0], scope));
-            Some(parse_expr(&if *negated {
-                format!("(NOT {m})")
-            } else {
-                m
-            })?)
+            let m = if *negated { format!("(NOT {m})") } else { m };
+            Some(compiled(m, dialect::Kind::Bool)?)
         }
         Expr::Identifier(i) => {
             let name = i.value.clone();

@@ -189,6 +189,12 @@ fn arg_of(e: &Expr, scope: &Scope) -> dialect::Arg {
     }
 }
 
+/// A rewritten expression as jsonb for `outpost._elements` (array text parsed
+/// safely, see [`dialect::Arg::to_jsonb`]).
+pub fn elements_jsonb(e: &Expr, scope: &Scope) -> String {
+    arg_of(e, scope).to_jsonb()
+}
+
 fn call_args(f: &sqlparser::ast::Function) -> Result<Vec<Expr>, String> {
     match &f.args {
         FunctionArguments::None => Ok(vec![]),

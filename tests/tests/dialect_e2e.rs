@@ -282,14 +282,23 @@ fn bad_values_do_not_stop_a_tick() {
         &mut c,
         "bucket_definitions:\n  g:\n    data: SELECT id, t ->> 'a' AS a, unixepoch(t) AS e, json_keys(t) AS k FROM d WHERE json_valid(t) OR t IS NOT NULL\n",
     );
-    c.batch_execute("INSERT INTO d VALUES (2, '{oops'), (3, '2024-13-45 99:99')")
-        .unwrap();
+    c.query_one(
+        "SELECT outpost.define_bucket('tagged', ARRAY['SELECT request.user_id() AS u'], ARRAY['SELECT id FROM d WHERE bucket.u IN t'])",
+        &[],
+    )
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO d VALUES (2, '{oops'), (3, '2024-13-45 99:99'), (4, '[oops'), (5, '[\"u1\"]')",
+    )
+    .unwrap();
     tick(&mut c);
     let got = rows(&mut c, "g[]");
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 5, "{got:?}");
     assert_eq!(got[0]["a"], json!(1));
     assert_eq!(got[1], json!({"id": 2, "a": null, "e": null, "k": null}));
     assert_eq!(got[2], json!({"id": 3, "a": null, "e": null, "k": null}));
+    // Array text that is not JSON is an empty array for `bucket.u IN t`.
+    assert_eq!(rows(&mut c, "tagged[\"u1\"]"), vec![json!({"id": 5})]);
 }
 
 fn checkpoint_buckets(c: &mut Client, claims: Value, params: Value) -> Vec<String> {

@@ -11,7 +11,7 @@ use super::DataQuery;
 use crate::catalog::{Catalog, Table};
 use crate::filter;
 use crate::query::{self, as_bucket_param, mentions_bucket, output_name, parse_select, From};
-use crate::rewrite::{rewrite, rewrite_output, Scope};
+use crate::rewrite::{elements_jsonb, rewrite, rewrite_output, Scope};
 use crate::yaml::BucketSource;
 use crate::{quote_ident, quote_literal};
 use sqlparser::ast::{BinaryOperator, Expr, SelectItem};
@@ -227,7 +227,8 @@ fn compile_branch(
                 if is_in {
                     let n = laterals.len() + 1;
                     laterals.push(format!(
-                        "CROSS JOIN LATERAL outpost._elements(to_jsonb({e})) AS _outpost_e{n}(v)"
+                        "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_e{n}(v)",
+                        elements_jsonb(&e, &scope)
                     ));
                     bound.push((p, format!("_outpost_e{n}.v")));
                 } else {

@@ -12,7 +12,7 @@ use super::ParamQuery;
 use crate::catalog::Catalog;
 use crate::filter;
 use crate::query::{self, conjuncts, output_name, parse_select, From};
-use crate::rewrite::{rewrite, rewrite_output, Refs, Scope, JSON_EACH_SQL};
+use crate::rewrite::{elements_jsonb, rewrite, rewrite_output, Refs, Scope, JSON_EACH_SQL};
 use crate::yaml::BucketSource;
 use crate::{quote_ident, quote_literal};
 use sqlparser::ast::{BinaryOperator, Expr, SelectItem, Value};
@@ -331,14 +331,16 @@ fn compile_branch(conds: Vec<Expr>, scope: Scope) -> Result<Branch, String> {
             ((true, false), (false, true), true) => {
                 b.row_lookup.push(lookup_text(&format!("to_jsonb({le})")));
                 b.req_laterals.push(format!(
-                    "CROSS JOIN LATERAL outpost._elements(to_jsonb({re})) AS _outpost_r{n}(v)"
+                    "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_r{n}(v)",
+                    elements_jsonb(&re, &scope)
                 ));
                 b.req_lookup.push(lookup_text(&format!("_outpost_r{n}.v")));
             }
             // request value IN column-array: expand the row side.
             ((false, true), (true, false), true) => {
                 b.row_laterals.push(format!(
-                    "CROSS JOIN LATERAL outpost._elements(to_jsonb({re})) AS _outpost_e{n}(v)"
+                    "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_e{n}(v)",
+                    elements_jsonb(&re, &scope)
                 ));
                 b.row_lookup.push(lookup_text(&format!("_outpost_e{n}.v")));
                 b.req_lookup.push(lookup_text(&format!("to_jsonb({le})")));

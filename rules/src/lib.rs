@@ -10,6 +10,9 @@
 //! - [`catalog`]: the tables and columns the rules may reference, as the extension reads them.
 //! - [`query`]: parse one SQL query (sqlparser, on its tokens) and take it
 //!   apart: source (none, `json_each(...)` or one table), outputs, WHERE.
+//! - [`scope`]: the names an expression may use and what it refers to.
+//! - [`typing`]: what is known of a rewritten expression's type; compiled
+//!   dialect SQL as opaque nodes.
 //! - [`rewrite`]: resolve the names of one expression (`request.*`,
 //!   `bucket.*`, columns) and lower it to Postgres SQL, calling [`dialect`].
 //! - [`dialect`]: PowerSync's functions and operators (SQLite semantics) as
@@ -34,7 +37,9 @@ pub mod dialect;
 pub mod filter;
 pub mod query;
 pub mod rewrite;
+pub mod scope;
 pub mod tick_sql;
+pub mod typing;
 pub mod yaml;
 
 pub use catalog::{Catalog, Column, Table};

@@ -1,15 +1,16 @@
 //! `outpost`: the Postgres side of Outpost, as a thin pgrx shell.
 //!
 //! Layout:
-//! - this file: the few functions that need Rust (rules compilation, checksums,
-//!   row fingerprints), each a wrapper over a Postgres-free crate
+//! - this file: the few functions that need Rust (rules compilation and
+//!   validation, checksums, row fingerprints), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
 //! - `sql/extension/*.sql` (repository root): everything else — plain SQL and
 //!   PL/pgSQL, because it is set-based work Postgres plans best. One file per
 //!   concern, loaded in the order below (each `requires` the one before, so the
 //!   order is explicit; the first comes after every Rust function, which the
 //!   SQL-language bodies reference when they are created):
-//!   `00_schema` tables and sequences, `01_helpers` small shared functions,
+//!   `00_schema` tables and sequences, `01_helpers` small shared functions (and the
+//!   rules dialect's `_json`, `_timestamp_utc`),
 //!   `02_tick` the tick, `03_deploy` rules activation and the rules SQL API,
 //!   `04_relay_api` what the relay calls, `05_compaction`, `06_schema_changes`
 //!   DDL event triggers, `07_stats` the stats view, `08_crud` client writes
@@ -123,23 +124,17 @@ fn _plan(sources: JsonB, catalog: JsonB) -> JsonB {
     }
 }
 
-/// Like `_parse_yaml` + `_plan`, but returns the problems instead of raising:
-/// `{"problems": [{level, message, location}], "plan": …|null}`.
+/// Like `_parse_yaml` + `_plan`, but returns the problems (errors and
+/// warnings) instead of raising: `{"problems": [{level, message, location}], "plan": …|null}`.
 #[pg_extern(immutable, parallel_safe)]
 fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
-    let catalog = catalog_from(catalog);
-    let problem = |e: &outpost_rules::RuleError| serde_json::json!({"level": "error", "message": e.message, "location": e.location()});
-    let out = match outpost_rules::parse_yaml(rules) {
-        Err(e) => serde_json::json!({"problems": [problem(&e)], "plan": null}),
-        Ok(sources) => match outpost_rules::plan(&sources, &catalog) {
-            Ok(p) => serde_json::json!({"problems": [], "plan": p}),
-            Err(errs) => serde_json::json!({
-                "problems": errs.0.iter().map(problem).collect::<Vec<_>>(),
-                "plan": null
-            }),
-        },
-    };
-    JsonB(out)
+    let v = outpost_rules::validate(rules, &catalog_from(catalog));
+    let problems: Vec<serde_json::Value> = v
+        .problems
+        .iter()
+        .map(|(level, e)| serde_json::json!({"level": level, "message": e.message, "location": e.location()}))
+        .collect();
+    JsonB(serde_json::json!({"problems": problems, "plan": v.plan}))
 }
 
 /// Bucket sources → PowerSync YAML.

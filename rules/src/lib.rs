@@ -3,28 +3,48 @@
 //! the catalog and gets back SQL text to execute.
 //!
 //! Layout (in pipeline order):
-//! - [`yaml`]: the YAML document model (`bucket_definitions`, `parameters`, `data`, `priority`).
+//! - [`yaml`]: the YAML document model (`bucket_definitions`, `parameters`, `data`,
+//!   `priority`, `config`, `event_definitions`).
+//! - [`config`]: the `config:` block (PowerSync edition and compatibility
+//!   options), resolved into the [`config::Options`] compilation honours.
 //! - [`catalog`]: the tables and columns the rules may reference, as the extension reads them.
-//! - [`query`]: parse one SQL query (sqlparser) and classify it: parameter query
-//!   (static or one table) or data query; rewrite `request.*`/`bucket.*` references.
+//! - [`query`]: parse one SQL query (sqlparser, on its tokens) and take it
+//!   apart: source (none, `json_each(...)` or one table), outputs, WHERE.
+//! - [`scope`]: the names an expression may use and what it refers to.
+//! - [`typing`]: what is known of a rewritten expression's type; compiled
+//!   dialect SQL as opaque nodes.
+//! - [`rewrite`]: resolve the names of one expression (`request.*`,
+//!   `bucket.*`, columns) and lower it to Postgres SQL, calling [`dialect`].
+//! - [`dialect`]: PowerSync's functions and operators (SQLite semantics) as
+//!   Postgres expressions.
+//! - [`filter`]: WHERE clauses as OR branches (disjunctive normal form).
 //! - [`compile`]: turn each bucket into SQL: per-row materialization queries and
-//!   request-time lookup queries.
-//! - [`values`]: row values converted the way a SQLite client stores them.
+//!   request-time lookup queries. `compile/mod.rs` holds the compiled types and
+//!   the per-bucket driver; `param.rs` compiles parameter queries, `data.rs`
+//!   data queries, `values.rs` the SQLite typing of output values and the row's
+//!   JSON, `sqlgen.rs` the SQL shared by both (bucket ids, keys, tick variants).
 //! - [`tick_sql`]: the one statement a tick runs to read committed changes and
 //!   evaluate every rule over them in a single snapshot.
 //!
-//! Errors name the bucket, the query and the problem ([`RuleError`]).
+//! Errors name the bucket, the query and the problem ([`RuleError`]);
+//! [`validate`] also returns warnings (rules that compile but are likely
+//! mistakes, and document parts that have no effect).
 
 pub mod catalog;
 pub mod compile;
+pub mod config;
+pub mod dialect;
+pub mod filter;
 pub mod query;
+pub mod rewrite;
+pub mod scope;
 pub mod tick_sql;
-pub mod values;
+pub mod typing;
 pub mod yaml;
 
 pub use catalog::{Catalog, Column, Table};
 pub use compile::{compile, CompiledBucket, CompiledRules, DataQuery, ParamQuery};
-pub use yaml::{parse_yaml, BucketSource, BucketYaml, RulesYaml};
+pub use yaml::{parse_document, parse_yaml, BucketSource, BucketYaml, Document, RulesYaml};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +76,62 @@ pub struct Deployment {
 
 /// Compiles bucket sources against the catalog into a deployment plan.
 pub fn plan(sources: &[BucketSource], catalog: &Catalog) -> Result<Deployment, RuleErrors> {
+    plan_with_warnings(sources, catalog).map(|(d, _)| d)
+}
+
+/// How serious a problem [`validate`] found is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// What `outpost.validate_rules` reports: problems (errors first found, then
+/// warnings) and, when there is no error, the plan whose SQL Postgres checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validation {
+    pub problems: Vec<(Level, RuleError)>,
+    pub plan: Option<Deployment>,
+}
+
+/// Parses and compiles a rules document without deploying it.
+pub fn validate(text: &str, catalog: &Catalog) -> Validation {
+    let doc = match yaml::parse_document(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return Validation {
+                problems: vec![(Level::Error, e)],
+                plan: None,
+            }
+        }
+    };
+    let warn = |w: Vec<RuleError>| w.into_iter().map(|e| (Level::Warning, e));
+    let mut problems: Vec<(Level, RuleError)> = warn(doc.warnings).collect();
+    match plan_with_warnings(&doc.sources, catalog) {
+        Ok((p, w)) => {
+            problems.extend(warn(w));
+            Validation {
+                problems,
+                plan: Some(p),
+            }
+        }
+        Err(errs) => {
+            let mut all: Vec<(Level, RuleError)> =
+                errs.0.into_iter().map(|e| (Level::Error, e)).collect();
+            all.extend(problems);
+            Validation {
+                problems: all,
+                plan: None,
+            }
+        }
+    }
+}
+
+fn plan_with_warnings(
+    sources: &[BucketSource],
+    catalog: &Catalog,
+) -> Result<(Deployment, Vec<RuleError>), RuleErrors> {
     let mut seen = std::collections::BTreeSet::new();
     for s in sources {
         yaml::check_source(s).map_err(|e| RuleErrors(vec![e]))?;
@@ -66,7 +142,8 @@ pub fn plan(sources: &[BucketSource], catalog: &Catalog) -> Result<Deployment, R
             )]));
         }
     }
-    let compiled = compile(sources, catalog).map_err(RuleErrors)?;
+    let (compiled, warnings) =
+        compile::compile_with_warnings(sources, catalog).map_err(RuleErrors)?;
     let checks = compiled
         .checks()
         .into_iter()
@@ -86,12 +163,15 @@ pub fn plan(sources: &[BucketSource], catalog: &Catalog) -> Result<Deployment, R
             triggers_sql: tick_sql::capture_triggers_sql(t),
         })
         .collect();
-    Ok(Deployment {
-        tick_sql: tick_sql::tick_statement(&compiled),
-        buckets: compiled.buckets,
-        tables,
-        checks,
-    })
+    Ok((
+        Deployment {
+            tick_sql: tick_sql::tick_statement(&compiled),
+            buckets: compiled.buckets,
+            tables,
+            checks,
+        },
+        warnings,
+    ))
 }
 
 use std::fmt;

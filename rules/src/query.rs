@@ -1,111 +1,173 @@
-//! One rule query: parse it with sqlparser, reject what Outpost does not support,
-//! and classify its parts (outputs, bucket-parameter bindings, lookups, filters).
-//!
-//! Expressions stay Postgres SQL: we only rewrite the references that are not
-//! Postgres (`request.user_id()`, `token_parameters.x`, `bucket.p`) and qualify
-//! column names with the table alias. Postgres itself type-checks the result
-//! when the extension deploys it.
+//! One rule query: parse it with sqlparser (on its tokens, after adding the
+//! parentheses PowerSync's `IN x` leaves out), reject what Outpost does not
+//! support, and take it apart (source, outputs, WHERE). Names in expressions
+//! are resolved by [`crate::rewrite`].
 
 use crate::catalog::{Catalog, Table};
 use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArguments, GroupByExpr, Ident, ObjectNamePart, SelectItem,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, ObjectNamePart, SelectItem,
     SetExpr, Statement, TableFactor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 use std::ops::ControlFlow;
 
-/// The parsed shape every rule query must have: one SELECT, at most one table.
+/// The parsed shape every rule query must have: one SELECT, at most one source.
 pub struct Select {
     pub projection: Vec<SelectItem>,
-    /// Table name as written and its alias.
-    pub from: Option<(String, Option<String>)>,
+    pub from: Option<From>,
     pub selection: Option<Expr>,
 }
 
-/// `IN` against a single value (`bucket.p IN tags`) is how PowerSync writes
-/// membership in an array value; Postgres syntax needs parentheses there, so
-/// they are added before parsing: `IN x.y` → `IN (x.y)`, `IN f()` → `IN (f())`.
-fn parenthesize_in(sql: &str) -> String {
-    // Works on bytes and only ever inserts ASCII next to ASCII, so multi-byte
-    // characters pass through untouched.
-    let bytes = sql.as_bytes();
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let skip_ws = |mut k: usize| {
-        while k < bytes.len() && bytes[k].is_ascii_whitespace() {
+/// What a query reads.
+pub enum From {
+    /// A table name as written, and its alias.
+    Table(String, Option<String>),
+    /// `json_each(<expr>) [AS alias]`: one row per element, its `value`.
+    JsonEach(Box<Expr>, Option<String>),
+}
+
+/// `IN` against a single value (`bucket.p IN tags`, `x IN '["a","b"]'`) is how
+/// PowerSync writes membership in an array value; Postgres syntax needs
+/// parentheses there, so they are added to the token stream before parsing:
+/// `IN x.y` → `IN (x.y)`, `IN f(a)` → `IN (f(a))`, `IN j -> 'k'` → `IN (j -> 'k')`.
+/// Working on tokens keeps comments, quoted identifiers, dollar quotes and
+/// string literals that merely contain "in" out of it.
+fn parenthesize_in(tokens: Vec<Token>) -> Vec<Token> {
+    let significant = |t: &Token| !matches!(t, Token::Whitespace(_));
+    let next_sig = |tokens: &[Token], mut k: usize| {
+        while k < tokens.len() && !significant(&tokens[k]) {
             k += 1;
         }
         k
     };
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
+    let mut out = Vec::with_capacity(tokens.len() + 8);
     let mut i = 0;
-    let mut in_str = false;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'\'' {
-            in_str = !in_str;
+    while i < tokens.len() {
+        let is_in = matches!(&tokens[i], Token::Word(w) if w.keyword == Keyword::IN);
+        out.push(tokens[i].clone());
+        i += 1;
+        if !is_in {
+            continue;
         }
-        let boundary_before = i == 0 || !ident(bytes[i - 1]);
-        if !in_str
-            && boundary_before
-            && i + 2 < bytes.len()
-            && bytes[i..i + 2].eq_ignore_ascii_case(b"in")
-            && bytes[i + 2].is_ascii_whitespace()
-        {
-            let mut j = skip_ws(i + 2);
-            if j < bytes.len() && bytes[j] != b'(' {
-                // Operand: a dotted name, optionally called with `()`.
-                let start = j;
-                while j < bytes.len() && (ident(bytes[j]) || bytes[j] == b'.' || bytes[j] == b'"') {
-                    j += 1;
-                }
-                if j + 1 < bytes.len() && bytes[j] == b'(' && bytes[j + 1] == b')' {
-                    j += 2;
-                }
-                // JSON access chains: `request.jwt() -> 'lists'`, `->> 0`.
-                loop {
-                    let mut k = skip_ws(j);
-                    if !bytes[k..].starts_with(b"->") {
+        let start = next_sig(&tokens, i);
+        let end = single_operand_end(&tokens, start);
+        if end > start {
+            out.extend_from_slice(&tokens[i..start]);
+            out.push(Token::LParen);
+            out.extend_from_slice(&tokens[start..end]);
+            out.push(Token::RParen);
+            i = end;
+        }
+    }
+    out
+}
+
+/// The end of an `IN` operand written without parentheses (a string literal,
+/// or a dotted name, optionally called, followed by `->`/`->>` steps), or
+/// `start` when the operand is something else (e.g. a parenthesized list).
+fn single_operand_end(tokens: &[Token], start: usize) -> usize {
+    let skip_ws = |mut k: usize| {
+        while matches!(tokens.get(k), Some(Token::Whitespace(_))) {
+            k += 1;
+        }
+        k
+    };
+    let mut j = start;
+    match tokens.get(j) {
+        Some(Token::SingleQuotedString(_)) => return j + 1,
+        Some(Token::Word(_)) => {}
+        _ => return start,
+    }
+    j += 1;
+    while matches!(tokens.get(j), Some(Token::Period))
+        && matches!(tokens.get(j + 1), Some(Token::Word(_)))
+    {
+        j += 2;
+    }
+    if matches!(tokens.get(j), Some(Token::LParen)) {
+        let mut depth = 0usize;
+        while j < tokens.len() {
+            match tokens[j] {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        j += 1;
                         break;
                     }
-                    k += if bytes[k..].starts_with(b"->>") { 3 } else { 2 };
-                    k = skip_ws(k);
-                    if k < bytes.len() && bytes[k] == b'\'' {
-                        k += 1;
-                        while k < bytes.len() && bytes[k] != b'\'' {
-                            k += 1;
-                        }
-                        k += 1;
-                    } else {
-                        while k < bytes.len() && bytes[k].is_ascii_digit() {
-                            k += 1;
-                        }
-                    }
-                    j = k.min(bytes.len());
                 }
-                if j > start {
-                    out.extend_from_slice(b"IN (");
-                    out.extend_from_slice(&bytes[start..j]);
-                    out.push(b')');
-                    i = j;
-                    continue;
-                }
+                _ => {}
             }
+            j += 1;
         }
-        out.push(c);
-        i += 1;
     }
-    String::from_utf8(out).expect("only ASCII was inserted, at ASCII positions")
+    loop {
+        let k = skip_ws(j);
+        if !matches!(tokens.get(k), Some(Token::Arrow | Token::LongArrow)) {
+            return j;
+        }
+        let v = skip_ws(k + 1);
+        match tokens.get(v) {
+            Some(Token::SingleQuotedString(_) | Token::Number(..)) => j = v + 1,
+            _ => return j,
+        }
+    }
+}
+
+/// Tokens one query may have, and how deep its parentheses may nest: every
+/// later step (parsing, rewriting, rendering) recurses over the expression,
+/// and inside Postgres running out of stack is a crash, not an error.
+pub const MAX_TOKENS: usize = 1500;
+pub const MAX_NESTING: usize = 16;
+
+fn check_size(tokens: &[Token]) -> Result<(), String> {
+    let significant = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .count();
+    if significant > MAX_TOKENS {
+        return Err(format!(
+            "the query is too long ({significant} tokens, at most {MAX_TOKENS})"
+        ));
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    for t in tokens {
+        match t {
+            Token::LParen => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if max > MAX_NESTING {
+        return Err(format!(
+            "the query nests parentheses {max} deep (at most {MAX_NESTING})"
+        ));
+    }
+    Ok(())
 }
 
 pub fn parse_select(sql: &str) -> Result<Select, String> {
-    let text = parenthesize_in(sql);
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| {
+    let syntax = |e: String| {
         format!(
             "SQL syntax error: {}",
-            e.to_string().trim_start_matches("sql parser error: ")
+            e.trim_start_matches("sql parser error: ")
         )
-    })?;
+    };
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| syntax(e.to_string()))?;
+    check_size(&tokens)?;
+    let mut stmts = Parser::new(&dialect)
+        .with_tokens(parenthesize_in(tokens))
+        .parse_statements()
+        .map_err(|e| syntax(e.to_string()))?;
     if stmts.len() != 1 {
         return Err(format!(
             "expected exactly one SELECT statement, found {}",
@@ -155,10 +217,7 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
             }
             match twj.relation {
                 TableFactor::Table {
-                    name,
-                    alias,
-                    args: None,
-                    ..
+                    name, alias, args, ..
                 } => {
                     let parts: Vec<String> = name
                         .0
@@ -173,12 +232,33 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                             return Err("column aliases on the table are not supported".into());
                         }
                     }
-                    Some((parts.join("."), alias.map(|a| a.name.value)))
+                    let alias = alias.map(|a| a.name.value);
+                    match args {
+                        None => Some(From::Table(parts.join("."), alias)),
+                        Some(a)
+                            if parts.len() == 1 && parts[0].eq_ignore_ascii_case("json_each") =>
+                        {
+                            match a.args.as_slice() {
+                                [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => {
+                                    Some(From::JsonEach(Box::new(e.clone()), alias))
+                                }
+                                _ => return Err("json_each takes one argument".into()),
+                            }
+                        }
+                        Some(_) => {
+                            return Err(format!(
+                                "table function `{}` is not supported (only json_each)",
+                                parts.join(".")
+                            ))
+                        }
+                    }
                 }
-                _ => return Err(
-                    "FROM must name one table (subqueries and table functions are not supported)"
-                        .into(),
-                ),
+                _ => {
+                    return Err(
+                        "FROM must name one table or json_each(...) (subqueries are not supported)"
+                            .into(),
+                    )
+                }
             }
         }
     };
@@ -189,156 +269,22 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
     })
 }
 
-/// What an expression refers to.
-#[derive(Default, Debug)]
-pub struct Refs {
-    pub columns: Vec<String>,
-    pub bucket_params: Vec<String>,
-    pub request: bool,
-}
-
-/// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb)
-/// and `$2` (client parameters, jsonb).
-fn request_sql(parts: &[String], is_call: bool) -> Option<String> {
-    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
-    match (p.as_slice(), is_call) {
-        (["request", "user_id"], true) => Some("($1 ->> 'sub')".into()),
-        (["request", "jwt"], true) => Some("$1".into()),
-        (["request", "parameters"], true) => Some("$2".into()),
-        (["token_parameters", "user_id"], false) => Some("($1 ->> 'sub')".into()),
-        (["token_parameters", k], false) => Some(format!(
-            "($1 -> 'parameters' ->> {})",
-            crate::quote_literal(k)
-        )),
-        (["user_parameters", k], false) => Some(format!("($2 ->> {})", crate::quote_literal(k))),
-        _ => None,
-    }
-}
-
-fn parse_expr(sql: &str) -> Expr {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-        .expect("generated expressions parse")
-}
-
-fn ident_parts(idents: &[Ident]) -> Vec<String> {
-    idents.iter().map(|i| i.value.clone()).collect()
-}
-
-/// Rewrites an expression in place: request references become `$1`/`$2` SQL,
-/// column names are qualified with `alias`, `bucket.p` is left for the caller
-/// (collected in the returned refs). Unknown names and subqueries are errors.
-pub fn rewrite(expr: &mut Expr, table: Option<(&Table, &str)>) -> Result<Refs, String> {
-    let has_subquery = sqlparser::ast::visit_expressions(expr, |e| match e {
-        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    });
-    if has_subquery.is_break() {
-        return Err("subqueries are not supported".into());
-    }
-    let mut refs = Refs::default();
-    let mut err: Option<String> = None;
-    let _ = sqlparser::ast::visit_expressions_mut(expr, |e| {
-        let replacement = match e {
-            Expr::Function(f) => {
-                let parts: Vec<String> = f
-                    .name
-                    .0
-                    .iter()
-                    .filter_map(|p| match p {
-                        ObjectNamePart::Identifier(i) => Some(i.value.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                if parts.first().map(String::as_str) == Some("request") {
-                    let no_args =
-                        matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty());
-                    match request_sql(&parts, true) {
-                        Some(sql) if no_args => {
-                            refs.request = true;
-                            Some(parse_expr(&sql))
-                        }
-                        _ => {
-                            err = Some(format!(
-                                "unknown request function `{}()`: use request.user_id(), request.jwt() or request.parameters()",
-                                parts.join(".")
-                            ));
-                            return ControlFlow::Break(());
-                        }
-                    }
-                } else if f.over.is_some() {
-                    err = Some("window functions are not supported".into());
-                    return ControlFlow::Break(());
-                } else {
-                    None
-                }
-            }
-            Expr::Identifier(i) => {
-                let name = i.value.clone();
-                match table {
-                    Some((t, alias)) if t.column(&name).is_some() => {
-                        refs.columns.push(name.clone());
-                        Some(Expr::CompoundIdentifier(vec![
-                            Ident::with_quote('"', alias),
-                            Ident::with_quote('"', name),
-                        ]))
-                    }
-                    Some((t, _)) => {
-                        err = Some(format!("unknown column \"{name}\" in table \"{}\"", t.name));
-                        return ControlFlow::Break(());
-                    }
-                    None => {
-                        err = Some(format!(
-                            "unknown name \"{name}\": a query without FROM can only use request values"
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                }
-            }
-            Expr::CompoundIdentifier(ids) => {
-                let parts = ident_parts(ids);
-                if parts.len() == 2 && parts[0] == "bucket" {
-                    refs.bucket_params.push(parts[1].clone());
-                    None
-                } else if let Some(sql) = request_sql(&parts, false) {
-                    refs.request = true;
-                    Some(parse_expr(&sql))
-                } else if let (Some((t, alias)), 2) = (table, parts.len()) {
-                    if parts[0] != alias && parts[0] != t.name {
-                        err = Some(format!(
-                            "unknown table reference \"{}\" (the query reads \"{}\")",
-                            parts[0], alias
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                    if t.column(&parts[1]).is_none() {
-                        err = Some(format!(
-                            "unknown column \"{}\" in table \"{}\"",
-                            parts[1], t.name
-                        ));
-                        return ControlFlow::Break(());
-                    }
-                    refs.columns.push(parts[1].clone());
-                    Some(Expr::CompoundIdentifier(vec![
-                        Ident::with_quote('"', alias),
-                        Ident::with_quote('"', parts[1].clone()),
-                    ]))
-                } else {
-                    err = Some(format!("unknown name \"{}\"", parts.join(".")));
-                    return ControlFlow::Break(());
-                }
-            }
-            _ => None,
-        };
-        if let Some(r) = replacement {
-            *e = Expr::Nested(Box::new(r));
+/// Whether the expression refers to a `bucket.` parameter.
+pub fn mentions_bucket(e: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(e, |x| match x {
+        Expr::CompoundIdentifier(ids) if ids.len() == 2 && ids[0].value == "bucket" => {
+            ControlFlow::Break(())
         }
-        ControlFlow::Continue(())
-    });
-    match err {
-        Some(e) => Err(e),
-        None => Ok(refs),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// The expression inside any parentheses.
+pub fn unnest(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(i) => unnest(i),
+        other => other,
     }
 }
 
@@ -413,21 +359,49 @@ pub fn resolve_table<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c Table, 
 mod tests {
     use super::*;
 
+    fn paren(sql: &str) -> String {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .with_unescape(false)
+            .tokenize()
+            .unwrap();
+        parenthesize_in(tokens)
+            .iter()
+            .map(Token::to_string)
+            .collect()
+    }
+
     #[test]
     fn parenthesizes_bare_in_operands() {
         assert_eq!(
-            parenthesize_in("SELECT * FROM t WHERE bucket.x IN tags"),
+            paren("SELECT * FROM t WHERE bucket.x IN tags"),
             "SELECT * FROM t WHERE bucket.x IN (tags)"
         );
-        assert_eq!(parenthesize_in("WHERE a IN (1,2)"), "WHERE a IN (1,2)");
+        assert_eq!(paren("WHERE a IN (1,2)"), "WHERE a IN (1,2)");
         assert_eq!(
-            parenthesize_in("WHERE a IN request.jwt() AND b = 'in x'"),
+            paren("WHERE a IN request.jwt() AND b = 'in x'"),
             "WHERE a IN (request.jwt()) AND b = 'in x'"
         );
-        assert_eq!(parenthesize_in("SELECT min FROM t"), "SELECT min FROM t");
+        assert_eq!(paren("SELECT min FROM t"), "SELECT min FROM t");
         assert_eq!(
-            parenthesize_in("WHERE id IN request.parameters() -> 'lists' AND x"),
+            paren("WHERE id IN request.parameters() -> 'lists' AND x"),
             "WHERE id IN (request.parameters() -> 'lists') AND x"
+        );
+    }
+
+    #[test]
+    fn in_inside_comments_quotes_and_dollar_strings_is_left_alone() {
+        for sql in [
+            "SELECT id FROM t -- x IN tags\n",
+            "SELECT id FROM t /* a IN b */",
+            "SELECT $$ a IN b $$ AS x FROM t",
+            "SELECT \"in\" FROM t",
+            "SELECT 'a IN b' AS x FROM t",
+        ] {
+            assert_eq!(paren(sql), sql, "{sql}");
+        }
+        assert_eq!(
+            paren("WHERE c IN '[\"a\"]' AND d NOT IN json_extract(x, '$.a')"),
+            "WHERE c IN ('[\"a\"]') AND d NOT IN (json_extract(x, '$.a'))"
         );
     }
 
@@ -448,6 +422,11 @@ mod tests {
             ("SELECT 1; SELECT 2", "exactly one SELECT"),
             ("SELEC 1", "SQL syntax error"),
             ("SELECT 1 UNION SELECT 2", "plain SELECT"),
+            (
+                &format!("SELECT {}1{} AS x", "(".repeat(17), ")".repeat(17)),
+                "nests parentheses 17 deep",
+            ),
+            (&format!("SELECT 1{} AS x", " + 1".repeat(2000)), "too long"),
         ];
         for (sql, want) in cases {
             let err = parse_select(sql)

@@ -1,6 +1,8 @@
 //! The rules document as PowerSync writes it.
 
+use crate::config::{ConfigYaml, Options};
 use crate::RuleError;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -9,6 +11,13 @@ use std::collections::BTreeMap;
 pub struct RulesYaml {
     #[serde(default)]
     pub bucket_definitions: BTreeMap<String, BucketYaml>,
+    #[serde(default)]
+    pub config: Option<ConfigYaml>,
+    /// Accepted so PowerSync documents deploy; Outpost emits no events.
+    #[serde(default)]
+    pub event_definitions: Option<IgnoredAny>,
+    #[serde(default)]
+    pub streams: Option<IgnoredAny>,
 }
 
 /// `parameters:` and `data:` take one query or a list of them.
@@ -37,7 +46,7 @@ pub struct BucketYaml {
     pub data: Option<OneOrMany>,
     #[serde(default)]
     pub priority: Option<i64>,
-    /// Accepted for compatibility with PowerSync documents; it changes nothing here.
+    /// Silences the warning about client-supplied parameters used for access.
     #[serde(default)]
     pub accept_potentially_dangerous_queries: Option<bool>,
 }
@@ -49,9 +58,26 @@ pub struct BucketSource {
     pub parameters: Vec<String>,
     pub data: Vec<String>,
     pub priority: i32,
+    /// The document's `config:` options (one copy per bucket, so a bucket
+    /// compiles the same way whichever path defined it).
+    #[serde(default, skip_serializing_if = "Options::is_legacy")]
+    pub options: Options,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_potentially_dangerous_queries: bool,
+}
+
+/// A parsed document: its buckets and what it contains that has no effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub sources: Vec<BucketSource>,
+    pub warnings: Vec<RuleError>,
 }
 
 pub fn parse_yaml(text: &str) -> Result<Vec<BucketSource>, RuleError> {
+    parse_document(text).map(|d| d.sources)
+}
+
+pub fn parse_document(text: &str) -> Result<Document, RuleError> {
     if text.trim().is_empty() {
         return Err(RuleError::document(
             "the rules are empty: expected a `bucket_definitions:` mapping",
@@ -59,16 +85,33 @@ pub fn parse_yaml(text: &str) -> Result<Vec<BucketSource>, RuleError> {
     }
     let doc: RulesYaml = serde_saphyr::from_str(text)
         .map_err(|e| RuleError::document(format!("invalid YAML: {e}")))?;
+    if doc.streams.is_some() {
+        return Err(RuleError::document(
+            "`streams:` (Sync Streams) are not supported by this version of Outpost; define the data with `bucket_definitions:`",
+        ));
+    }
+    let options = match &doc.config {
+        None => Options::legacy(),
+        Some(c) => Options::from_config(c)?,
+    };
+    let mut warnings = Vec::new();
+    if doc.event_definitions.is_some() {
+        warnings.push(RuleError::document(
+            "`event_definitions:` is accepted but ignored: Outpost does not emit events",
+        ));
+    }
     if doc.bucket_definitions.is_empty() {
         return Err(RuleError::document(
             "`bucket_definitions` is missing or empty: define at least one bucket",
         ));
     }
-    let mut out = Vec::new();
+    let mut sources = Vec::new();
     for (name, b) in doc.bucket_definitions {
-        out.push(bucket_source(name, b)?);
+        let mut s = bucket_source(name, b)?;
+        s.options = options.clone();
+        sources.push(s);
     }
-    Ok(out)
+    Ok(Document { sources, warnings })
 }
 
 /// Checks a bucket's name and priority and flattens its queries.
@@ -81,6 +124,8 @@ pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleEr
             Some(p) => i32::try_from(p).unwrap_or(i32::MAX),
         },
         name,
+        options: Options::legacy(),
+        accept_potentially_dangerous_queries: b.accept_potentially_dangerous_queries == Some(true),
     };
     check_source(&source)?;
     Ok(source)
@@ -109,6 +154,8 @@ pub fn check_source(s: &BucketSource) -> Result<(), RuleError> {
 
 #[derive(serde::Serialize)]
 struct YamlOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<serde_json::Value>,
     bucket_definitions: BTreeMap<&'a str, BucketOut<'a>>,
 }
 
@@ -118,11 +165,19 @@ struct BucketOut<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     parameters: &'a [String],
     data: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    accept_potentially_dangerous_queries: bool,
 }
 
 /// The bucket definitions as PowerSync YAML (what `outpost.rules_yaml()` returns).
+/// The `config:` block is the first bucket's (buckets defined one at a time
+/// through SQL use the legacy defaults).
 pub fn to_yaml(sources: &[BucketSource]) -> String {
     let doc = YamlOut {
+        config: sources
+            .first()
+            .filter(|s| !s.options.is_legacy())
+            .map(|s| s.options.to_config()),
         bucket_definitions: sources
             .iter()
             .map(|s| {
@@ -132,6 +187,8 @@ pub fn to_yaml(sources: &[BucketSource]) -> String {
                         priority: s.priority,
                         parameters: &s.parameters,
                         data: &s.data,
+                        accept_potentially_dangerous_queries: s
+                            .accept_potentially_dangerous_queries,
                     },
                 )
             })

@@ -1,14 +1,10 @@
 //! Rules compiler: valid documents compile, each invalid one fails with a
 //! message that names the bucket, the query and the problem.
 
-use outpost_rules::{parse_yaml, plan, Catalog, Column, Table};
+mod support;
 
-fn col(name: &str, ty: &str) -> Column {
-    Column {
-        name: name.into(),
-        type_name: ty.into(),
-    }
-}
+use outpost_rules::{parse_yaml, plan, Catalog, Table};
+use support::col;
 
 fn catalog() -> Catalog {
     Catalog::from_tables([
@@ -126,7 +122,8 @@ fn errors_name_bucket_query_and_problem() {
         ("bucket_definitions:\n  b:\n    data: SELECT id FROM lists WHERE owner_id = bucket.owner\n", "unknown bucket parameter `bucket.owner`: this bucket has no parameter query"),
         ("bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS uid\n    data: SELECT id FROM lists WHERE owner_id = bucket.x\n", "unknown bucket parameter `bucket.x` (the parameter queries define: uid)"),
         ("bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS uid\n    data: SELECT id FROM lists\n", "bucket parameter `uid` is not matched"),
-        ("bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS uid\n    data: SELECT id FROM lists WHERE owner_id = bucket.uid OR name = 'x'\n", "bucket \"b\", data query 1: unsupported condition"),
+        ("bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS uid\n    data: SELECT id FROM lists WHERE owner_id = bucket.uid OR name = 'x'\n", "bucket \"b\", data query 1: bucket parameter `uid` is not matched in every OR branch"),
+        ("bucket_definitions:\n  b:\n    parameters: SELECT request.user_id() AS uid\n    data: SELECT id FROM lists WHERE owner_id > bucket.uid\n", "bucket \"b\", data query 1: unsupported condition"),
         ("bucket_definitions:\n  b:\n    data: SELECT id FROM lists l JOIN todos t ON t.list_id = l.id\n", "JOIN is not supported"),
         ("bucket_definitions:\n  b:\n    data: SELECT id FROM nopk\n", "table \"nopk\" has no primary key"),
         ("bucket_definitions:\n  b:\n    parameters: SELECT id AS lid FROM lists\n    data: SELECT id FROM todos WHERE list_id = bucket.lid\n", "bucket \"b\", parameter query 1: a parameter query that reads a table must compare a column with a request value"),

@@ -1,0 +1,359 @@
+//! Parameter queries: static ones (request values only, optionally over
+//! `json_each(...)`) compile to SQL that yields bucket ids; table ones to the
+//! materialized lookups a tick keeps current plus the request-time lookup query.
+//!
+//! A table query's WHERE becomes OR branches over its column-to-request
+//! comparisons; each branch is its own lookup (tagged with the branch, so a
+//! value from one branch never matches another's), and the buckets are the
+//! union, as in PowerSync.
+
+use super::sqlgen::{bucket_id_sql, jsonb_text, lookup_text, pk_exprs, RowQuery};
+use super::ParamQuery;
+use crate::catalog::Catalog;
+use crate::filter;
+use crate::query::{self, conjuncts, output_name, parse_select, From};
+use crate::rewrite::{elements_jsonb, rewrite, rewrite_output, Refs, Scope, JSON_EACH_SQL};
+use crate::yaml::BucketSource;
+use crate::{quote_ident, quote_literal};
+use sqlparser::ast::{BinaryOperator, Expr, SelectItem, Value};
+
+/// A compiled parameter query and what the bucket learns from it.
+pub struct Compiled {
+    pub names: Vec<String>,
+    pub query: ParamQuery,
+    /// A `_priority` output (a constant 0–3).
+    pub priority: Option<i32>,
+    /// Client-chosen values decide access and no token value takes part.
+    pub dangerous: bool,
+}
+
+pub fn compile_param_query(
+    src: &BucketSource,
+    i: usize,
+    sql: &str,
+    catalog: &Catalog,
+    order: Option<&[String]>,
+) -> Result<Compiled, String> {
+    let sel = parse_select(sql)?;
+    let id = format!("{}#{}", src.name, i);
+    let (table, json_each) = match &sel.from {
+        None => (None, None),
+        Some(From::Table(name, alias)) => {
+            let t = query::resolve_table(catalog, name)?;
+            (
+                Some((t, alias.clone().unwrap_or_else(|| t.name.clone()))),
+                None,
+            )
+        }
+        Some(From::JsonEach(arg, alias)) => (
+            None,
+            Some((
+                arg.clone(),
+                alias.clone().unwrap_or_else(|| "json_each".into()),
+            )),
+        ),
+    };
+    let scope = Scope {
+        table: table.as_ref().map(|(t, a)| (*t, a.as_str())),
+        json_each: json_each.as_ref().map(|(_, a)| a.as_str()),
+        options: &src.options,
+    };
+    let mut outputs: Vec<(String, Expr)> = Vec::new();
+    let mut priority = None;
+    let mut output_refs = Refs::default();
+    for item in &sel.projection {
+        if matches!(item, SelectItem::Wildcard(_)) {
+            return Err(
+                "`*` is not allowed in a parameter query: name each bucket parameter".into(),
+            );
+        }
+        let (name, mut e) = output_name(item)?;
+        if name == "_priority" {
+            priority = Some(priority_of(&e)?);
+            continue;
+        }
+        let refs = rewrite_output(&mut e, scope)?;
+        if !refs.bucket_params.is_empty() {
+            return Err("`bucket.` parameters cannot be used in a parameter query".into());
+        }
+        if table.is_some() && refs.request {
+            return Err(format!(
+                "parameter `{name}` mixes request values into a table query; output columns of the table only"
+            ));
+        }
+        if outputs.iter().any(|(n, _)| *n == name) {
+            return Err(format!("parameter `{name}` is defined twice"));
+        }
+        output_refs.merge(refs);
+        outputs.push((name, e));
+    }
+    if outputs.is_empty() {
+        return Err("a parameter query must output at least one parameter".into());
+    }
+    let mut names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+    if let Some(order) = order {
+        let mut reordered = Vec::new();
+        for n in order {
+            let pos = outputs
+                .iter()
+                .position(|(m, _)| m == n)
+                .expect("same parameter set");
+            reordered.push(outputs[pos].clone());
+        }
+        outputs = reordered;
+        names = order.to_vec();
+    }
+    let values: Vec<String> = outputs
+        .iter()
+        .map(|(_, e)| jsonb_text(&format!("({e})")))
+        .collect();
+    // A JSON null (e.g. a claim set to null) is no parameter value either.
+    let not_null: Vec<String> = outputs
+        .iter()
+        .map(|(_, e)| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL"))
+        .collect();
+
+    match &table {
+        None => {
+            let mut conds = Vec::new();
+            if let Some(w) = sel.selection {
+                conjuncts(w, &mut conds);
+            }
+            let mut filters = Vec::new();
+            let mut client = output_refs.client_params;
+            for mut c in conds {
+                let refs = rewrite(&mut c, scope)?;
+                if !refs.bucket_params.is_empty() {
+                    return Err("`bucket.` parameters cannot be used in a parameter query".into());
+                }
+                client |= refs.client_params;
+                filters.push(format!("({c})"));
+            }
+            filters.extend(not_null);
+            let mut from = String::new();
+            if let Some((arg, _)) = &json_each {
+                let mut arg = arg.as_ref().clone();
+                let r = rewrite(
+                    &mut arg,
+                    Scope {
+                        json_each: None,
+                        ..scope
+                    },
+                )?;
+                client |= r.client_params;
+                from = format!(" FROM {}", json_each_sql(&arg.to_string()));
+            }
+            let where_ = format!(" WHERE {}", filters.join(" AND "));
+            Ok(Compiled {
+                names,
+                query: ParamQuery::Static {
+                    id,
+                    sql: format!(
+                        "SELECT {} AS bucket{from}{where_}",
+                        bucket_id_sql(&src.name, &values)
+                    ),
+                },
+                priority,
+                // Safe only when a bucket parameter comes from the token.
+                dangerous: client && !output_refs.token_params,
+            })
+        }
+        Some((t, alias)) => {
+            let (pk_json, keyed_cond) = pk_exprs(t, alias)?;
+            let mixes = |e: &Expr| {
+                let mut e = e.clone();
+                rewrite(&mut e, scope)
+                    .map(|r| !r.columns.is_empty() && r.request)
+                    .unwrap_or(false)
+            };
+            let branches = filter::branches(sel.selection, &|e| !mixes(e))?;
+            let tagged = branches.len() > 1;
+            let (mut keyed, mut full, mut lookups) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut client, mut authenticated) = (false, false);
+            for (k, conds) in branches.into_iter().enumerate() {
+                let b = compile_branch(conds, scope)?;
+                client |= b.client;
+                authenticated |= b.authenticated;
+                let tag = tagged.then(|| quote_literal(&format!("#{}", k + 1)));
+                let row_lookup: Vec<String> = tag.iter().cloned().chain(b.row_lookup).collect();
+                let req_lookup: Vec<String> = tag.into_iter().chain(b.req_lookup).collect();
+                let mut conds = b.row_filters;
+                conds.extend(not_null.iter().cloned());
+                let select_from = format!(
+                    "SELECT {id_lit} AS query_id, {oid}::oid AS relid, {pk_json} AS pk, jsonb_build_array({lookup}) AS lookup, {bucket} AS bucket FROM {tbl} AS {alias_q} {laterals}",
+                    id_lit = quote_literal(&id),
+                    oid = t.oid,
+                    lookup = row_lookup.join(", "),
+                    bucket = bucket_id_sql(&src.name, &values),
+                    tbl = t.qualified(),
+                    alias_q = quote_ident(alias),
+                    laterals = b.row_laterals.join(" "),
+                );
+                let q = RowQuery {
+                    select_from,
+                    conds,
+                    table: t,
+                    bucket: &src.name,
+                    keyed_cond: keyed_cond.clone(),
+                };
+                keyed.push(q.keyed());
+                full.push(q.full());
+                let where_ = if b.req_filters.is_empty() {
+                    String::new()
+                } else {
+                    format!(" WHERE {}", b.req_filters.join(" AND "))
+                };
+                lookups.push(format!(
+                    "SELECT jsonb_build_array({}) AS lookup FROM (SELECT 1) AS _req {}{where_}",
+                    req_lookup.join(", "),
+                    b.req_laterals.join(" ")
+                ));
+            }
+            Ok(Compiled {
+                names,
+                query: ParamQuery::Table {
+                    id,
+                    relid: t.oid,
+                    sql_keyed: keyed.join(" UNION ALL "),
+                    sql_full: full.join(" UNION ALL "),
+                    lookup_sql: lookups.join(" UNION ALL "),
+                },
+                priority,
+                // Safe when some lookup compares a column with a token value.
+                dangerous: client && !authenticated,
+            })
+        }
+    }
+}
+
+/// The rows of `json_each(arg)`, as PowerSync makes them: an array's
+/// elements, an object's values, a scalar itself; text is parsed as JSON
+/// first (text that is not JSON gives no rows).
+fn json_each_sql(arg: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN jsonb_typeof(_r) = 'string' THEN outpost._json(_r #>> '{{}}') ELSE _r END AS _j \
+         FROM (SELECT to_jsonb({arg}) AS _r) _r0) _src \
+         CROSS JOIN LATERAL (SELECT _e.value FROM jsonb_each(CASE WHEN jsonb_typeof(_src._j) = 'object' THEN _src._j END) _e \
+         UNION ALL SELECT _x.v FROM jsonb_array_elements(CASE WHEN jsonb_typeof(_src._j) = 'array' THEN _src._j END) _x(v) \
+         UNION ALL SELECT _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object', 'null')) AS {JSON_EACH_SQL}(v)"
+    )
+}
+
+/// `_priority` must be a constant the bucket's priority can take.
+fn priority_of(e: &Expr) -> Result<i32, String> {
+    match query::unnest(e) {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => match n.parse::<i32>() {
+                Ok(p) if (0..=3).contains(&p) => Ok(p),
+                _ => Err(format!(
+                    "`_priority` must be between 0 (highest) and 3, got {n}"
+                )),
+            },
+            _ => Err("`_priority` must be an integer literal".into()),
+        },
+        _ => Err("`_priority` must be an integer literal".into()),
+    }
+}
+
+/// One OR branch of a table parameter query's WHERE.
+#[derive(Default)]
+struct Branch {
+    row_filters: Vec<String>,
+    req_filters: Vec<String>,
+    /// Lookup components: row side and request side, plus their laterals.
+    row_lookup: Vec<String>,
+    req_lookup: Vec<String>,
+    row_laterals: Vec<String>,
+    req_laterals: Vec<String>,
+    client: bool,
+    authenticated: bool,
+}
+
+fn compile_branch(conds: Vec<Expr>, scope: Scope) -> Result<Branch, String> {
+    let mut b = Branch::default();
+    for c in conds {
+        let shown = c.to_string();
+        let classify = |e: &Expr| -> Result<(Expr, Refs), String> {
+            let mut e = e.clone();
+            let r = rewrite(&mut e, scope)?;
+            if !r.bucket_params.is_empty() {
+                return Err("`bucket.` parameters cannot be used in a parameter query".into());
+            }
+            Ok((e, r))
+        };
+        let pair = match query::unnest(&c) {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => Some((left.as_ref().clone(), right.as_ref().clone(), false)),
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } if list.len() == 1 => Some((expr.as_ref().clone(), list[0].clone(), true)),
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => Some((left.as_ref().clone(), right.as_ref().clone(), true)),
+            _ => None,
+        };
+        let (whole, refs) = classify(&c)?;
+        b.client |= refs.client_params;
+        if !refs.request {
+            b.row_filters.push(format!("({whole})"));
+            continue;
+        }
+        if refs.columns.is_empty() {
+            b.req_filters.push(format!("({whole})"));
+            continue;
+        }
+        let Some((l, r, is_in)) = pair else {
+            return Err(format!(
+                "unsupported condition `{shown}`: compare a column with a request value using = or IN"
+            ));
+        };
+        let (le, lr) = classify(&l)?;
+        let (re, rr) = classify(&r)?;
+        let (lrow, lreq) = (!lr.columns.is_empty(), lr.request);
+        let (rrow, rreq) = (!rr.columns.is_empty(), rr.request);
+        b.authenticated |= (lreq && lr.token_params) || (rreq && rr.token_params);
+        let n = b.row_lookup.len() + 1;
+        match ((lrow, lreq), (rrow, rreq), is_in) {
+            ((true, false), (false, true), false) | ((false, true), (true, false), false) => {
+                let (row, req) = if lrow { (le, re) } else { (re, le) };
+                b.row_lookup.push(lookup_text(&format!("to_jsonb({row})")));
+                b.req_lookup.push(lookup_text(&format!("to_jsonb({req})")));
+            }
+            // column IN request-array: expand the request side.
+            ((true, false), (false, true), true) => {
+                b.row_lookup.push(lookup_text(&format!("to_jsonb({le})")));
+                b.req_laterals.push(format!(
+                    "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_r{n}(v)",
+                    elements_jsonb(&re, &scope)
+                ));
+                b.req_lookup.push(lookup_text(&format!("_outpost_r{n}.v")));
+            }
+            // request value IN column-array: expand the row side.
+            ((false, true), (true, false), true) => {
+                b.row_laterals.push(format!(
+                    "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_e{n}(v)",
+                    elements_jsonb(&re, &scope)
+                ));
+                b.row_lookup.push(lookup_text(&format!("_outpost_e{n}.v")));
+                b.req_lookup.push(lookup_text(&format!("to_jsonb({le})")));
+            }
+            _ => {
+                return Err(format!(
+                    "unsupported condition `{shown}`: one side must be a column expression and the other a request value"
+                ))
+            }
+        }
+    }
+    if b.row_lookup.is_empty() {
+        return Err("a parameter query that reads a table must compare a column with a request value (e.g. `WHERE owner_id = request.user_id()`)".into());
+    }
+    Ok(b)
+}

@@ -1,0 +1,120 @@
+//! SQL text shared by the parameter and data compilers: bucket ids, lookup
+//! values, primary-key expressions and the per-row query variants.
+
+use crate::catalog::Table;
+use crate::{quote_ident, quote_literal};
+
+/// The tick's CTE naming `(relid, def)` pairs a deploy re-evaluates in full.
+pub const FULL_CTE: &str = "_full";
+/// The tick's CTE naming the `(relid, pk)` keys that changed.
+pub const KEYS_CTE: &str = "_keys";
+
+/// A statement that makes Postgres type-check a compiled query without a
+/// tick: the `_full` CTE the query refers to is defined empty around it.
+pub fn check_sql(sql: &str) -> String {
+    format!(
+        "WITH {FULL_CTE} (relid, def) AS (SELECT 0::oid, ''::text) SELECT * FROM ({sql}) _check LIMIT 0"
+    )
+}
+
+/// `'name[' || concat_ws(',', v1, v2) || ']'` where each `v` is jsonb text.
+pub fn bucket_id_sql(name: &str, values: &[String]) -> String {
+    if values.is_empty() {
+        return quote_literal(&format!("{name}[]"));
+    }
+    format!(
+        "({} || concat_ws(',', {}) || ']')",
+        quote_literal(&format!("{name}[")),
+        values.join(", ")
+    )
+}
+
+pub fn jsonb_text(expr: &str) -> String {
+    format!("(to_jsonb({expr}))::text")
+}
+
+/// Lookup values compare as text (`'5'` from a JWT matches integer 5).
+pub fn lookup_text(jsonb_expr: &str) -> String {
+    format!("({jsonb_expr} #>> '{{}}')")
+}
+
+/// The primary key of a row as `jsonb_build_array(...)`, and the condition
+/// that selects the rows whose keys the tick saw change.
+pub fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
+    if t.primary_key.is_empty() {
+        return Err(format!(
+            "table \"{}\" has no primary key; Outpost needs one to track its rows",
+            t.name
+        ));
+    }
+    let a = quote_ident(alias);
+    let cols: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|c| format!("{a}.{}", quote_ident(c)))
+        .collect();
+    let casts: Vec<String> = t
+        .primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = &t.column(c).expect("pk columns exist").type_name;
+            format!("(k.pk ->> {i})::{ty}")
+        })
+        .collect();
+    let json = format!("jsonb_build_array({})", cols.join(", "));
+    let keyed = if cols.len() == 1 {
+        format!(
+            "{} IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND k.def IS NULL)",
+            cols[0], casts[0], t.oid
+        )
+    } else {
+        format!(
+            "({}) IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND k.def IS NULL)",
+            cols.join(", "),
+            casts.join(", "),
+            t.oid
+        )
+    };
+    Ok((json, keyed))
+}
+
+/// One per-row query before it is specialised: what it selects, its own
+/// conditions, and how the tick narrows it to the rows it must evaluate.
+pub struct RowQuery<'a> {
+    pub select_from: String,
+    pub conds: Vec<String>,
+    pub table: &'a Table,
+    pub bucket: &'a str,
+    pub keyed_cond: String,
+}
+
+impl RowQuery<'_> {
+    /// `_full` names this query's table and bucket (a deploy (re)defined it).
+    fn full_mark(&self) -> String {
+        format!(
+            "(EXISTS (SELECT 1 FROM {FULL_CTE} f WHERE f.def = {} AND f.relid = {}))",
+            quote_literal(self.bucket),
+            self.table.oid
+        )
+    }
+
+    fn with(&self, extra: &[String]) -> String {
+        let conds: Vec<&str> = self.conds.iter().chain(extra).map(String::as_str).collect();
+        format!(
+            "{} WHERE {}",
+            self.select_from.trim_end(),
+            conds.join(" AND ")
+        )
+    }
+
+    /// Evaluates the whole table when a deploy (re)defines the bucket.
+    pub fn full(&self) -> String {
+        self.with(&[self.full_mark()])
+    }
+
+    /// Evaluates the rows whose keys changed.
+    pub fn keyed(&self) -> String {
+        self.with(&[format!("NOT {}", self.full_mark()), self.keyed_cond.clone()])
+    }
+}

@@ -1,0 +1,359 @@
+//! Name resolution and lowering of one expression: the references that are
+//! not Postgres (`request.user_id()`, `token_parameters.x`, `bucket.p`, a
+//! `json_each` row's `value`) become SQL over `$1`/`$2`, column names are
+//! qualified with the table alias, and PowerSync's functions and operators
+//! become Postgres expressions ([`crate::dialect`]). Postgres itself
+//! type-checks the result when the extension deploys it.
+
+use crate::config::Options;
+use crate::dialect;
+use crate::query::{as_bucket_param, unnest};
+pub use crate::scope::{Refs, Scope, JSON_EACH_SQL};
+pub use crate::typing::elements_jsonb;
+use crate::typing::{arg_of, call_args, compiled, function_name, kind_of};
+use sqlparser::ast::{BinaryOperator, Expr, Ident};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb)
+/// and `$2` (client parameters, jsonb), and whether the client chooses it.
+fn request_sql(parts: &[String], is_call: bool) -> Option<(String, bool)> {
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match (p.as_slice(), is_call) {
+        (["request", "user_id"], true) => Some(("($1 ->> 'sub')".into(), false)),
+        (["request", "jwt"], true) => Some(("$1".into(), false)),
+        (["request", "parameters"], true) => Some(("$2".into(), true)),
+        (["token_parameters", "user_id"], false) => Some(("($1 ->> 'sub')".into(), false)),
+        (["token_parameters", k], false) => Some((
+            format!("($1 -> 'parameters' ->> {})", crate::quote_literal(k)),
+            false,
+        )),
+        (["user_parameters", k], false) => {
+            Some((format!("($2 ->> {})", crate::quote_literal(k)), true))
+        }
+        _ => None,
+    }
+}
+
+/// Parses SQL this module generated around the text of user expressions;
+/// an expression whose text does not survive the round trip is refused
+/// rather than compiled to something else.
+fn parse_expr(sql: &str) -> Result<Expr, String> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| format!("cannot compile this expression (generated `{sql}`: {e})"))
+}
+
+fn ident_parts(idents: &[Ident]) -> Vec<String> {
+    idents.iter().map(|i| i.value.clone()).collect()
+}
+
+/// Rewrites an expression in place: request references become `$1`/`$2` SQL,
+/// column names are qualified with the table alias, PowerSync's functions and
+/// operators become their Postgres equivalents, `bucket.p` is left for the
+/// caller (collected in the returned refs). Unknown names and subqueries are errors.
+pub fn rewrite(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    let has_subquery = sqlparser::ast::visit_expressions(expr, |e| match e {
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if has_subquery.is_break() {
+        return Err("subqueries are not supported".into());
+    }
+    let mut refs = Refs::default();
+    let mut err: Option<String> = None;
+    let _ = sqlparser::ast::visit_expressions_mut(expr, |e| {
+        match rewrite_node(e, &scope, &mut refs) {
+            Ok(Some(r)) => *e = Expr::Nested(Box::new(r)),
+            Ok(None) => {}
+            Err(m) => {
+                err = Some(m);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(refs),
+    }
+}
+
+/// Like [`rewrite`], for an expression whose value is output (a data column
+/// or a bucket parameter): a JSON extraction at the top keeps its JSON type.
+pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    let top = match unnest(expr) {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::LongArrow,
+            right,
+        } => Some((left.as_ref().clone(), right.as_ref().clone(), false)),
+        Expr::Function(f)
+            if function_name(f).len() == 1
+                && function_name(f)[0].eq_ignore_ascii_case("json_extract") =>
+        {
+            match call_args(f)?.as_slice() {
+                [j, p] => Some((j.clone(), p.clone(), true)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some((mut l, mut r, dollar)) = top {
+        let mut refs = rewrite(&mut l, scope)?;
+        refs.merge(rewrite(&mut r, scope)?);
+        let (la, ra) = (arg_of(&l, &scope), arg_of(&r, &scope));
+        if dollar {
+            dialect::json_path(&ra, scope.options, true)?;
+        }
+        let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
+        *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
+        return Ok(refs);
+    }
+    if let Some(k) = request_parameter_call(unnest(expr)) {
+        let sql = request_parameter(&k, &scope, "#>")?;
+        *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
+        return Ok(Refs {
+            request: true,
+            client_params: true,
+            ..Refs::default()
+        });
+    }
+    let is_value = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value == "value",
+        Expr::CompoundIdentifier(ids) => {
+            ids.len() == 2
+                && Some(ids[0].value.as_str()) == scope.json_each
+                && ids[1].value == "value"
+        }
+        _ => false,
+    };
+    if scope.json_each.is_some() && is_value(unnest(expr)) {
+        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))?));
+        return Ok(Refs {
+            json_each: true,
+            ..Refs::default()
+        });
+    }
+    rewrite(expr, scope)
+}
+
+/// `request.parameter(k)`: always a single key unless `k` is a `$.` path.
+fn request_parameter(k: &Expr, scope: &Scope, op: &str) -> Result<String, String> {
+    let fixed = Options {
+        fixed_json_extract: true,
+        ..scope.options.clone()
+    };
+    let path = dialect::json_path(&arg_of(k, scope), &fixed, false)?;
+    Ok(format!("($2 {op} {path})"))
+}
+
+fn request_parameter_call(e: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = e else { return None };
+    let name = function_name(f);
+    match (
+        name.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        call_args(f).ok()?.as_slice(),
+    ) {
+        (["request", "parameter"], [k]) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+fn json_each_value(refs: &mut Refs) -> Result<Option<Expr>, String> {
+    refs.json_each = true;
+    parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")).map(Some)
+}
+
+/// One node of [`rewrite`], its children already rewritten.
+fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>, String> {
+    let table = scope.table;
+    Ok(match e {
+        Expr::Function(f) => {
+            let parts = function_name(f);
+            if parts.first().map(String::as_str) == Some("request") {
+                let args = call_args(f)?;
+                if let (["request", "parameter"], [k]) = (
+                    parts
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                    args.as_slice(),
+                ) {
+                    refs.request = true;
+                    refs.client_params = true;
+                    return Ok(Some(compiled(
+                        request_parameter(k, scope, "#>>")?,
+                        dialect::Kind::Other,
+                    )?));
+                }
+                match request_sql(&parts, true) {
+                    Some((sql, client)) if args.is_empty() => {
+                        refs.request = true;
+                        refs.client_params |= client;
+                        refs.token_params |= !client;
+                        Some(parse_expr(&sql)?)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown request function `{}()`: use request.user_id(), request.jwt(), request.parameters() or request.parameter('key')",
+                            parts.join(".")
+                        ))
+                    }
+                }
+            } else if f.over.is_some() {
+                return Err("window functions are not supported".into());
+            } else if parts.len() == 1 {
+                let name = parts[0].to_lowercase();
+                let args = call_args(f).unwrap_or_default();
+                let args_sql: Vec<dialect::Arg> = args.iter().map(|a| arg_of(a, scope)).collect();
+                let pg_type = args.first().and_then(|a| kind_of(a, scope).1);
+                let kind = match name.as_str() {
+                    "json_valid" => dialect::Kind::Bool,
+                    "uuid_blob" => dialect::Kind::Bytea,
+                    _ => dialect::Kind::Other,
+                };
+                dialect::call(&name, &args_sql, pg_type.as_deref(), scope.options)?
+                    .map(|sql| compiled(sql, kind))
+                    .transpose()?
+            } else {
+                None
+            }
+        }
+        Expr::Substring {
+            expr,
+            substring_from,
+            substring_for,
+            ..
+        } => {
+            let mut args = vec![arg_of(expr, scope)];
+            args.extend(substring_from.iter().map(|a| arg_of(a, scope)));
+            args.extend(substring_for.iter().map(|a| arg_of(a, scope)));
+            dialect::call("substring", &args, None, scope.options)?
+                .map(|sql| compiled(sql, dialect::Kind::Other))
+                .transpose()?
+        }
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Arrow | BinaryOperator::LongArrow => {
+                let sql = dialect::json_get(
+                    &arg_of(left, scope),
+                    &arg_of(right, scope),
+                    *op == BinaryOperator::LongArrow,
+                    dialect::Use::Inner,
+                    scope.options,
+                )?;
+                let kind = if *op == BinaryOperator::Arrow {
+                    dialect::Kind::Json
+                } else {
+                    dialect::Kind::Other
+                };
+                Some(compiled(sql, kind)?)
+            }
+            BinaryOperator::PGOverlap => {
+                let (l, r) = (arg_of(left, scope), arg_of(right, scope));
+                let pg_arrays = [left, right]
+                    .iter()
+                    .all(|s| kind_of(s, scope).1.is_some_and(|t| t.ends_with("[]")));
+                (!pg_arrays)
+                    .then(|| compiled(dialect::overlap(&l, &r), dialect::Kind::Bool))
+                    .transpose()?
+            }
+            _ => None,
+        },
+        Expr::Cast {
+            expr, data_type, ..
+        } => {
+            let target = data_type.to_string().to_lowercase();
+            let kind = match target.as_str() {
+                "blob" => dialect::Kind::Bytea,
+                "integer" => dialect::Kind::Int,
+                _ => dialect::Kind::Other,
+            };
+            dialect::cast(&arg_of(expr, scope), &target)
+                .map(|sql| compiled(sql, kind))
+                .transpose()?
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } if list.len() == 1
+            && as_bucket_param(expr).is_none()
+            && as_bucket_param(&list[0]).is_none() =>
+        {
+            let m = dialect::membership(&arg_of(expr, scope), &arg_of(&list[0], scope));
+            let m = if *negated { format!("(NOT {m})") } else { m };
+            Some(compiled(m, dialect::Kind::Bool)?)
+        }
+        Expr::Identifier(i) => {
+            let name = i.value.clone();
+            match table {
+                Some((t, alias)) if t.column(&name).is_some() => {
+                    refs.columns.push(name.clone());
+                    Some(Expr::CompoundIdentifier(vec![
+                        Ident::with_quote('"', alias),
+                        Ident::with_quote('"', name),
+                    ]))
+                }
+                Some((t, _)) => {
+                    return Err(format!("unknown column \"{name}\" in table \"{}\"", t.name))
+                }
+                None if scope.json_each.is_some() && name == "value" => json_each_value(refs)?,
+                None if scope.json_each.is_some() => {
+                    return Err(format!(
+                        "unknown name \"{name}\": json_each(...) rows have a `value`"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "unknown name \"{name}\": a query without FROM can only use request values"
+                    ))
+                }
+            }
+        }
+        Expr::CompoundIdentifier(ids) => {
+            let parts = ident_parts(ids);
+            if parts.len() == 2 && parts[0] == "bucket" {
+                refs.bucket_params.push(parts[1].clone());
+                None
+            } else if let Some((sql, client)) = request_sql(&parts, false) {
+                refs.request = true;
+                refs.client_params |= client;
+                refs.token_params |= !client;
+                Some(parse_expr(&sql)?)
+            } else if parts.len() == 2
+                && scope.json_each == Some(parts[0].as_str())
+                && parts[1] == "value"
+            {
+                json_each_value(refs)?
+            } else if let (Some((t, alias)), 2) = (table, parts.len()) {
+                if parts[0] != alias && parts[0] != t.name {
+                    return Err(format!(
+                        "unknown table reference \"{}\" (the query reads \"{}\")",
+                        parts[0], alias
+                    ));
+                }
+                if t.column(&parts[1]).is_none() {
+                    return Err(format!(
+                        "unknown column \"{}\" in table \"{}\"",
+                        parts[1], t.name
+                    ));
+                }
+                refs.columns.push(parts[1].clone());
+                Some(Expr::CompoundIdentifier(vec![
+                    Ident::with_quote('"', alias),
+                    Ident::with_quote('"', parts[1].clone()),
+                ]))
+            } else {
+                return Err(format!("unknown name \"{}\"", parts.join(".")));
+            }
+        }
+        _ => None,
+    })
+}

@@ -8,6 +8,7 @@ mod client;
 mod compaction;
 mod extension;
 mod relay;
+mod relay_connect;
 mod rules;
 
 use anyhow::Result;
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
         ("compaction", compaction::run),
         ("client", client::run),
         ("relay", relay::run),
+        ("relay", relay_connect::run),
         ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

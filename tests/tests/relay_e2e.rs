@@ -387,6 +387,24 @@ fn schema_endpoint_serves_client_schema() {
     assert_eq!(names, vec!["lists", "todos"]);
 }
 
+/// (bucket, op) of every data line up to the next `checkpoint_complete`.
+fn ops_until_complete(s: &mut SyncStream) -> Vec<(String, Value)> {
+    let mut ops = Vec::new();
+    loop {
+        let l = s
+            .next_line(Duration::from_secs(120))
+            .expect("stream ended early");
+        if l.get("checkpoint_complete").is_some() {
+            return ops;
+        }
+        if let Some(d) = l.get("data") {
+            for op in d["data"].as_array().unwrap() {
+                ops.push((d["bucket"].as_str().unwrap().to_string(), op.clone()));
+            }
+        }
+    }
+}
+
 /// No hard bucket limit: a user holding 100,000 buckets gets a checkpoint
 /// listing all of them, then every bucket's data, then checkpoint_complete;
 /// reconnecting with its 100,000 positions (a body of megabytes) it gets
@@ -416,25 +434,9 @@ fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
     assert_eq!(buckets.len(), N as usize);
     // Per bucket, the position a client resumes from: its last op.
     let mut positions = BTreeMap::new();
-    loop {
-        let l = s
-            .next_line(Duration::from_secs(120))
-            .expect("stream ended early");
-        if l.get("checkpoint_complete").is_some() {
-            break;
-        }
-        if let Some(d) = l.get("data") {
-            let last = d["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|op| op_id(&op["op_id"]))
-                .max();
-            let p = positions
-                .entry(d["bucket"].as_str().unwrap().to_string())
-                .or_insert(0);
-            *p = last.unwrap_or(0).max(*p);
-        }
+    for (bucket, op) in ops_until_complete(&mut s) {
+        let p = positions.entry(bucket).or_insert(0);
+        *p = op_id(&op["op_id"]).max(*p);
     }
     assert_eq!(
         positions.len(),
@@ -464,24 +466,8 @@ fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
         cp["checkpoint"]["buckets"].as_array().map(Vec::len),
         Some(N as usize)
     );
-    let mut got = Vec::new();
-    loop {
-        let l = s
-            .next_line(Duration::from_secs(120))
-            .expect("stream ended early");
-        if l.get("checkpoint_complete").is_some() {
-            break;
-        }
-        if let Some(d) = l.get("data") {
-            for op in d["data"].as_array().unwrap() {
-                got.push((
-                    d["bucket"].as_str().unwrap().to_string(),
-                    op["data"].clone(),
-                ));
-            }
-        }
-    }
+    let got = ops_until_complete(&mut s);
     assert_eq!(got.len(), 1, "only the new op: {got:?}");
     assert_eq!(got[0].0, "one_list[77777]");
-    assert!(got[0].1.to_string().contains("renamed"), "{got:?}");
+    assert!(got[0].1["data"].to_string().contains("renamed"), "{got:?}");
 }

@@ -275,7 +275,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
 }
 
 /// The relay and the bench each hold one descriptor per connection.
-pub(crate) fn raise_nofile() {
+fn raise_nofile() {
     let pid = std::process::id().to_string();
     let _ = Command::new("prlimit")
         .args(["--pid", &pid, "--nofile=20000:20000"])
@@ -283,12 +283,18 @@ pub(crate) fn raise_nofile() {
         .status();
 }
 
-pub fn run(rows: &mut Vec<Row>) -> Result<()> {
+/// The clients' runtime (2 threads for many connections), with the
+/// descriptor limit raised for them.
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime> {
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+pub fn run(rows: &mut Vec<Row>) -> Result<()> {
+    let rt = client_runtime()?;
     stream_big(&rt, rows)?;
     connections(&rt, rows)?;
     Ok(())

@@ -6,7 +6,7 @@
 //! - a client holding 100,000 buckets resumes with all their positions:
 //!   time from the request to `checkpoint_complete` with the one new op.
 
-use crate::relay::{ms, raise_nofile, ratio, RelayProc, Stream};
+use crate::relay::{client_runtime, ms, ratio, RelayProc, Stream};
 use crate::Row;
 use anyhow::{bail, Result};
 use bytes::Bytes;
@@ -18,11 +18,7 @@ const CLIENTS: usize = 1_000;
 const BUCKETS: i32 = 100_000;
 
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
-    raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = client_runtime()?;
     connect_burst(&rt, rows)?;
     resume_100k(&rt, rows)?;
     Ok(())

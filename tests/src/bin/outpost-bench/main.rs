@@ -30,7 +30,7 @@ fn main() -> Result<()> {
         ("compaction", compaction::run),
         ("client", client::run),
         ("relay", relay::run),
-        ("relay", relay_connect::run),
+        ("relay-connect", relay_connect::run),
         ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

@@ -75,9 +75,25 @@ pub struct ServeArgs {
     #[arg(long, env = "OUTPOST_MAX_OPS_PER_BATCH", default_value_t = 1000)]
     pub max_ops_per_batch: u32,
 
-    /// Maximum request body size in bytes.
+    /// Maximum request body size in bytes (all endpoints but `/sync/stream`).
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+
+    /// Maximum `/sync/stream` request body in bytes. A resuming client lists
+    /// every bucket it holds with its position (about 80 bytes each), so
+    /// this bounds the buckets a client can resume with: the default, 32 MiB,
+    /// fits well over 100,000.
+    #[arg(long, env = "OUTPOST_MAX_SYNC_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_sync_body_bytes: usize,
+
+    /// How long a new stream waits, at most, for a checkpoint that includes
+    /// every transaction committed before its request (see the README's
+    /// "Freshness at connect"); beyond it the stream starts from the latest.
+    /// Default 10000 with --drive-ticks. Without, the relay waits for the
+    /// next announced checkpoint and an idle database announces none, so
+    /// every connect waits this long: default 250 (0: no wait).
+    #[arg(long, env = "OUTPOST_FRESHNESS_WAIT_MS")]
+    pub freshness_wait_ms: Option<u64>,
 
     /// Seconds a client gets to send a request's headers, and again its body;
     /// a slower client is disconnected (headers) or answered 408 (body).

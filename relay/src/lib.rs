@@ -23,6 +23,8 @@
 //! - [`supervise`]: restarts background tasks that panic or end early.
 //! - [`listener`]: the one LISTEN connection per process; fans checkpoint
 //!   notifications out through a `watch` channel and wakes the ticker.
+//! - [`freshness`]: the barrier that makes a stream's first checkpoint
+//!   include every commit before its request (one tick shared by all).
 //! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced,
 //!   and schedules compaction.
 //! - [`fanout`]: reads shared by all streams of the process: what changed
@@ -42,6 +44,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod fanout;
+pub mod freshness;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;

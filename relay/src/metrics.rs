@@ -32,6 +32,9 @@ pub struct Metrics {
     checkpoint_lag_max: Seconds,
     pub ticks: Counter,
     pub tick_errors: Counter,
+    /// Stream starts that waited for the freshness barrier, and those that gave up.
+    pub freshness_waits: Counter,
+    pub freshness_timeouts: Counter,
     tick_duration: Histogram,
     tick_duration_last: Seconds,
     /// Time a stream waited for its client to take a line (backpressure).
@@ -71,6 +74,8 @@ impl Default for Metrics {
             checkpoint_lag_max: Seconds::default(),
             ticks: Counter::default(),
             tick_errors: Counter::default(),
+            freshness_waits: Counter::default(),
+            freshness_timeouts: Counter::default(),
             // 1 ms .. 16 s
             tick_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             tick_duration_last: Seconds::default(),
@@ -223,6 +228,16 @@ impl Metrics {
             "outpost_relay_tick_errors",
             "Failed outpost.tick() calls.",
             self.tick_errors.clone(),
+        );
+        r.register(
+            "outpost_relay_freshness_waits",
+            "Stream starts that waited for a checkpoint covering every commit before the request.",
+            self.freshness_waits.clone(),
+        );
+        r.register(
+            "outpost_relay_freshness_timeouts",
+            "Stream starts that gave up waiting for a fresh checkpoint and started from the latest.",
+            self.freshness_timeouts.clone(),
         );
         r.register(
             "outpost_relay_tick_duration_seconds",

@@ -39,7 +39,23 @@ pub async fn run(
     let tick_wake = args.drive_ticks.then(|| Arc::new(Notify::new()));
     let liveness = Arc::new(Liveness::new(args.drive_ticks));
     let mut tasks = Vec::new();
-    if let Some(wake) = &tick_wake {
+    let fresh_wait = Duration::from_millis(args.freshness_wait_ms.unwrap_or(if args.drive_ticks {
+        10_000
+    } else {
+        250
+    }));
+    let freshness = match &tick_wake {
+        Some(wake) => crate::freshness::Freshness::Ticks {
+            ticks: Arc::new(crate::freshness::Ticks::new(wake.clone())),
+            wait: fresh_wait,
+        },
+        None => crate::freshness::Freshness::Announced {
+            checkpoints: cp_rx.clone(),
+            wait: fresh_wait,
+        },
+    };
+    if let (Some(wake), crate::freshness::Freshness::Ticks { ticks, .. }) = (&tick_wake, &freshness)
+    {
         let ticker = Ticker {
             store: store.clone(),
             wake: wake.clone(),
@@ -49,6 +65,7 @@ pub async fn run(
             fallback: crate::ticker::FALLBACK,
             compact_every: (args.compact_every_ops > 0).then_some(args.compact_every_ops),
             liveness: liveness.clone(),
+            ticks: ticks.clone(),
         };
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(supervise(
@@ -92,6 +109,7 @@ pub async fn run(
         metrics,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
+            max_sync_body_bytes: args.max_sync_body_bytes,
             max_ops_per_batch: args.max_ops_per_batch,
             read_timeout: Duration::from_secs(args.read_timeout_secs),
             send_timeout: Duration::from_secs(args.send_timeout_secs),
@@ -101,6 +119,7 @@ pub async fn run(
         cors: crate::routes::cors::layer(&args.cors_origins)?,
         compression: args.compression,
         liveness,
+        freshness,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

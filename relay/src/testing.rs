@@ -284,6 +284,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(store: Arc<FakeStore>, limits: Limits) -> Harness {
         let (checkpoints, cp_rx) = watch::channel(Announced::initial());
+        let cp_rx_fresh = cp_rx.clone();
         let (stop, stop_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let state = AppState {
@@ -301,6 +302,10 @@ impl Harness {
                 let l = crate::liveness::Liveness::new(false);
                 l.set_listener(true);
                 Arc::new(l)
+            },
+            freshness: crate::freshness::Freshness::Announced {
+                checkpoints: cp_rx_fresh,
+                wait: std::time::Duration::ZERO,
             },
         };
         Harness {
@@ -338,6 +343,7 @@ impl Harness {
             cors,
             compression: s.compression,
             liveness: s.liveness.clone(),
+            freshness: s.freshness.clone(),
         };
         self.app = app(state);
     }

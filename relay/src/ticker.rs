@@ -13,6 +13,7 @@
 //! allocated since the last compaction it started, the ticker starts
 //! `CALL outpost.compact_online()` on its own task (one at a time; ticks go on meanwhile).
 
+use crate::freshness::Ticks;
 use crate::listener::{publish, Announced};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct Ticker {
     pub compact_every: Option<u64>,
     /// Told of every successful tick (for `/health`).
     pub liveness: Arc<Liveness>,
+    /// Generations of ticks started and finished, for the freshness barrier.
+    pub ticks: Arc<Ticks>,
 }
 
 /// Clears the "compaction running" flag when the compaction task ends,
@@ -72,6 +75,7 @@ impl Ticker {
                 _ = fallback => {}
                 _ = crate::stopped(&mut shutdown) => return,
             }
+            let generation = self.ticks.starting();
             let started = Instant::now();
             let result = self.store.tick().await;
             self.metrics.observe_tick(started.elapsed(), result.is_ok());
@@ -80,6 +84,7 @@ impl Ticker {
                 Ok(c) => {
                     self.liveness.tick_ok();
                     publish(&self.checkpoints, &self.metrics, c.0);
+                    self.ticks.finished(generation);
                     let since = *compacted_at.get_or_insert(c.0);
                     if let Some(every) = self.compact_every {
                         if c.0.saturating_sub(since) >= every && !compacting.swap(true, SeqCst) {
@@ -139,6 +144,7 @@ mod tests {
             fallback: Duration::from_secs(3600),
             compact_every: None,
             liveness: Arc::new(Liveness::new(true)),
+            ticks: Arc::new(Ticks::new(wake.clone())),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -177,6 +183,7 @@ mod tests {
             fallback: Duration::from_secs(1),
             compact_every: None,
             liveness: Arc::new(Liveness::new(true)),
+            ticks: Arc::new(Ticks::new(wake.clone())),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
@@ -209,6 +216,7 @@ mod tests {
             fallback: Duration::from_secs(3600),
             compact_every: Some(3),
             liveness: Arc::new(Liveness::new(true)),
+            ticks: Arc::new(Ticks::new(wake.clone())),
         };
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;

@@ -264,6 +264,44 @@ impl Relay {
         );
         SyncStream::open(self.send(req))
     }
+
+    /// Opens `n` sync streams at once (all requests in flight together, each
+    /// on its own connection); returns them once every response head arrived.
+    pub fn streams_at_once(&self, token: &str, request: &Value, n: usize) -> Vec<SyncStream> {
+        let body = request.to_string();
+        let reqs: Vec<_> = (0..n)
+            .map(|_| self.build("POST", "/sync/stream", Some(token), Some(&body)))
+            .collect();
+        let responses = block_on(async {
+            let tasks: Vec<_> = reqs
+                .into_iter()
+                .map(|r| tokio::spawn(tokio::time::timeout(TIMEOUT, http_client().request(r))))
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(
+                    t.await
+                        .expect("request task")
+                        .unwrap_or_else(|_| panic!("no response within {TIMEOUT:?}"))
+                        .unwrap_or_else(|e| panic!("sync stream request failed: {e}")),
+                );
+            }
+            out
+        });
+        responses.into_iter().map(SyncStream::open).collect()
+    }
+
+    /// The value of metric `name` (a counter's `_total` line, or a gauge)
+    /// from `GET /metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.request("GET", "/metrics", None, None).body;
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
 }
 
 impl Drop for Relay {

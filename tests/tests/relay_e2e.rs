@@ -387,10 +387,30 @@ fn schema_endpoint_serves_client_schema() {
     assert_eq!(names, vec!["lists", "todos"]);
 }
 
+/// (bucket, op) of every data line up to the next `checkpoint_complete`.
+fn ops_until_complete(s: &mut SyncStream) -> Vec<(String, Value)> {
+    let mut ops = Vec::new();
+    loop {
+        let l = s
+            .next_line(Duration::from_secs(120))
+            .expect("stream ended early");
+        if l.get("checkpoint_complete").is_some() {
+            return ops;
+        }
+        if let Some(d) = l.get("data") {
+            for op in d["data"].as_array().unwrap() {
+                ops.push((d["bucket"].as_str().unwrap().to_string(), op.clone()));
+            }
+        }
+    }
+}
+
 /// No hard bucket limit: a user holding 100,000 buckets gets a checkpoint
-/// listing all of them, then every bucket's data, then checkpoint_complete.
+/// listing all of them, then every bucket's data, then checkpoint_complete;
+/// reconnecting with its 100,000 positions (a body of megabytes) it gets
+/// only what changed since.
 #[test]
-fn a_user_with_100k_buckets_gets_a_checkpoint() {
+fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
     const N: i32 = 100_000;
     let db = TestDb::new("relay_100k");
     let mut c = db.connect();
@@ -405,27 +425,49 @@ fn a_user_with_100k_buckets_gets_a_checkpoint() {
     )
     .unwrap();
     let relay = Relay::start(&db);
-    let mut s = relay.stream(&relay.token("many", 600), &request());
+    let token = relay.token("many", 600);
+    let mut s = relay.stream(&token, &request());
     let cp = next(&mut s);
     let buckets = cp["checkpoint"]["buckets"]
         .as_array()
         .expect("a checkpoint line");
     assert_eq!(buckets.len(), N as usize);
-    let mut seen = std::collections::BTreeSet::new();
-    loop {
-        let l = s
-            .next_line(Duration::from_secs(120))
-            .expect("stream ended early");
-        if l.get("checkpoint_complete").is_some() {
-            break;
-        }
-        if let Some(d) = l.get("data") {
-            seen.insert(d["bucket"].as_str().unwrap().to_string());
-        }
+    // Per bucket, the position a client resumes from: its last op.
+    let mut positions = BTreeMap::new();
+    for (bucket, op) in ops_until_complete(&mut s) {
+        let p = positions.entry(bucket).or_insert(0);
+        *p = op_id(&op["op_id"]).max(*p);
     }
     assert_eq!(
-        seen.len(),
+        positions.len(),
         N as usize,
         "every bucket's data arrived before completion"
     );
+    drop(s);
+
+    c.execute("UPDATE lists SET name = 'renamed' WHERE id = 77777", &[])
+        .unwrap();
+    let resume = json!({
+        "buckets": positions
+            .iter()
+            .map(|(name, after)| json!({"name": name, "after": after.to_string()}))
+            .collect::<Vec<_>>(),
+        "include_checksum": true,
+        "raw_data": true,
+        "client_id": "c1",
+    });
+    assert!(
+        resume.to_string().len() > 1 << 20,
+        "the resume body passes the /crud limit"
+    );
+    let mut s = relay.stream(&token, &resume);
+    let cp = next(&mut s);
+    assert_eq!(
+        cp["checkpoint"]["buckets"].as_array().map(Vec::len),
+        Some(N as usize)
+    );
+    let got = ops_until_complete(&mut s);
+    assert_eq!(got.len(), 1, "only the new op: {got:?}");
+    assert_eq!(got[0].0, "one_list[77777]");
+    assert!(got[0].1["data"].to_string().contains("renamed"), "{got:?}");
 }

@@ -20,7 +20,7 @@ use crate::Error;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, LengthLimitError, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,6 +35,8 @@ pub type ResBody = BoxBody<Bytes, Infallible>;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// `/sync/stream` bodies: a resume lists every bucket the client holds.
+    pub max_sync_body_bytes: usize,
     /// Rows per `bucket_ops` query; a data line never holds more.
     pub max_ops_per_batch: u32,
     /// Interval of `token_expires_in` keepalive lines.
@@ -58,6 +60,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_body_bytes: 1 << 20,
+            max_sync_body_bytes: 32 << 20,
             max_ops_per_batch: 1000,
             keepalive: Duration::from_secs(20),
             stream_buffer: 8,
@@ -88,6 +91,8 @@ pub struct AppState {
     pub compression: bool,
     /// Background tasks' state, for `/health`.
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// What a new stream waits for before its first checkpoint.
+    pub freshness: crate::freshness::Freshness,
 }
 
 /// Put in each request's extensions by the server: notifying it closes the
@@ -252,18 +257,37 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     T: serde::de::DeserializeOwned,
 {
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+    let bytes = tokio::time::timeout(timeout, read_body(body, limit))
         .await
-        .map_err(|_| Error::RequestTimeout)?;
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Error::PayloadTooLarge)
-        }
-        Err(e) => return Err(Error::BadRequest(format!("cannot read request body: {e}"))),
-    };
+        .map_err(|_| Error::RequestTimeout)??;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+/// The body in one buffer, sized from its declared length: each frame is
+/// copied in and dropped as it arrives, so a large body (a resume listing
+/// 100,000 buckets) is held once, not as frames plus their concatenation.
+async fn read_body<B>(body: B, limit: usize) -> Result<Vec<u8>, Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(hint.min(limit));
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            Error::BadRequest(format!("cannot read request body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(Error::PayloadTooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
 }
 
 /// A declared length over the limit is refused before reading anything.

@@ -32,8 +32,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Noted first: the barrier covers whatever committed before the request.
+    let fresh = state.freshness.arrived();
     let claims = authenticate(&state, &req).await?;
-    check_content_length(&req, state.limits.max_body_bytes)?;
+    check_content_length(&req, state.limits.max_sync_body_bytes)?;
     let close = req.extensions().get::<CloseConnection>().cloned();
     let encoding = if state.compression {
         Encoding::negotiate(
@@ -46,12 +48,13 @@ where
     };
     let request: SyncRequest = read_json(
         req.into_body(),
-        state.limits.max_body_bytes,
+        state.limits.max_sync_body_bytes,
         state.limits.read_timeout,
     )
     .await?;
-    let params = Value::Object(request.parameters.clone().unwrap_or_default());
-    let client_id = request.client_id.clone().unwrap_or_default();
+    state.freshness.reached(fresh, &state.metrics).await;
+    let params = Value::Object(request.parameters.unwrap_or_default());
+    let client_id = request.client_id.unwrap_or_default();
 
     // Mark the current checkpoint seen before reading: anything announced
     // from here on wakes the stream, so nothing falls between the two.
@@ -63,7 +66,8 @@ where
         .await?;
 
     let (tx, rx) = mpsc::channel(state.limits.stream_buffer.max(1));
-    let progress = Progress::new(request.buckets.iter().map(|b| (b.name.clone(), b.after)));
+    // Moved, not copied: a resume can list 100,000 buckets.
+    let progress = Progress::new(request.buckets.into_iter().map(|b| (b.name, b.after)));
     let stream = Stream {
         state: state.clone(),
         tx,

@@ -169,7 +169,7 @@ async fn malformed_json_is_400_and_oversize_413() {
     let h = Harness::new(
         Arc::new(FakeStore::default()),
         Limits {
-            max_body_bytes: 64,
+            max_sync_body_bytes: 64,
             ..Limits::default()
         },
     );
@@ -204,6 +204,24 @@ async fn malformed_json_is_400_and_oversize_413() {
         .insert("content-length", "100000".parse().unwrap());
     let res = call(&h, req).await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn sync_bodies_have_their_own_limit() {
+    // A resume lists every bucket: far more than a `/crud` body may hold.
+    let h = Harness::new(
+        Arc::new(FakeStore::default()),
+        Limits {
+            max_body_bytes: 64,
+            ..Limits::default()
+        },
+    );
+    let buckets: Vec<_> = (0..1000)
+        .map(|i| json!({"name": format!("b[{i}]"), "after": "0"}))
+        .collect();
+    let body = json!({"buckets": buckets, "client_id": "c"}).to_string();
+    let res = call(&h, post_stream(Some(format!("Token {}", token())), body)).await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod client;
 mod compaction;
 mod extension;
 mod relay;
+mod relay_connect;
 mod rules;
 
 use anyhow::Result;
@@ -32,6 +33,7 @@ fn main() -> Result<()> {
         ("compaction_latency", compaction::run_latency),
         ("client", client::run),
         ("relay", relay::run),
+        ("relay-connect", relay_connect::run),
         ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

@@ -34,7 +34,7 @@ const WRITE_SECS: u64 = 10;
 const SECRET: &str = "bench-secret-0123456789-0123456789";
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn ratio(goal: f64, got: f64, higher_is_better: bool) -> String {
+pub(crate) fn ratio(goal: f64, got: f64, higher_is_better: bool) -> String {
     let (r, met) = if higher_is_better {
         (got / goal, got >= goal)
     } else {
@@ -72,13 +72,13 @@ fn relay_binary() -> Result<PathBuf> {
 }
 
 /// A relay subprocess; killed on drop.
-struct RelayProc {
+pub(crate) struct RelayProc {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl RelayProc {
-    fn start(db: &TestDb) -> Result<RelayProc> {
+    pub(crate) fn start(db: &TestDb) -> Result<RelayProc> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -116,7 +116,7 @@ impl RelayProc {
     }
 
     /// `GET /metrics`, as a lookup by series name.
-    fn metrics(&self) -> Result<impl Fn(&str) -> String> {
+    pub(crate) fn metrics(&self) -> Result<impl Fn(&str) -> String> {
         let (_, text) = self.get("/metrics")?;
         Ok(move |name: &str| {
             text.lines()
@@ -166,7 +166,7 @@ fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
 
 /// One open `POST /sync/stream`, yielding NDJSON lines, decoded from the
 /// response's `Content-Encoding`; counts the body bytes as received.
-struct Stream {
+pub(crate) struct Stream {
     body: hyper::body::Incoming,
     decoder: Decoder,
     buf: Vec<u8>,
@@ -175,15 +175,35 @@ struct Stream {
 
 impl Stream {
     /// `accept_encoding`: what the client accepts (`None`: plain NDJSON).
-    async fn open(addr: SocketAddr, sub: &str, accept_encoding: Option<&str>) -> Result<Stream> {
+    pub(crate) async fn open(
+        addr: SocketAddr,
+        sub: &str,
+        accept_encoding: Option<&str>,
+    ) -> Result<Stream> {
         let body = r#"{"buckets":[],"raw_data":true,"client_id":"bench"}"#;
+        Stream::open_with(
+            addr,
+            sub,
+            accept_encoding,
+            Bytes::from_static(body.as_bytes()),
+        )
+        .await
+    }
+
+    /// [`Stream::open`] with `body` as the request (a resume, say).
+    pub(crate) async fn open_with(
+        addr: SocketAddr,
+        sub: &str,
+        accept_encoding: Option<&str>,
+        body: Bytes,
+    ) -> Result<Stream> {
         let mut req = hyper::Request::post(format!("http://{addr}/sync/stream"))
             .header("authorization", format!("Token {}", token(sub)))
             .header("content-type", "application/json");
         if let Some(a) = accept_encoding {
             req = req.header("accept-encoding", a);
         }
-        let req = req.body(Full::new(Bytes::from_static(body.as_bytes())))?;
+        let req = req.body(Full::new(body))?;
         let res = tokio::time::timeout(LINE_TIMEOUT, client().request(req)).await??;
         if res.status() != 200 {
             bail!("sync stream answered {}", res.status());
@@ -202,7 +222,7 @@ impl Stream {
     }
 
     /// The next line (without its newline).
-    async fn line(&mut self) -> Result<Vec<u8>> {
+    pub(crate) async fn line(&mut self) -> Result<Vec<u8>> {
         tokio::time::timeout(LINE_TIMEOUT, self.line_inner())
             .await
             .map_err(|_| anyhow!("no stream line within {LINE_TIMEOUT:?}"))?
@@ -229,7 +249,7 @@ impl Stream {
     }
 
     /// Reads up to the next `checkpoint_complete`; returns the ops seen.
-    async fn until_complete(&mut self) -> Result<u64> {
+    pub(crate) async fn until_complete(&mut self) -> Result<u64> {
         let mut ops = 0u64;
         loop {
             let l = self.line().await?;
@@ -250,7 +270,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -263,12 +283,18 @@ fn raise_nofile() {
         .status();
 }
 
-pub fn run(rows: &mut Vec<Row>) -> Result<()> {
+/// The clients' runtime (2 threads for many connections), with the
+/// descriptor limit raised for them.
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime> {
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+pub fn run(rows: &mut Vec<Row>) -> Result<()> {
+    let rt = client_runtime()?;
     stream_big(&rt, rows)?;
     connections(&rt, rows)?;
     Ok(())

@@ -1,0 +1,169 @@
+//! The extension's ticks on real Postgres: value conversion for SQLite, write
+//! checkpoints, the isolation a tick needs, a late-committing writer, and the
+//! stats view.
+
+mod extension_support;
+
+use extension_support::*;
+use outpost_tests::{ops, sync_checkpoint, tick, TestDb};
+use serde_json::json;
+
+#[test]
+fn values_are_converted_for_sqlite() {
+    let db = TestDb::new("values");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE v (id uuid PRIMARY KEY, b boolean, j jsonb, a int[], ts timestamptz, n numeric, r real, t text, blob bytea);
+         INSERT INTO v VALUES ('7c0e0000-0000-0000-0000-000000000001', true, '{\"k\": [1, 2]}', '{1,2}', '2024-01-02 03:04:05+00', 1.5, 2.25, 'x', '\\x01');",
+    )
+    .unwrap();
+    let err = c
+        .query_one(
+            "SELECT outpost.deploy_rules($1)",
+            &[&"bucket_definitions:\n  g:\n    data: SELECT * FROM v\n"],
+        )
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("column \"blob\" is bytea"),
+        "{err}"
+    );
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"bucket_definitions:\n  g:\n    data: SELECT id, b, j, a, ts, n, r, t, encode(blob, 'hex') AS blob FROM v\n"],
+    )
+    .unwrap();
+    let o = ops(&mut c, "g[]");
+    let mut data: serde_json::Value = serde_json::from_str(o[0].data.as_deref().unwrap()).unwrap();
+    // json and arrays arrive as JSON text; compare what that text means.
+    for k in ["j", "a"] {
+        let text = data[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} is JSON text: {data}"))
+            .to_string();
+        data[k] = serde_json::from_str(&text).unwrap();
+    }
+    assert_eq!(
+        data,
+        json!({
+            "id": "7c0e0000-0000-0000-0000-000000000001", "b": 1, "j": {"k": [1, 2]}, "a": [1, 2],
+            "ts": "2024-01-02 03:04:05Z", "n": "1.5", "r": 2.25, "t": "x", "blob": "01"
+        })
+    );
+    assert_eq!(
+        o[0].object_id.as_deref(),
+        Some("7c0e0000-0000-0000-0000-000000000001")
+    );
+}
+
+#[test]
+fn write_checkpoints_reach_the_next_checkpoint() {
+    let (_db, mut c) = setup("wcp");
+    assert_eq!(
+        sync_checkpoint(&mut c, "u1", "dev")["write_checkpoint"],
+        json!(null)
+    );
+    let w1: i64 = c
+        .query_one("SELECT outpost.request_write_checkpoint('u1', 'dev')", &[])
+        .unwrap()
+        .get(0);
+    let w2: i64 = c
+        .query_one("SELECT outpost.request_write_checkpoint('u1', 'dev')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!((w1, w2), (1, 2));
+    assert_eq!(
+        sync_checkpoint(&mut c, "u1", "dev")["write_checkpoint"],
+        json!(null),
+        "not before a tick"
+    );
+    let before = c
+        .query_one("SELECT outpost.checkpoint()", &[])
+        .unwrap()
+        .get::<_, i64>(0);
+    let cp = tick(&mut c);
+    assert!(
+        cp > before,
+        "a write checkpoint alone publishes a checkpoint"
+    );
+    assert_eq!(
+        sync_checkpoint(&mut c, "u1", "dev")["write_checkpoint"],
+        json!(2)
+    );
+    assert_eq!(
+        sync_checkpoint(&mut c, "u1", "other")["write_checkpoint"],
+        json!(null)
+    );
+}
+
+#[test]
+fn tick_refuses_repeatable_read() {
+    let (_db, mut c) = setup("isolation");
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    let err = tx.query_one("SELECT outpost.tick()", &[]).unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("READ COMMITTED"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_late_committing_writer_is_not_lost() {
+    let (db, mut c) = setup("late");
+    // A transaction that captures early and commits after a later writer and a tick.
+    let mut slow = db.connect();
+    let mut tx = slow.transaction().unwrap();
+    tx.batch_execute("INSERT INTO todos VALUES (50, 1, 'slow', false)")
+        .unwrap();
+    c.batch_execute("INSERT INTO todos VALUES (51, 1, 'fast', false)")
+        .unwrap();
+    let cp1 = tick(&mut c);
+    let ids: Vec<String> = rows(&mut c, "user_lists[1]")
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(ids, vec!["10", "11", "51"]);
+    tx.commit().unwrap();
+    let cp2 = tick(&mut c);
+    assert!(cp2 > cp1);
+    let o = ops(&mut c, "user_lists[1]");
+    let slow_op = o
+        .iter()
+        .find(|o| o.object_id.as_deref() == Some("50"))
+        .expect("slow write reached the op log");
+    assert!(
+        slow_op.op_id > cp1,
+        "it got an op id above the already published checkpoint"
+    );
+}
+
+#[test]
+fn stats_view_reports_counts() {
+    let (_db, mut c) = setup("stats");
+    let r = c
+        .query_one("SELECT bucket_definitions, buckets, ops, pending_changes, checkpoint, rules_version, captured_tables FROM outpost.stats", &[])
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 2);
+    assert_eq!(r.get::<_, i64>(1), 3);
+    assert_eq!(r.get::<_, i64>(2), 5);
+    assert_eq!(r.get::<_, i64>(3), 0);
+    assert_eq!(r.get::<_, i64>(4), 5);
+    assert_eq!(r.get::<_, i64>(5), 1);
+    assert_eq!(r.get::<_, i64>(6), 2);
+    c.batch_execute("INSERT INTO todos VALUES (60, 1, 'x', false)")
+        .unwrap();
+    let p: i64 = c
+        .query_one("SELECT pending_changes FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(p, 1);
+}

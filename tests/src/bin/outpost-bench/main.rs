@@ -10,6 +10,7 @@ mod client;
 mod compaction;
 mod extension;
 mod relay;
+mod relay_proc;
 mod relay_connect;
 mod rules;
 

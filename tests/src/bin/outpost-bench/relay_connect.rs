@@ -6,7 +6,7 @@
 //! - a client holding 100,000 buckets resumes with all their positions:
 //!   time from the request to `checkpoint_complete` with the one new op.
 
-use crate::relay::{client_runtime, ms, ratio, RelayProc, Stream};
+use crate::relay_proc::{client_runtime, ms, ratio, RelayProc, Stream};
 use crate::Row;
 use anyhow::{bail, Result};
 use bytes::Bytes;

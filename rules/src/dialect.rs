@@ -38,10 +38,19 @@ impl Kind {
             "real" | "double precision" => Kind::Real,
             t if t.starts_with("numeric") => Kind::Real,
             "bytea" => Kind::Bytea,
-            t if t.starts_with("geometry") || t.starts_with("geography") => Kind::Geometry,
+            t if is_postgis(t) => Kind::Geometry,
             _ => Kind::Other,
         }
     }
+}
+
+/// PostGIS's types, as `format_type()` names them: schema-qualified when
+/// the extension's schema is not on the caller's path (capture and deploy
+/// run with a pinned `search_path`), with a modifier like `(Point,4326)`.
+fn is_postgis(t: &str) -> bool {
+    let bare = t.split('(').next().unwrap_or(t);
+    let name = bare.rsplit('.').next().unwrap_or(bare).trim_matches('"');
+    matches!(name, "geometry" | "geography")
 }
 
 /// A compiled argument: its SQL and what is known of its type.
@@ -494,4 +503,23 @@ pub fn call(
         _ => return Ok(None),
     };
     Ok(Some(sql))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn postgis_types_are_known_qualified_or_not() {
+        for t in [
+            "geometry",
+            "public.geometry",
+            "geometry(Point,4326)",
+            "gis.geography(Point,4326)",
+            "\"my schema\".geometry",
+        ] {
+            assert_eq!(Kind::of_type(t), Kind::Geometry, "{t}");
+        }
+        assert_eq!(Kind::of_type("public.geometry_dump"), Kind::Other);
+    }
 }

@@ -200,23 +200,7 @@ impl Relay {
         body: Option<&Value>,
     ) -> Result<Response, String> {
         let body = body.map(|b| b.to_string());
-        let req = self.build(method, path, token, body.as_deref());
-        block_on(async {
-            let res = tokio::time::timeout(TIMEOUT, http_client().request(req))
-                .await
-                .map_err(|_| format!("no response within {TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())?;
-            let status = res.status().as_u16();
-            let bytes = tokio::time::timeout(TIMEOUT, res.into_body().collect())
-                .await
-                .map_err(|_| format!("no complete body within {TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok(Response {
-                status,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
-            })
-        })
+        request_at(&self.url, method, path, token, body.as_deref())
     }
 
     /// A request to this relay: `token` as `Bearer` authorization, `body` as JSON.
@@ -227,18 +211,7 @@ impl Relay {
         token: Option<&str>,
         body: Option<&str>,
     ) -> http::Request<Full<Bytes>> {
-        let mut b = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url));
-        if let Some(t) = token {
-            b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() || method == "POST" {
-            b = b.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        b.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-            .expect("valid request parts")
+        build_at(&self.url, method, path, token, body)
     }
 
     /// Sends `req` and returns the response once its head arrived; its body
@@ -302,6 +275,68 @@ impl Relay {
             })
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
+}
+
+/// A request to the relay at `url` (`http://host:port`, e.g. a relay run as
+/// a subprocess): `token` as `Bearer` authorization, `body` as JSON.
+pub fn build_at(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
+    if let Some(t) = token {
+        b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        b = b.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("valid request parts")
+}
+
+/// Sends one request to the relay at `url` and reads the whole response;
+/// `Err` if it cannot be reached or does not answer within [`TIMEOUT`].
+pub fn request_at(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<Response, String> {
+    let req = build_at(url, method, path, token, body);
+    block_on(async {
+        let res = tokio::time::timeout(TIMEOUT, http_client().request(req))
+            .await
+            .map_err(|_| format!("no response within {TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let bytes = tokio::time::timeout(TIMEOUT, res.into_body().collect())
+            .await
+            .map_err(|_| format!("no complete body within {TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Response {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    })
+}
+
+/// Sends `req` and returns the response once its head arrived (its body
+/// still streaming); `Err` if the relay cannot be reached in time.
+pub fn send_at(req: http::Request<Full<Bytes>>) -> Result<http::Response<Incoming>, String> {
+    block_on(async {
+        tokio::time::timeout(TIMEOUT, http_client().request(req))
+            .await
+            .map_err(|_| format!("no response within {TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())
+    })
 }
 
 impl Drop for Relay {

@@ -22,7 +22,10 @@ fn geometry_functions_return_what_powersync_returns() {
         .get(0);
     if !available {
         let major: i32 = c
-            .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+            .query_one(
+                "SELECT current_setting('server_version_num')::int / 10000",
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_ne!(
@@ -45,12 +48,12 @@ fn geometry_functions_return_what_powersync_returns() {
     c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
         .unwrap_or_else(|e| panic!("deploy failed: {e:?}"));
     let rows = fold_bucket(&ops(&mut c, "g[]"));
-    let row = |id: &str| -> &Value {
+    let row = |id: i64| -> &Value {
         rows.values()
-            .find(|v| v["id"].to_string() == id)
+            .find(|v| v["id"] == json!(id))
             .unwrap_or_else(|| panic!("row {id} missing: {rows:?}"))
     };
-    let one = row("1");
+    let one = row(1);
     assert_eq!(one["wkt"], json!("POINT(1.5 -2)"));
     let gj: Value = serde_json::from_str(one["gj"].as_str().expect("GeoJSON as text")).unwrap();
     assert_eq!(gj, json!({"type": "Point", "coordinates": [1.5, -2]}));
@@ -58,11 +61,11 @@ fn geometry_functions_return_what_powersync_returns() {
     assert_eq!(one["y"], json!(-2.0));
     assert_eq!(one["gwkt"], json!("POINT(13.4 52.5)"));
     assert_eq!(one["gx"], json!(13.4));
-    let two = row("2");
+    let two = row(2);
     for k in ["wkt", "gj", "x", "y", "gwkt", "gx"] {
         assert_eq!(two[k], Value::Null, "{k} of a NULL geometry");
     }
-    assert_eq!(row("3")["wkt"], json!("LINESTRING(0 0,1 1)"));
+    assert_eq!(row(3)["wkt"], json!("LINESTRING(0 0,1 1)"));
 
     // Not a geometry: refused at deploy with the function named.
     let err = c
@@ -71,6 +74,9 @@ fn geometry_functions_return_what_powersync_returns() {
             &[&"bucket_definitions:\n  g:\n    data:\n      - SELECT id, st_x(id) AS x FROM places\n"],
         )
         .expect_err("st_x of an integer column");
-    let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert!(msg.contains("st_x"), "{msg}");
 }

@@ -1,9 +1,12 @@
 //! Shared pieces of the fault and hostile-input tests (`faults_*.rs`,
-//! `hostile_*.rs`): raw HTTP on a socket, the real `outpost-relay` and
+//! `hostile_*.rs`): raw HTTP on a socket where malformed or oversized input is
+//! the point (other requests go through hyper's client), the real `outpost-relay` and
 //! `outpost` binaries as child processes (killed by PID), and a TCP proxy that
 //! cuts connections after a byte budget.
 #![allow(dead_code)]
 
+use http_body_util::BodyExt;
+use outpost_tests::relay;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -120,54 +123,35 @@ pub fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &[u8]) -> (
 }
 
 /// Opens `POST /sync/stream` and reads until the first `checkpoint_complete`
-/// line; returns the status and the text read. Streams never end on their
-/// own, so this reads lines, not the whole response.
+/// line; returns the status and the lines read (or the error body). Status 0:
+/// the relay could not be reached.
 pub fn first_checkpoint(addr: SocketAddr, token: &str) -> (u16, String) {
-    let body = br#"{"buckets":[],"include_checksum":true,"raw_data":true,"client_id":"hostile"}"#;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let head = format!(
-        "POST /sync/stream HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+    let body = r#"{"buckets":[],"include_checksum":true,"raw_data":true,"client_id":"hostile"}"#;
+    let req = relay::build_at(
+        &format!("http://{addr}"),
+        "POST",
+        "/sync/stream",
+        Some(token),
+        Some(body),
     );
-    if s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .is_err()
-    {
+    let Ok(res) = relay::send_at(req) else {
         return (0, String::new());
-    }
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    if r.read_line(&mut line).unwrap_or(0) == 0 {
-        return (0, String::new());
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut seen = String::new();
+    };
+    let status = res.status().as_u16();
     if status != 200 {
-        let (_, body) = {
-            // Headers and body of an error response.
-            let mut rest = String::new();
-            let _ = r.read_to_string(&mut rest);
-            (status, rest)
-        };
-        return (status, body);
+        let bytes = relay::block_on(async {
+            tokio::time::timeout(relay::TIMEOUT, res.into_body().collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|c| c.to_bytes())
+                .unwrap_or_default()
+        });
+        return (status, String::from_utf8_lossy(&bytes).into_owned());
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        if line.contains("checkpoint_complete") {
-            return (status, seen);
-        }
-    }
-    panic!("no checkpoint_complete on the stream; read: {seen}");
+    let lines = relay::SyncStream::open(res).until("checkpoint_complete");
+    let text = lines.iter().map(|l| format!("{l}\n")).collect();
+    (status, text)
 }
 
 // ------------------------------------------------------------- binaries --
@@ -272,16 +256,10 @@ pub fn spawn_relay(database_url: &str, listen: SocketAddr, secret: &str, log: &P
     proc
 }
 
-/// `GET path`, or `None` if the connection fails.
+/// `GET path`, or `None` if the relay cannot be reached.
 pub fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .ok()?;
-    let (status, body) = read_response(&mut BufReader::new(s));
-    (status != 0).then_some((status, body))
+    let res = relay::request_at(&format!("http://{addr}"), "GET", path, None, None).ok()?;
+    Some((res.status, res.body))
 }
 
 /// A free port on 127.0.0.1 (bound, then released).

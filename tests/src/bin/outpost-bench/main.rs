@@ -10,8 +10,8 @@ mod client;
 mod compaction;
 mod extension;
 mod relay;
-mod relay_proc;
 mod relay_connect;
+mod relay_proc;
 mod rules;
 
 use anyhow::Result;

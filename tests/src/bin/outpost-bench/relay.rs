@@ -13,18 +13,11 @@
 //! connections. Every wait is on a stream line, bounded by a timeout.
 
 use crate::Row;
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use outpost_tests::relay::Decoder;
+use anyhow::{anyhow, bail, Result};
 use outpost_tests::TestDb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::relay_proc::*;
@@ -33,7 +26,6 @@ const BIG_ROWS: i64 = 1_000_000;
 const CONNS: usize = 2_000;
 const WRITES_PER_SEC: u64 = 1_000;
 const WRITE_SECS: u64 = 10;
-
 
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     let rt = client_runtime()?;

@@ -2,8 +2,6 @@
 //! memory read from /proc), dev tokens, and a streaming client that reads
 //! NDJSON lines with a timeout on each.
 
-
-use crate::Row;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,13 +9,11 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use outpost_tests::relay::Decoder;
 use outpost_tests::TestDb;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
 
 pub(crate) const SECRET: &str = "bench-secret-0123456789-0123456789";
 pub(crate) const LINE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +111,7 @@ impl RelayProc {
     }
 
     /// (VmRSS, VmHWM) in KiB.
-    fn memory(&self) -> Result<(u64, u64)> {
+    pub(crate) fn memory(&self) -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| -> Result<u64> {
             status
@@ -155,10 +151,10 @@ pub(crate) fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
 /// One open `POST /sync/stream`, yielding NDJSON lines, decoded from the
 /// response's `Content-Encoding`; counts the body bytes as received.
 pub(crate) struct Stream {
-    body: hyper::body::Incoming,
-    decoder: Decoder,
-    buf: Vec<u8>,
-    wire: u64,
+    pub(crate) body: hyper::body::Incoming,
+    pub(crate) decoder: Decoder,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) wire: u64,
 }
 
 impl Stream {

@@ -309,12 +309,8 @@ pub fn request_at(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Result<Response, String> {
-    let req = build_at(url, method, path, token, body);
+    let res = send_at(build_at(url, method, path, token, body))?;
     block_on(async {
-        let res = tokio::time::timeout(TIMEOUT, http_client().request(req))
-            .await
-            .map_err(|_| format!("no response within {TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         let bytes = tokio::time::timeout(TIMEOUT, res.into_body().collect())
             .await

@@ -218,12 +218,7 @@ impl Relay {
     /// streams (read it inside [`block_on`]). Panics on a connection error.
     pub fn send(&self, req: http::Request<Full<Bytes>>) -> http::Response<Incoming> {
         let what = format!("{} {}", req.method(), req.uri());
-        block_on(async {
-            tokio::time::timeout(TIMEOUT, http_client().request(req))
-                .await
-                .unwrap_or_else(|_| panic!("{what}: no response within {TIMEOUT:?}"))
-                .unwrap_or_else(|e| panic!("{what} failed: {e}"))
-        })
+        send_at(req).unwrap_or_else(|e| panic!("{what} failed: {e}"))
     }
 
     /// Opens `POST /sync/stream` with `request` as body. Panics unless the

@@ -408,7 +408,8 @@ fn ops_until_complete(s: &mut SyncStream) -> Vec<(String, Value)> {
 /// No hard bucket limit: a user holding 100,000 buckets gets a checkpoint
 /// listing all of them, then every bucket's data, then checkpoint_complete;
 /// reconnecting with its 100,000 positions (a body of megabytes) it gets
-/// only what changed since.
+/// only what changed since. A checkpoint of 100,000 buckets is a large line:
+/// it may take longer than the default line timeout on a loaded machine.
 #[test]
 fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
     const N: i32 = 100_000;
@@ -427,7 +428,9 @@ fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
     let relay = Relay::start(&db);
     let token = relay.token("many", 600);
     let mut s = relay.stream(&token, &request());
-    let cp = next(&mut s);
+    let cp = s
+        .next_line(Duration::from_secs(120))
+        .expect("a checkpoint line");
     let buckets = cp["checkpoint"]["buckets"]
         .as_array()
         .expect("a checkpoint line");
@@ -461,7 +464,9 @@ fn a_user_with_100k_buckets_gets_a_checkpoint_and_resumes() {
         "the resume body passes the /crud limit"
     );
     let mut s = relay.stream(&token, &resume);
-    let cp = next(&mut s);
+    let cp = s
+        .next_line(Duration::from_secs(120))
+        .expect("a checkpoint line");
     assert_eq!(
         cp["checkpoint"]["buckets"].as_array().map(Vec::len),
         Some(N as usize)

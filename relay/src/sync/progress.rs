@@ -17,7 +17,7 @@ use super::page::{page, priority_groups};
 use crate::store::{CheckpointState, OpRow};
 use crate::Error;
 use outpost_protocol::{BucketChecksum, CheckpointDiff, DataLine, OpId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -39,8 +39,9 @@ impl Progress {
 
     /// Forgets buckets the first checkpoint lacks (the client drops them).
     pub fn start(&mut self, initial: &CheckpointState) {
-        self.afters
-            .retain(|name, _| initial.buckets.iter().any(|b| &b.bucket == name));
+        // A set, not a scan per bucket: a resume can list 100,000 buckets.
+        let held: HashSet<&str> = initial.buckets.iter().map(|b| b.bucket.as_str()).collect();
+        self.afters.retain(|name, _| held.contains(name.as_str()));
     }
 
     pub fn has_incomplete(&self) -> bool {
@@ -68,12 +69,21 @@ impl Progress {
             self.afters.remove(removed);
         }
         let mut to_send = d.updated_buckets.clone();
-        for name in std::mem::take(&mut self.incomplete) {
-            if to_send.iter().any(|b| b.bucket == name) {
-                continue;
-            }
-            if let Some(b) = next.buckets.iter().find(|b| b.bucket == name) {
-                to_send.push(b.clone());
+        let incomplete = std::mem::take(&mut self.incomplete);
+        if incomplete.is_empty() {
+            return to_send;
+        }
+        let mut queued: HashSet<String> = to_send.iter().map(|b| b.bucket.clone()).collect();
+        let held: HashMap<&str, &BucketChecksum> = next
+            .buckets
+            .iter()
+            .map(|b| (b.bucket.as_str(), b))
+            .collect();
+        for name in incomplete {
+            if let Some(b) = held.get(name.as_str()) {
+                if queued.insert(name) {
+                    to_send.push((*b).clone());
+                }
             }
         }
         to_send
@@ -185,15 +195,17 @@ impl Download {
         rows: Vec<OpRow>,
     ) -> Result<Vec<DataLine>, Error> {
         let pending = self.pending.as_mut().expect("page follows a Fetch step");
-        let mut page = page(&pending[..self.asked], rows, self.max_ops)?;
-        page.remaining.extend(pending[self.asked..].iter().cloned());
+        let page = page(&pending[..self.asked], rows, self.max_ops)?;
         self.beyond |= page.max_target.is_some_and(|t| t > self.checkpoint);
         for line in &page.lines {
             if let Some(next) = line.next_after {
                 progress.afters.insert(line.bucket.clone(), next);
             }
         }
-        *pending = page.remaining;
+        // What is left of the asked buckets replaces them in place; the
+        // rest (up to every bucket of a 100,000-bucket resume) is moved, not
+        // copied, on each page.
+        pending.splice(..self.asked, page.remaining);
         self.paged = true;
         Ok(page.lines)
     }

@@ -1,0 +1,509 @@
+//! Read scale-out on a hot standby, with streaming replication set up here:
+//! a primary (`initdb`) and a standby made from it with `pg_basebackup -R`
+//! (see `replica_support`), a relay with `--replica-url` at the standby and
+//! `--database-url` listing both servers (`target_session_attrs=read-write`,
+//! so it follows a promotion), and clients syncing. `make test-faults` runs
+//! it through `scripts/test-replicas.sh` (ports `OUTPOST_REPLICA_PORTS`,
+//! binaries `OUTPOST_REPLICA_PG_BINDIR`); plain `cargo test` skips it.
+//!
+//! 1. The extension's read functions run on the read-only standby.
+//! 2. While clients sync, `pg_stat_statements` shows the sync path's queries
+//!    on the standby and none on the primary, which ticks.
+//! 3. Replay paused: no client completes, and no stream is told of, a
+//!    checkpoint the standby has not replayed, nor of a write checkpoint
+//!    made meanwhile; past `OUTPOST_REPLICA_MAX_LAG` the standby leaves the
+//!    rotation and clients catch up from the primary; resumed, it comes back.
+//! 4. Standby stopped mid-stream under writes: clients continue and
+//!    converge; started again, it is back in rotation.
+//! 5. Primary stopped, standby promoted: the relay follows (ticks and writes
+//!    on the promoted server) and clients converge.
+
+mod faults_support;
+mod replica_support;
+
+use faults_support::wait_for;
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions};
+use outpost_tests::relay::Relay;
+use outpost_tests::TestDb;
+use postgres::Client;
+use replica_support::{ports, Node};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+const MAX_LAG_SECS: f64 = 4.0;
+
+const SCHEMA: &str = "
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+CREATE TABLE items (id int PRIMARY KEY, owner text NOT NULL, v int NOT NULL);
+INSERT INTO items SELECT g, 'u' || (g % 2 + 1), 0 FROM generate_series(1, 400) g;";
+
+const RULES: &str = "
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, owner, v FROM items WHERE owner = bucket.owner
+";
+
+/// The sync path's functions, as the relay calls them.
+const READS: [&str; 4] = [
+    "%outpost.sync_checkpoint(%",
+    "%outpost.bucket_ops(%",
+    "%outpost.changes_since(%",
+    "%outpost.client_schema(%",
+];
+
+struct Synced {
+    user: String,
+    db: Database,
+    task: tokio::task::JoinHandle<outpost_client::Result<()>>,
+    /// Every checkpoint the client applied, in order.
+    applied: Arc<Mutex<Vec<i64>>>,
+    path: PathBuf,
+}
+
+fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, user: &str) -> Synced {
+    let path =
+        std::env::temp_dir().join(format!("outpost-replica-{}-{user}.db", std::process::id()));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    let creds = Credentials {
+        endpoint: relay.url.clone(),
+        token: relay.token(user, 3600),
+    };
+    let db = rt
+        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
+        .expect("open with the relay's /schema");
+    let options = SyncOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(300),
+        ..SyncOptions::default()
+    };
+    let d = db.clone();
+    let task = rt.spawn(async move {
+        SyncClient::new(d, Arc::new(StaticConnector(creds)))
+            .run(options)
+            .await
+    });
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let (mut rx, a) = (db.status(), applied.clone());
+    rt.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let cp = rx.borrow_and_update().last_checkpoint.clone();
+            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
+                let mut a = a.lock().unwrap();
+                if a.last() != Some(&cp) {
+                    a.push(cp);
+                }
+            }
+        }
+    });
+    Synced {
+        user: user.into(),
+        db,
+        task,
+        applied,
+        path,
+    }
+}
+
+fn last_checkpoint(db: &Database) -> i64 {
+    db.status()
+        .borrow()
+        .last_checkpoint
+        .as_deref()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ticks on `primary`, waits until every client applied that checkpoint,
+/// and compares each client's rows with the primary's.
+fn converge(rt: &tokio::runtime::Runtime, clients: &[Synced], primary: &mut Client, what: &str) {
+    let cp: i64 = primary
+        .query_one("SELECT outpost.tick()", &[])
+        .unwrap()
+        .get(0);
+    for c in clients {
+        let mut rx = c.db.status();
+        let ok = rt.block_on(async {
+            tokio::time::timeout(
+                WAIT,
+                rx.wait_for(|s| {
+                    s.last_checkpoint
+                        .as_deref()
+                        .and_then(|x| x.parse::<i64>().ok())
+                        .is_some_and(|x| x >= cp)
+                }),
+            )
+            .await
+            .is_ok()
+        });
+        assert!(
+            ok,
+            "{what}: {} never reached checkpoint {cp}; status {:?}, task finished: {}",
+            c.user,
+            *c.db.status().borrow(),
+            c.task.is_finished()
+        );
+        let n = |v: &Value| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .unwrap()
+        };
+        let mut mine: Vec<(i64, i64)> =
+            c.db.query("SELECT id, v FROM items", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (n(&r["id"]), n(&r["v"])))
+                .collect();
+        mine.sort();
+        let pg: Vec<(i64, i64)> = primary
+            .query(
+                "SELECT id::bigint, v::bigint FROM items WHERE owner = $1 ORDER BY id",
+                &[&c.user],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(mine, pg, "{what}: {}'s rows differ from Postgres", c.user);
+    }
+}
+
+/// Calls of statements matching `pattern` in this database, as
+/// `pg_stat_statements` counted them on that server.
+fn calls(c: &mut Client, pattern: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+          WHERE query ILIKE $1 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[&pattern],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A series of the relay's `/metrics` (`name{labels}` exactly), 0 when absent.
+fn series(relay: &Relay, name: &str) -> f64 {
+    let text = relay.request("GET", "/metrics", None, None).body;
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+fn in_rotation(relay: &Relay, standby: &Node) -> bool {
+    series(
+        relay,
+        &format!(
+            "outpost_relay_replica_in_rotation{{replica=\"127.0.0.1:{}\"}}",
+            standby.port
+        ),
+    ) == 1.0
+}
+
+fn removed(relay: &Relay, standby: &Node, reason: &str) -> f64 {
+    series(
+        relay,
+        &format!(
+            "outpost_relay_replica_removed_total{{replica=\"127.0.0.1:{}\",reason=\"{reason}\"}}",
+            standby.port
+        ),
+    )
+}
+
+fn checkpoint(c: &mut Client) -> i64 {
+    c.query_one("SELECT outpost.checkpoint()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Inserts `n` rows for u1 and u2 from `first` on.
+fn write_rows(c: &mut Client, first: i32, n: i32) {
+    c.execute(
+        "INSERT INTO items SELECT g, 'u' || (g % 2 + 1), g % 7 FROM generate_series($1::int, $1::int + $2::int - 1) g",
+        &[&first, &n],
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "makes its own replication clusters: make test-faults (scripts/test-replicas.sh)"]
+fn relay_reads_from_a_hot_standby_and_survives_its_faults() {
+    let ports = ports();
+    assert!(ports.len() >= 2, "OUTPOST_REPLICA_PORTS needs two ports");
+    let primary = Node::primary(ports[0]);
+    // TestDb makes its databases on the primary.
+    std::env::set_var("OUTPOST_TEST_DATABASE_URL", primary.url("postgres"));
+    let db = TestDb::with_rules("replica", SCHEMA, RULES);
+    let standby = Node::standby(&primary, ports[1]);
+    let mut p = primary.connect(&db.name);
+    let cp0 = checkpoint(&mut p);
+    let mut s = standby.wait_ready(&db.name, "SELECT outpost.checkpoint()", WAIT);
+
+    // 1. The read functions on a read-only standby: no writes, temp tables
+    //    or sequences (any of them fails there).
+    let recovering: bool = s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(recovering, "the standby is in recovery");
+    wait_for("the standby to replay the rules", WAIT, || {
+        (checkpoint(&mut s) >= cp0).then_some(())
+    });
+    let claims = json!({"sub": "u1"});
+    let state: Value = s
+        .query_one(
+            "SELECT outpost.sync_checkpoint($1, '{}'::jsonb, 'c1')",
+            &[&claims],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state["buckets"][0]["bucket"], "mine[\"u1\"]", "{state}");
+    let ops: i64 = s
+        .query_one(
+            "SELECT count(*) FROM outpost.bucket_ops(ARRAY['mine[\"u1\"]'], ARRAY[0::bigint], outpost.checkpoint(), 1000)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ops, 200);
+    s.query_one("SELECT count(*) FROM outpost.changes_since(0)", &[])
+        .unwrap();
+    s.query_one("SELECT outpost.client_schema()", &[]).unwrap();
+    s.query_one(
+        "SELECT count(*) FROM outpost.user_buckets($1, '{}'::jsonb)",
+        &[&claims],
+    )
+    .unwrap();
+    let err = s
+        .batch_execute("CREATE TEMP TABLE t (x int)")
+        .expect_err("a standby refuses temp tables");
+    assert!(err.to_string().contains("read-only") || format!("{err:?}").contains("25006"));
+
+    // 2. A relay reading from the standby; the primary only ticks.
+    let primary_and_standby = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname={} target_session_attrs=read-write",
+        primary.port, standby.port, db.name
+    );
+    let standby_url = standby.url(&db.name);
+    let relay = Relay::start_with(&db, |a| {
+        a.database_url = primary_and_standby.clone();
+        a.replica_url = vec![standby_url.clone()];
+        a.replica_max_lag = MAX_LAG_SECS;
+    });
+    wait_for("the standby in rotation", WAIT, || {
+        in_rotation(&relay, &standby).then_some(())
+    });
+    let before_p: Vec<i64> = READS.iter().map(|q| calls(&mut p, q)).collect();
+    let before_s: Vec<i64> = READS.iter().map(|q| calls(&mut s, q)).collect();
+    let ticks_before = calls(&mut p, "%outpost.tick()%");
+    let rt = outpost_tests::client::runtime();
+    let clients = vec![
+        start_client(&rt, &relay, "u1"),
+        start_client(&rt, &relay, "u2"),
+    ];
+    converge(&rt, &clients, &mut p, "first sync through the standby");
+    for round in 0..5 {
+        write_rows(&mut p, 1000 + round * 10, 10);
+        converge(&rt, &clients, &mut p, "writes through the standby");
+    }
+    let after_p: Vec<i64> = READS.iter().map(|q| calls(&mut p, q)).collect();
+    let after_s: Vec<i64> = READS.iter().map(|q| calls(&mut s, q)).collect();
+    assert_eq!(
+        after_p, before_p,
+        "sync-path reads ran on the primary ({READS:?})"
+    );
+    assert!(
+        after_s[0] > before_s[0] && after_s[1] > before_s[1] && after_s[3] > before_s[3],
+        "sync_checkpoint, bucket_ops and client_schema ran on the standby: {before_s:?} -> {after_s:?}"
+    );
+    assert!(
+        calls(&mut p, "%outpost.tick()%") > ticks_before,
+        "the relay ticks on the primary"
+    );
+    assert_eq!(
+        series(&relay, "outpost_relay_replica_fallback_reads_total"),
+        0.0
+    );
+    let reads_on_standby: i64 = after_s.iter().zip(&before_s).map(|(a, b)| a - b).sum();
+
+    // 3. Replay paused. A raw stream of u1 holds a write checkpoint request.
+    let mut stream = relay.stream(
+        &relay.token("u1", 3600),
+        &json!({"buckets": [], "include_checksum": true, "raw_data": true, "client_id": "ryw"}),
+    );
+    stream.until("checkpoint_complete");
+    s.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    wait_for("replay paused", WAIT, || {
+        let st: String = s
+            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+            .unwrap()
+            .get(0);
+        (st == "paused").then_some(())
+    });
+    let frozen = checkpoint(&mut s);
+    write_rows(&mut p, 2000, 10);
+    let wc = relay
+        .request(
+            "GET",
+            "/write-checkpoint2.json?client_id=ryw",
+            Some(&relay.token("u1", 3600)),
+            None,
+        )
+        .json();
+    let wc: i64 = wc["data"]["write_checkpoint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let paused_at = Instant::now();
+    let target: i64 = p.query_one("SELECT outpost.tick()", &[]).unwrap().get(0);
+    assert!(target > frozen);
+    // For most of the lag bound: nothing past what the standby shows.
+    let mut seen = Vec::new();
+    while paused_at.elapsed() < Duration::from_secs_f64(MAX_LAG_SECS / 2.0) {
+        if let Some(line) = stream.next_line(Duration::from_millis(100)) {
+            for kind in ["checkpoint", "checkpoint_diff", "checkpoint_complete"] {
+                if let Some(cp) = line[kind]["last_op_id"].as_str() {
+                    let cp: i64 = cp.parse().unwrap();
+                    assert!(
+                        cp <= frozen,
+                        "stream told of {cp} while the standby shows {frozen}: {line}"
+                    );
+                }
+                if let Some(w) = line[kind]["write_checkpoint"].as_str() {
+                    let w: i64 = w.parse().unwrap();
+                    assert!(
+                        w < wc,
+                        "write checkpoint {w} announced before the standby replayed it: {line}"
+                    );
+                }
+            }
+            seen.push(line);
+        }
+        for c in &clients {
+            let cp = last_checkpoint(&c.db);
+            assert!(
+                cp <= frozen,
+                "{} completed {cp}, the standby shows {frozen}",
+                c.user
+            );
+        }
+    }
+    assert_eq!(checkpoint(&mut s), frozen, "replay stayed paused");
+    // Past the bound the standby leaves the rotation; the primary serves.
+    wait_for("the lagging standby out of rotation", WAIT, || {
+        (removed(&relay, &standby, "lagging") >= 1.0).then_some(())
+    });
+    let out_after = paused_at.elapsed();
+    converge(&rt, &clients, &mut p, "while the standby lags");
+    let deadline = Instant::now() + WAIT;
+    let ryw = loop {
+        let line = stream
+            .next_line(deadline.saturating_duration_since(Instant::now()))
+            .expect("the write checkpoint on the stream");
+        let w = ["checkpoint", "checkpoint_diff"]
+            .iter()
+            .find_map(|k| line[*k]["write_checkpoint"].as_str())
+            .map(|w| w.parse::<i64>().unwrap());
+        if w.is_some_and(|w| w >= wc) {
+            break line;
+        }
+    };
+    assert!(series(&relay, "outpost_relay_replica_fallback_reads_total") > 0.0);
+    s.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for("the standby back in rotation", WAIT, || {
+        in_rotation(&relay, &standby).then_some(())
+    });
+    converge(&rt, &clients, &mut p, "after replay resumed");
+    drop(stream);
+
+    // 4. The standby stopped mid-stream under writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicI64::new(0));
+    let writer = {
+        let (stop, committed, url) = (stop.clone(), committed.clone(), primary.url(&db.name));
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut id = 100_000;
+            while !stop.load(Ordering::SeqCst) {
+                write_rows(&mut c, id, 2);
+                id += 2;
+                committed.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    wait_for("writes flowing", WAIT, || {
+        (committed.load(Ordering::SeqCst) >= 20).then_some(())
+    });
+    drop(s);
+    standby.stop("immediate");
+    wait_for("the stopped standby out of rotation", WAIT, || {
+        (removed(&relay, &standby, "down") >= 1.0).then_some(())
+    });
+    let at_stop = committed.load(Ordering::SeqCst);
+    wait_for("writes after the stop", WAIT, || {
+        (committed.load(Ordering::SeqCst) >= at_stop + 20).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    converge(&rt, &clients, &mut p, "with the standby down");
+    standby.start();
+    wait_for("the restarted standby in rotation", WAIT, || {
+        in_rotation(&relay, &standby).then_some(())
+    });
+    write_rows(&mut p, 300_000, 10);
+    converge(&rt, &clients, &mut p, "with the standby back");
+
+    // 5. Failover: the primary goes, the standby is promoted.
+    drop(p);
+    primary.stop("immediate");
+    standby.promote();
+    let mut np = standby.wait_ready(&db.name, "SELECT 1", WAIT);
+    let promoted: bool = np
+        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(promoted);
+    write_rows(&mut np, 400_000, 10);
+    let followed = Instant::now();
+    converge(&rt, &clients, &mut np, "after the standby was promoted");
+    let follow_time = followed.elapsed();
+
+    for c in &clients {
+        let applied = c.applied.lock().unwrap().clone();
+        assert!(
+            applied.windows(2).all(|w| w[0] < w[1]),
+            "{}'s applied checkpoints went backwards or repeated: {applied:?}",
+            c.user
+        );
+    }
+    let wait_count = series(&relay, "outpost_relay_replica_wait_seconds_count");
+    let wait_sum = series(&relay, "outpost_relay_replica_wait_seconds_sum");
+    eprintln!(
+        "replicas: {reads_on_standby} sync-path reads on the standby, none on the primary; \
+         replay paused: nothing past checkpoint {frozen} for {:.1} s, out of rotation (lagging) after {out_after:?}, \
+         write checkpoint {wc} reached the stream from the primary ({}); standby stopped: clients converged, back in rotation after restart; \
+         promoted: clients converged {follow_time:?} after the first write there; \
+         replica wait: {wait_count} checkpoints, mean {:.2} ms",
+        MAX_LAG_SECS / 2.0,
+        ryw,
+        if wait_count > 0.0 { wait_sum / wait_count * 1000.0 } else { 0.0 },
+    );
+    for c in clients {
+        c.task.abort();
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", c.path.display()));
+        }
+    }
+    let _ = seen;
+}

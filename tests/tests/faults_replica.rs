@@ -61,7 +61,7 @@ const READS: [&str; 4] = [
 struct Synced {
     user: String,
     db: Database,
-    task: tokio::task::JoinHandle<outpost_client::Result<()>>,
+    task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
     /// Every checkpoint the client applied, in order.
     applied: Arc<Mutex<Vec<i64>>>,
     path: PathBuf,
@@ -341,6 +341,16 @@ fn relay_reads_from_a_hot_standby_and_survives_its_faults() {
         &json!({"buckets": [], "include_checksum": true, "raw_data": true, "client_id": "ryw"}),
     );
     stream.until("checkpoint_complete");
+    // Lines from here on, read by a thread so the test can wait on them with
+    // a timeout (a quiet stream sends only keepalives, every 20 s).
+    let (line_tx, lines) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        while let Some(line) = stream.next_line(Duration::from_secs(3600)) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     s.batch_execute("SELECT pg_wal_replay_pause()").unwrap();
     wait_for("replay paused", WAIT, || {
         let st: String = s
@@ -370,7 +380,7 @@ fn relay_reads_from_a_hot_standby_and_survives_its_faults() {
     // For most of the lag bound: nothing past what the standby shows.
     let mut seen = Vec::new();
     while paused_at.elapsed() < Duration::from_secs_f64(MAX_LAG_SECS / 2.0) {
-        if let Some(line) = stream.next_line(Duration::from_millis(100)) {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
             for kind in ["checkpoint", "checkpoint_diff", "checkpoint_complete"] {
                 if let Some(cp) = line[kind]["last_op_id"].as_str() {
                     let cp: i64 = cp.parse().unwrap();
@@ -407,8 +417,8 @@ fn relay_reads_from_a_hot_standby_and_survives_its_faults() {
     converge(&rt, &clients, &mut p, "while the standby lags");
     let deadline = Instant::now() + WAIT;
     let ryw = loop {
-        let line = stream
-            .next_line(deadline.saturating_duration_since(Instant::now()))
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the write checkpoint on the stream");
         let w = ["checkpoint", "checkpoint_diff"]
             .iter()
@@ -424,7 +434,7 @@ fn relay_reads_from_a_hot_standby_and_survives_its_faults() {
         in_rotation(&relay, &standby).then_some(())
     });
     converge(&rt, &clients, &mut p, "after replay resumed");
-    drop(stream);
+    drop(lines);
 
     // 4. The standby stopped mid-stream under writes.
     let stop = Arc::new(AtomicBool::new(false));

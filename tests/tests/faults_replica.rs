@@ -1,6 +1,6 @@
 //! Read scale-out on a hot standby, with streaming replication set up here:
 //! a primary (`initdb`) and a standby made from it with `pg_basebackup -R`
-//! (see `replica_support`), a relay with `--replica-url` at the standby and
+//! (see `outpost_tests::replication`), a relay with `--replica-url` at the standby and
 //! `--database-url` listing both servers (`target_session_attrs=read-write`,
 //! so it follows a promotion), and clients syncing. `make test-faults` runs
 //! it through `scripts/test-replicas.sh` (ports `OUTPOST_REPLICA_PORTS`,
@@ -19,7 +19,6 @@
 //!    on the promoted server) and clients converge.
 
 mod faults_support;
-mod replica_support;
 
 use faults_support::wait_for;
 use outpost_client::net::connector::open_with_relay_schema;
@@ -27,7 +26,7 @@ use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, S
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
 use postgres::Client;
-use replica_support::{ports, Node};
+use outpost_tests::replication::{ports, Node};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

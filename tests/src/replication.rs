@@ -1,11 +1,11 @@
-//! Throwaway streaming-replication clusters for `faults_replica.rs`: a
+//! Throwaway streaming-replication clusters for `tests/faults_replica.rs`
+//! and the bench's `replica` section: a
 //! primary made with `initdb` and standbys made from it with
 //! `pg_basebackup -R` (so they stream from it), all on 127.0.0.1, run as the
 //! `postgres` user when the tests run as root, in scratch directories
 //! removed at the end. Binaries come from `OUTPOST_REPLICA_PG_BINDIR` (else
 //! `pg_config --bindir`), ports from `OUTPOST_REPLICA_PORTS` (default
 //! `5450,5451,5452`; `scripts/test-replicas.sh` sets both).
-#![allow(dead_code)]
 
 use postgres::{Client, NoTls};
 use std::path::{Path, PathBuf};

@@ -18,22 +18,22 @@
 //! 5. Primary stopped, standby promoted: the relay follows (ticks and writes
 //!    on the promoted server) and clients converge.
 
+mod faults_replica_support;
 mod faults_support;
 
+use faults_replica_support::{
+    calls, checkpoint, converge, in_rotation, last_checkpoint, removed, series, start_client,
+    write_rows, READS, WAIT,
+};
 use faults_support::wait_for;
-use outpost_client::net::connector::open_with_relay_schema;
-use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions};
 use outpost_tests::relay::Relay;
-use outpost_tests::TestDb;
-use postgres::Client;
 use outpost_tests::replication::{ports, Node};
+use outpost_tests::TestDb;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
 const MAX_LAG_SECS: f64 = 4.0;
 
 const SCHEMA: &str = "
@@ -48,190 +48,6 @@ bucket_definitions:
     data:
       - SELECT id, owner, v FROM items WHERE owner = bucket.owner
 ";
-
-/// The sync path's functions, as the relay calls them.
-const READS: [&str; 4] = [
-    "%outpost.sync_checkpoint(%",
-    "%outpost.bucket_ops(%",
-    "%outpost.changes_since(%",
-    "%outpost.client_schema(%",
-];
-
-struct Synced {
-    user: String,
-    db: Database,
-    task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
-    /// Every checkpoint the client applied, in order.
-    applied: Arc<Mutex<Vec<i64>>>,
-    path: PathBuf,
-}
-
-fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, user: &str) -> Synced {
-    let path =
-        std::env::temp_dir().join(format!("outpost-replica-{}-{user}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
-    let creds = Credentials {
-        endpoint: relay.url.clone(),
-        token: relay.token(user, 3600),
-    };
-    let db = rt
-        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
-        .expect("open with the relay's /schema");
-    let options = SyncOptions {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(300),
-        ..SyncOptions::default()
-    };
-    let d = db.clone();
-    let task = rt.spawn(async move {
-        SyncClient::new(d, Arc::new(StaticConnector(creds)))
-            .run(options)
-            .await
-    });
-    let applied = Arc::new(Mutex::new(Vec::new()));
-    let (mut rx, a) = (db.status(), applied.clone());
-    rt.spawn(async move {
-        while rx.changed().await.is_ok() {
-            let cp = rx.borrow_and_update().last_checkpoint.clone();
-            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
-                let mut a = a.lock().unwrap();
-                if a.last() != Some(&cp) {
-                    a.push(cp);
-                }
-            }
-        }
-    });
-    Synced {
-        user: user.into(),
-        db,
-        task,
-        applied,
-        path,
-    }
-}
-
-fn last_checkpoint(db: &Database) -> i64 {
-    db.status()
-        .borrow()
-        .last_checkpoint
-        .as_deref()
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Ticks on `primary`, waits until every client applied that checkpoint,
-/// and compares each client's rows with the primary's.
-fn converge(rt: &tokio::runtime::Runtime, clients: &[Synced], primary: &mut Client, what: &str) {
-    let cp: i64 = primary
-        .query_one("SELECT outpost.tick()", &[])
-        .unwrap()
-        .get(0);
-    for c in clients {
-        let mut rx = c.db.status();
-        let ok = rt.block_on(async {
-            tokio::time::timeout(
-                WAIT,
-                rx.wait_for(|s| {
-                    s.last_checkpoint
-                        .as_deref()
-                        .and_then(|x| x.parse::<i64>().ok())
-                        .is_some_and(|x| x >= cp)
-                }),
-            )
-            .await
-            .is_ok()
-        });
-        assert!(
-            ok,
-            "{what}: {} never reached checkpoint {cp}; status {:?}, task finished: {}",
-            c.user,
-            *c.db.status().borrow(),
-            c.task.is_finished()
-        );
-        let n = |v: &Value| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .unwrap()
-        };
-        let mut mine: Vec<(i64, i64)> =
-            c.db.query("SELECT id, v FROM items", &[])
-                .unwrap()
-                .iter()
-                .map(|r| (n(&r["id"]), n(&r["v"])))
-                .collect();
-        mine.sort();
-        let pg: Vec<(i64, i64)> = primary
-            .query(
-                "SELECT id::bigint, v::bigint FROM items WHERE owner = $1 ORDER BY id",
-                &[&c.user],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        assert_eq!(mine, pg, "{what}: {}'s rows differ from Postgres", c.user);
-    }
-}
-
-/// Calls of statements matching `pattern` in this database, as
-/// `pg_stat_statements` counted them on that server.
-fn calls(c: &mut Client, pattern: &str) -> i64 {
-    c.query_one(
-        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-          WHERE query ILIKE $1 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        &[&pattern],
-    )
-    .unwrap()
-    .get(0)
-}
-
-/// A series of the relay's `/metrics` (`name{labels}` exactly), 0 when absent.
-fn series(relay: &Relay, name: &str) -> f64 {
-    let text = relay.request("GET", "/metrics", None, None).body;
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse().unwrap())
-        })
-        .unwrap_or(0.0)
-}
-
-fn in_rotation(relay: &Relay, standby: &Node) -> bool {
-    series(
-        relay,
-        &format!(
-            "outpost_relay_replica_in_rotation{{replica=\"127.0.0.1:{}\"}}",
-            standby.port
-        ),
-    ) == 1.0
-}
-
-fn removed(relay: &Relay, standby: &Node, reason: &str) -> f64 {
-    series(
-        relay,
-        &format!(
-            "outpost_relay_replica_removed_total{{replica=\"127.0.0.1:{}\",reason=\"{reason}\"}}",
-            standby.port
-        ),
-    )
-}
-
-fn checkpoint(c: &mut Client) -> i64 {
-    c.query_one("SELECT outpost.checkpoint()", &[])
-        .unwrap()
-        .get(0)
-}
-
-/// Inserts `n` rows for u1 and u2 from `first` on.
-fn write_rows(c: &mut Client, first: i32, n: i32) {
-    c.execute(
-        "INSERT INTO items SELECT g, 'u' || (g % 2 + 1), g % 7 FROM generate_series($1::int, $1::int + $2::int - 1) g",
-        &[&first, &n],
-    )
-    .unwrap();
-}
 
 #[test]
 #[ignore = "makes its own replication clusters: make test-faults (scripts/test-replicas.sh)"]

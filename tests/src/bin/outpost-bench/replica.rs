@@ -80,7 +80,10 @@ fn measure(
     let p0 = read_time(c)?;
     let s0: Vec<(f64, i64)> = standbys.iter_mut().map(read_time).collect::<Result<_>>()?;
     let addrs: Vec<_> = relays.iter().map(|r| r.addr).collect();
-    eprintln!("bench replica: opening {CONNS} streams on {} relays", addrs.len());
+    eprintln!(
+        "bench replica: opening {CONNS} streams on {} relays",
+        addrs.len()
+    );
     let mut streams: Vec<Stream> = rt.block_on(async {
         let mut out = Vec::with_capacity(CONNS);
         let mut set = tokio::task::JoinSet::new();
@@ -116,10 +119,7 @@ fn measure(
             })
         })
         .collect();
-    c.execute(
-        "INSERT INTO live VALUES ($1, 'fan-out')",
-        &[&first_id],
-    )?;
+    c.execute("INSERT INTO live VALUES ($1, 'fan-out')", &[&first_id])?;
     let mut fan = Vec::with_capacity(CONNS);
     let mut back = Vec::with_capacity(CONNS);
     for h in waiting {
@@ -195,7 +195,13 @@ fn run_on(primary: &Node, ports: &[u16], rows: &mut Vec<Row>) -> Result<()> {
     let s2 = Node::standby(primary, ports[2]);
     let mut standbys: Vec<postgres::Client> = [&s1, &s2]
         .iter()
-        .map(|s| s.wait_ready(&db.name, "SELECT outpost.checkpoint()", Duration::from_secs(60)))
+        .map(|s| {
+            s.wait_ready(
+                &db.name,
+                "SELECT outpost.checkpoint()",
+                Duration::from_secs(60),
+            )
+        })
         .collect();
 
     let base = {
@@ -220,8 +226,12 @@ fn run_on(primary: &Node, ports: &[u16], rows: &mut Vec<Row>) -> Result<()> {
     }
     let rep = measure(&rt, &mut c, &mut standbys, &[&a, &b], 20_000)?;
     let m = a.metrics()?;
-    let waits: f64 = m("outpost_relay_replica_wait_seconds_count").parse().unwrap_or(0.0);
-    let wait_sum: f64 = m("outpost_relay_replica_wait_seconds_sum").parse().unwrap_or(0.0);
+    let waits: f64 = m("outpost_relay_replica_wait_seconds_count")
+        .parse()
+        .unwrap_or(0.0);
+    let wait_sum: f64 = m("outpost_relay_replica_wait_seconds_sum")
+        .parse()
+        .unwrap_or(0.0);
     let fallbacks = m("outpost_relay_replica_fallback_reads_total");
 
     rows.push(Row {

@@ -49,9 +49,13 @@ test-integration: setup
 	PATH="$(TEST_PATH)" $(CARGO) test -p outpost-tests --no-fail-fast $(if $(TEST_ARGS),-- $(TEST_ARGS))
 
 ## make test-faults: Postgres restarted under a running relay and client, on a
-## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after).
+## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after);
+## then a relay reading from a hot standby (scripts/test-replicas.sh: a primary and
+## a pg_basebackup -R standby of major $(PG) made by the test on REPLICA_PORTS,
+## default 127.0.0.1:5450,5451,5452).
 test-faults: setup
 	@scripts/test-faults.sh
+	@PG=$(PG) scripts/test-replicas.sh
 
 ## make test-pg-upgrade: pg_upgrade of a Postgres 15 cluster with Outpost
 ## deployed to 18 (wheel binaries, 18 build installed) while a relay and a

@@ -32,6 +32,19 @@ pub struct ServeArgs {
     #[arg(long, env = "OUTPOST_DATABASE_URL")]
     pub database_url: String,
 
+    /// Hot standbys of that database (streaming replicas), comma-separated,
+    /// one server per URL: the sync path's reads (checkpoint state, changes,
+    /// op pages, /schema) go to the first one in rotation; ticks, compaction,
+    /// write checkpoints and /crud stay on --database-url. A stream is told
+    /// of a checkpoint only once the standby it reads from has replayed it.
+    #[arg(long, env = "OUTPOST_REPLICA_URL", value_delimiter = ',')]
+    pub replica_url: Vec<String>,
+
+    /// Seconds a standby may trail the primary's latest checkpoint before it
+    /// is taken out of rotation (reads go to the next standby, or the primary).
+    #[arg(long, env = "OUTPOST_REPLICA_MAX_LAG", default_value_t = 5.0, value_parser = parse_max_lag)]
+    pub replica_max_lag: f64,
+
     /// Address to listen on.
     #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -133,6 +146,13 @@ pub struct ServeArgs {
     pub idp: IdpArgs,
 }
 
+fn parse_max_lag(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('s').parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 /// Keys published by an identity provider, and the issuer its tokens name.
 #[derive(Debug, Clone, Args)]
 pub struct IdpArgs {
@@ -218,6 +238,40 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.jwt_audience, vec!["a", "b"]);
         assert!(!s.drive_ticks);
+        assert!(s.replica_url.is_empty());
+        assert_eq!(s.replica_max_lag, 5.0);
+    }
+
+    #[test]
+    fn replica_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "outpost-relay",
+            "serve",
+            "--database-url",
+            "host=p",
+            "--replica-url",
+            "host=s1 port=5451,postgres://x@s2/db",
+            "--replica-max-lag",
+            "0.5s",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            s.replica_url,
+            vec!["host=s1 port=5451", "postgres://x@s2/db"]
+        );
+        assert_eq!(s.replica_max_lag, 0.5);
+        assert!(Cli::try_parse_from([
+            "outpost-relay",
+            "serve",
+            "--database-url",
+            "host=p",
+            "--replica-max-lag",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -33,8 +33,8 @@ use tokio::sync::{watch, Notify};
 pub struct Ticks {
     /// Generation of the latest tick started (0: none yet).
     started: AtomicU64,
-    /// Generation of the latest tick that finished successfully.
-    done: watch::Sender<u64>,
+    /// Generation and checkpoint of the latest tick that finished successfully.
+    done: watch::Sender<(u64, u64)>,
     /// The ticker's wake-up, so a waiting request need not wait for a fallback tick.
     wake: Arc<Notify>,
 }
@@ -43,7 +43,7 @@ impl Ticks {
     pub fn new(wake: Arc<Notify>) -> Ticks {
         Ticks {
             started: AtomicU64::new(0),
-            done: watch::channel(0).0,
+            done: watch::channel((0, 0)).0,
             wake,
         }
     }
@@ -53,12 +53,12 @@ impl Ticks {
         self.started.fetch_add(1, SeqCst) + 1
     }
 
-    /// Called by the ticker when tick `generation` succeeded.
-    pub fn finished(&self, generation: u64) {
+    /// Called by the ticker when tick `generation` succeeded with `checkpoint`.
+    pub fn finished(&self, generation: u64, checkpoint: u64) {
         self.done.send_if_modified(|g| {
-            let newer = generation > *g;
+            let newer = generation > g.0;
             if newer {
-                *g = generation;
+                *g = (generation, checkpoint.max(g.1));
             }
             newer
         });
@@ -67,7 +67,8 @@ impl Ticks {
 
 /// What a request must wait for, noted when it arrives.
 pub enum Mark {
-    /// A successful tick of at least this generation.
+    /// A successful tick of at least this generation, and its checkpoint
+    /// announced to the streams.
     Tick(u64),
     /// Any checkpoint announced after the receiver's current one.
     Announcement(watch::Receiver<Announced>),
@@ -78,6 +79,9 @@ pub enum Freshness {
     Ticks {
         ticks: Arc<Ticks>,
         wait: Duration,
+        /// What streams are told of. With hot standbys it trails the ticks
+        /// until the standby streams read from has replayed them.
+        announced: watch::Receiver<Announced>,
     },
     Announced {
         checkpoints: watch::Receiver<Announced>,
@@ -105,11 +109,22 @@ impl Freshness {
     /// Waits until `mark` is reached, within the bound. `false`: given up.
     pub async fn reached(&self, mark: Mark, metrics: &Metrics) -> bool {
         let (wait, reached) = match (self, mark) {
-            (Freshness::Ticks { ticks, wait }, Mark::Tick(want)) => {
+            (
+                Freshness::Ticks {
+                    ticks,
+                    wait,
+                    announced,
+                },
+                Mark::Tick(want),
+            ) => {
                 let mut rx = ticks.done.subscribe();
-                let reached = tokio::time::timeout(*wait, rx.wait_for(|g| *g >= want))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+                let mut announced = announced.clone();
+                let reached = tokio::time::timeout(*wait, async {
+                    let cp = rx.wait_for(|g| g.0 >= want).await.ok()?.1;
+                    announced.wait_for(|a| a.checkpoint >= cp).await.ok()
+                })
+                .await
+                .is_ok_and(|r| r.is_some());
                 (*wait, reached)
             }
             (Freshness::Announced { wait, .. }, Mark::Announcement(mut rx)) => {
@@ -143,9 +158,11 @@ mod tests {
     async fn waits_for_a_tick_that_started_after_the_request() {
         let wake = Arc::new(Notify::new());
         let ticks = Arc::new(Ticks::new(wake.clone()));
+        let (_announce, announced) = watch::channel(Announced::initial());
         let fresh = Arc::new(Freshness::Ticks {
             ticks: ticks.clone(),
             wait: Duration::from_secs(5),
+            announced,
         });
         let metrics = Arc::new(Metrics::default());
         // A tick is in flight when the request arrives: it does not count.
@@ -155,7 +172,7 @@ mod tests {
             let (fresh, metrics) = (fresh.clone(), metrics.clone());
             tokio::spawn(async move { fresh.reached(mark, &metrics).await })
         };
-        ticks.finished(in_flight);
+        ticks.finished(in_flight, 0);
         tokio::task::yield_now().await;
         assert!(
             !waiter.is_finished(),
@@ -166,7 +183,35 @@ mod tests {
             .await
             .expect("the request wakes the ticker");
         let next = ticks.starting();
-        ticks.finished(next);
+        ticks.finished(next, 0);
+        assert!(waiter.await.unwrap());
+        assert_eq!(metrics.freshness_timeouts.get(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn with_standbys_waits_until_the_ticks_checkpoint_is_announced() {
+        let ticks = Arc::new(Ticks::new(Arc::new(Notify::new())));
+        let (announce, announced) = watch::channel(Announced::initial());
+        let fresh = Arc::new(Freshness::Ticks {
+            ticks: ticks.clone(),
+            wait: Duration::from_secs(5),
+            announced,
+        });
+        let metrics = Arc::new(Metrics::default());
+        let mark = fresh.arrived();
+        let waiter = {
+            let (fresh, metrics) = (fresh.clone(), metrics.clone());
+            tokio::spawn(async move { fresh.reached(mark, &metrics).await })
+        };
+        let g = ticks.starting();
+        ticks.finished(g, 42);
+        crate::listener::publish(&announce, &Metrics::default(), 41);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "the standby has not replayed the tick's checkpoint"
+        );
+        crate::listener::publish(&announce, &Metrics::default(), 42);
         assert!(waiter.await.unwrap());
         assert_eq!(metrics.freshness_timeouts.get(), 0);
     }
@@ -174,9 +219,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn gives_up_after_the_bound() {
         let ticks = Arc::new(Ticks::new(Arc::new(Notify::new())));
+        let (_announce, announced) = watch::channel(Announced::initial());
         let fresh = Freshness::Ticks {
             ticks: ticks.clone(),
             wait: Duration::from_secs(5),
+            announced,
         };
         let metrics = Metrics::default();
         let mark = fresh.arrived();

@@ -25,6 +25,9 @@
 //!   notifications out through a `watch` channel and wakes the ticker.
 //! - [`freshness`]: the barrier that makes a stream's first checkpoint
 //!   include every commit before its request (one tick shared by all).
+//! - [`replica`]: hot standbys (`--replica-url`): the store that routes the
+//!   sync path's reads to a standby, and the gate that announces a
+//!   checkpoint only once that standby shows it.
 //! - [`ticker`]: calls `outpost.tick()` on change notifications, coalesced,
 //!   and schedules compaction.
 //! - [`fanout`]: reads shared by all streams of the process: what changed
@@ -50,6 +53,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod outbound_tls;
 pub mod pg_tls;
+pub mod replica;
 pub mod routes;
 pub mod server;
 pub mod store;

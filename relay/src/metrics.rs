@@ -53,6 +53,17 @@ pub struct Metrics {
     pub tls_reload_errors: Counter,
     /// Background tasks restarted after a panic or an early end, by task.
     task_restarts: Family<Vec<(String, String)>, Counter>,
+    /// Hot standbys (see [`crate::replica`]): time from a checkpoint announced
+    /// by the primary to it being visible on the standby streams read from.
+    replica_wait: Histogram,
+    /// Per standby: how far behind the primary's checkpoints it is.
+    replica_lag: Family<Vec<(String, String)>, Seconds>,
+    /// Per standby: 1 while it serves reads.
+    replica_in_rotation: Family<Vec<(String, String)>, Gauge>,
+    /// Standbys taken out of rotation, by standby and reason (down, lagging).
+    replica_removed: Family<Vec<(String, String)>, Counter>,
+    /// Reads that went to the primary although standbys are configured.
+    pub replica_fallback_reads: Counter,
     registry: Registry,
 }
 
@@ -89,6 +100,12 @@ impl Default for Metrics {
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
             task_restarts: Family::default(),
+            // 0.1 ms .. 26 s
+            replica_wait: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
+            replica_lag: Family::default(),
+            replica_in_rotation: Family::default(),
+            replica_removed: Family::default(),
+            replica_fallback_reads: Counter::default(),
             registry: Registry::default(),
         };
         m.registered()
@@ -249,7 +266,53 @@ impl Metrics {
             "Duration of the last tick.",
             self.tick_duration_last.clone(),
         );
+        r.register(
+            "outpost_relay_replica_wait_seconds",
+            "Delay from a checkpoint announced by the primary to it being visible on the standby streams read from.",
+            self.replica_wait.clone(),
+        );
+        r.register(
+            "outpost_relay_replica_lag_seconds",
+            "How long the standby has been behind the primary's latest checkpoint (0: caught up).",
+            self.replica_lag.clone(),
+        );
+        r.register(
+            "outpost_relay_replica_in_rotation",
+            "1 while the standby serves this relay's reads.",
+            self.replica_in_rotation.clone(),
+        );
+        r.register(
+            "outpost_relay_replica_removed",
+            "Standbys taken out of rotation (reason: down, lagging).",
+            self.replica_removed.clone(),
+        );
+        r.register(
+            "outpost_relay_replica_fallback_reads",
+            "Sync-path reads sent to the primary because no standby could serve them.",
+            self.replica_fallback_reads.clone(),
+        );
         self
+    }
+
+    pub fn observe_replica_wait(&self, d: Duration) {
+        self.replica_wait.observe(d.as_secs_f64());
+    }
+
+    pub fn set_replica(&self, replica: &str, lag: Duration, in_rotation: bool) {
+        let l = vec![("replica".to_string(), replica.to_string())];
+        self.replica_lag.get_or_create(&l).set(lag.as_secs_f64());
+        self.replica_in_rotation
+            .get_or_create(&l)
+            .set(i64::from(in_rotation));
+    }
+
+    pub fn replica_removed(&self, replica: &str, reason: &str) {
+        self.replica_removed
+            .get_or_create(&vec![
+                ("replica".to_string(), replica.to_string()),
+                ("reason".to_string(), reason.to_string()),
+            ])
+            .inc();
     }
 
     /// Time from a checkpoint being announced to a stream completing it.

@@ -5,6 +5,7 @@ use crate::config::ServeArgs;
 use crate::listener::{Announced, Listener};
 use crate::liveness::Liveness;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::replica::{Gate, Replicas, RoutedStore};
 use crate::routes::{app, App, AppState, CloseConnection, Limits};
 use crate::store::{PgStore, Store};
 use crate::supervise::supervise;
@@ -31,14 +32,42 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (verifier, jwks_urls) = crate::auth::from_args(&args).await?;
-    let store: Arc<dyn Store> = Arc::new(PgStore::new(&args.database_url, args.db_pool_size)?);
     let metrics = Arc::new(Metrics::default());
+    let primary: Arc<dyn Store> = Arc::new(PgStore::new(&args.database_url, args.db_pool_size)?);
+    // What streams are told of (`cp_tx`), and what the primary announces
+    // (`primary_tx`: ticks, NOTIFY). Without standbys they are one channel;
+    // with them the replica gate passes a checkpoint on once the standby
+    // streams read from shows it.
     let (cp_tx, cp_rx) = watch::channel(Announced::initial());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let (store, primary_tx) = if args.replica_url.is_empty() {
+        (primary, cp_tx.clone())
+    } else {
+        let replicas = Arc::new(Replicas::new(&args.replica_url, args.db_pool_size)?);
+        let (primary_tx, primary_rx) = watch::channel(Announced::initial());
+        let gate = Gate {
+            replicas: replicas.clone(),
+            primary: primary_rx,
+            published: cp_tx.clone(),
+            metrics: metrics.clone(),
+            max_lag: Duration::from_secs_f64(args.replica_max_lag),
+        };
+        let names: Vec<&str> = replicas.members.iter().map(|m| m.name.as_str()).collect();
+        tracing::info!(standbys = ?names, max_lag = args.replica_max_lag, "sync reads go to hot standbys");
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(supervise(
+            "replica-gate",
+            metrics.clone(),
+            stop_rx.clone(),
+            move || gate.clone().run(stop.clone()),
+        )));
+        let store: Arc<dyn Store> = Arc::new(RoutedStore::new(primary, replicas, metrics.clone()));
+        (store, primary_tx)
+    };
 
     let tick_wake = args.drive_ticks.then(|| Arc::new(Notify::new()));
     let liveness = Arc::new(Liveness::new(args.drive_ticks));
-    let mut tasks = Vec::new();
     let fresh_wait = Duration::from_millis(args.freshness_wait_ms.unwrap_or(if args.drive_ticks {
         10_000
     } else {
@@ -48,6 +77,7 @@ pub async fn run(
         Some(wake) => crate::freshness::Freshness::Ticks {
             ticks: Arc::new(crate::freshness::Ticks::new(wake.clone())),
             wait: fresh_wait,
+            announced: cp_rx.clone(),
         },
         None => crate::freshness::Freshness::Announced {
             checkpoints: cp_rx.clone(),
@@ -59,7 +89,7 @@ pub async fn run(
         let ticker = Ticker {
             store: store.clone(),
             wake: wake.clone(),
-            checkpoints: cp_tx.clone(),
+            checkpoints: primary_tx.clone(),
             metrics: metrics.clone(),
             trailing: Some(crate::ticker::TRAILING),
             fallback: crate::ticker::FALLBACK,
@@ -77,7 +107,7 @@ pub async fn run(
     }
     let listen = Listener {
         database_url: args.database_url.clone(),
-        checkpoints: cp_tx,
+        checkpoints: primary_tx,
         tick_wake,
         store: store.clone(),
         metrics: metrics.clone(),

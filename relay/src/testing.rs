@@ -6,7 +6,7 @@ use crate::listener::Announced;
 use crate::metrics::Metrics;
 use crate::routes::{app, App, AppState, Limits};
 use crate::store::{
-    Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, Store,
+    Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, ReplicaStatus, Store,
 };
 use crate::Error;
 use futures_util::future::BoxFuture;
@@ -237,6 +237,17 @@ impl Store for FakeStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move { self.fail_check() })
+    }
+
+    /// A standby that fails with the others when `fail` is set.
+    fn replica_status(&self) -> BoxFuture<'_, Result<ReplicaStatus, Error>> {
+        Box::pin(async move {
+            self.fail_check()?;
+            Ok(ReplicaStatus {
+                checkpoint: OpId(self.db.lock().unwrap().checkpoint),
+                in_recovery: Some(true),
+            })
+        })
     }
 
     fn client_schema(&self) -> BoxFuture<'_, Result<Value, Error>> {

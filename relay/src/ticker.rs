@@ -84,7 +84,7 @@ impl Ticker {
                 Ok(c) => {
                     self.liveness.tick_ok();
                     publish(&self.checkpoints, &self.metrics, c.0);
-                    self.ticks.finished(generation);
+                    self.ticks.finished(generation, c.0);
                     let since = *compacted_at.get_or_insert(c.0);
                     if let Some(every) = self.compact_every {
                         if c.0.saturating_sub(since) >= every && !compacting.swap(true, SeqCst) {

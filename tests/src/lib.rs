@@ -7,12 +7,15 @@
 //! - [`fold_bucket`], [`Op`]: read a bucket's ops and replay them the way a client does.
 //! - [`relay`]: an in-process relay against a [`TestDb`] and a small HTTP client for it.
 //! - [`client`]: waits on client sync status and live queries.
+//! - [`replication`]: a primary and `pg_basebackup -R` standbys of its own, for
+//!   the hot-standby tests and bench.
 //! - `tests/`: the test files, one per area (extension, concurrency, relay, client).
 //!
 //! The extension must be installed (`scripts/setup.sh` does it).
 
 pub mod client;
 pub mod relay;
+pub mod replication;
 
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;

@@ -314,13 +314,29 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
     let t = Instant::now();
     let mut p = spawn_sync(&sync_args, Stdio::piped());
     let stderr = p.child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    // Read on a thread so that a client that never applies fails the test
+    // (with what it printed) instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen = Vec::new();
     loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("outpost sync ended before applying: {seen:?}"))
-            .unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line.unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("outpost sync applied no checkpoint within 180 s; it printed: {seen:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("outpost sync ended before applying: {seen:?}")
+            }
+        };
         if line.starts_with("synced checkpoint") {
             break;
         }

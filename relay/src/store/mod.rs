@@ -12,7 +12,9 @@ pub mod types;
 
 pub use crud_errors::classify_crud_error;
 pub use postgres::PgStore;
-pub use types::{Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind};
+pub use types::{
+    Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, RejectKind, ReplicaStatus,
+};
 
 use crate::Error;
 use futures_util::future::BoxFuture;
@@ -69,6 +71,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// `outpost.checkpoint()`: the latest published checkpoint.
     fn checkpoint(&self) -> BoxFuture<'_, Result<OpId, Error>>;
+
+    /// The latest checkpoint visible here and whether the server is a
+    /// standby (`None`: cannot tell); polled on hot standbys by
+    /// [`crate::replica::Gate`].
+    fn replica_status(&self) -> BoxFuture<'_, Result<ReplicaStatus, Error>> {
+        Box::pin(async move {
+            Ok(ReplicaStatus {
+                checkpoint: self.checkpoint().await?,
+                in_recovery: None,
+            })
+        })
+    }
 
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;

@@ -2,7 +2,7 @@
 //! with the extension. It calls only the extension's SQL API (docs/sql-api.md).
 
 use super::crud_errors::classify_crud_error;
-use super::types::{Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow};
+use super::types::{Changes, CheckpointState, CrudOutcome, CrudRejection, OpRow, ReplicaStatus};
 use super::Store;
 use crate::Error;
 use deadpool_postgres::Pool;
@@ -217,6 +217,20 @@ impl Store for PgStore {
             let client = self.pool.get().await?;
             let row = client.query_one("SELECT outpost.checkpoint()", &[]).await?;
             op_id(row.get(0))
+        })
+    }
+
+    fn replica_status(&self) -> BoxFuture<'_, Result<ReplicaStatus, Error>> {
+        Box::pin(async move {
+            let client = self.pool.get().await?;
+            let stmt = client
+                .prepare_cached("SELECT outpost.checkpoint(), pg_is_in_recovery()")
+                .await?;
+            let row = client.query_one(&stmt, &[]).await?;
+            Ok(ReplicaStatus {
+                checkpoint: op_id(row.get(0))?,
+                in_recovery: Some(row.get(1)),
+            })
         })
     }
 

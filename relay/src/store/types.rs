@@ -75,3 +75,12 @@ pub enum RejectKind {
     /// A write handler or a constraint refused the data (422).
     Refused,
 }
+
+/// What a hot standby shows (see [`crate::replica`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// `outpost.checkpoint()` there: every op up to it is visible too.
+    pub checkpoint: OpId,
+    /// `pg_is_in_recovery()`: false once a standby was promoted.
+    pub in_recovery: Option<bool>,
+}

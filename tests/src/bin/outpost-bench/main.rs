@@ -4,7 +4,7 @@
 //! Sections (one module each): `extension` (capture overhead, tick and
 //! snapshot throughput), `compaction` (op-log shrinkage, fresh download;
 //! `compaction_latency`: ticks while compaction runs), `client`, `relay`,
-//! `rules`. `OUTPOST_BENCH=extension,relay` runs a subset.
+//! `relay-connect`, `replica` (hot standbys), `rules`. `OUTPOST_BENCH=extension,relay` runs a subset.
 
 mod client;
 mod compaction;
@@ -12,6 +12,7 @@ mod extension;
 mod relay;
 mod relay_connect;
 mod relay_proc;
+mod replica;
 mod rules;
 
 use anyhow::Result;
@@ -35,6 +36,7 @@ fn main() -> Result<()> {
         ("client", client::run),
         ("relay", relay::run),
         ("relay-connect", relay_connect::run),
+        ("replica", replica::run),
         ("rules", rules::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

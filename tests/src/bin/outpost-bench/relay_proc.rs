@@ -63,6 +63,11 @@ pub(crate) struct RelayProc {
 
 impl RelayProc {
     pub(crate) fn start(db: &TestDb) -> Result<RelayProc> {
+        RelayProc::start_env(db, &[])
+    }
+
+    /// [`RelayProc::start`] with more environment (`OUTPOST_*` settings).
+    pub(crate) fn start_env(db: &TestDb, env: &[(&str, String)]) -> Result<RelayProc> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -72,6 +77,7 @@ impl RelayProc {
             .env("OUTPOST_DATABASE_URL", &db.url)
             .env("OUTPOST_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .spawn()
             .context("start outpost-relay")?;

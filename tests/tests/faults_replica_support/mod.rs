@@ -1,0 +1,202 @@
+//! Clients, convergence checks and metric lookups for `faults_replica.rs`.
+
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions};
+use outpost_tests::relay::Relay;
+use outpost_tests::replication::Node;
+use postgres::Client;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The sync path's functions, as the relay calls them.
+pub const READS: [&str; 4] = [
+    "%outpost.sync_checkpoint(%",
+    "%outpost.bucket_ops(%",
+    "%outpost.changes_since(%",
+    "%outpost.client_schema(%",
+];
+
+pub struct Synced {
+    pub user: String,
+    pub db: Database,
+    pub task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
+    /// Every checkpoint the client applied, in order.
+    pub applied: Arc<Mutex<Vec<i64>>>,
+    pub path: PathBuf,
+}
+
+pub fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, user: &str) -> Synced {
+    let path =
+        std::env::temp_dir().join(format!("outpost-replica-{}-{user}.db", std::process::id()));
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    let creds = Credentials {
+        endpoint: relay.url.clone(),
+        token: relay.token(user, 3600),
+    };
+    let db = rt
+        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
+        .expect("open with the relay's /schema");
+    let options = SyncOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(300),
+        ..SyncOptions::default()
+    };
+    let d = db.clone();
+    let task = rt.spawn(async move {
+        SyncClient::new(d, Arc::new(StaticConnector(creds)))
+            .run(options)
+            .await
+    });
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let (mut rx, a) = (db.status(), applied.clone());
+    rt.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let cp = rx.borrow_and_update().last_checkpoint.clone();
+            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
+                let mut a = a.lock().unwrap();
+                if a.last() != Some(&cp) {
+                    a.push(cp);
+                }
+            }
+        }
+    });
+    Synced {
+        user: user.into(),
+        db,
+        task,
+        applied,
+        path,
+    }
+}
+
+pub fn last_checkpoint(db: &Database) -> i64 {
+    db.status()
+        .borrow()
+        .last_checkpoint
+        .as_deref()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ticks on `primary`, waits until every client applied that checkpoint,
+/// and compares each client's rows with the primary's.
+pub fn converge(
+    rt: &tokio::runtime::Runtime,
+    clients: &[Synced],
+    primary: &mut Client,
+    what: &str,
+) {
+    let cp: i64 = primary
+        .query_one("SELECT outpost.tick()", &[])
+        .unwrap()
+        .get(0);
+    for c in clients {
+        let mut rx = c.db.status();
+        let ok = rt.block_on(async {
+            tokio::time::timeout(
+                WAIT,
+                rx.wait_for(|s| {
+                    s.last_checkpoint
+                        .as_deref()
+                        .and_then(|x| x.parse::<i64>().ok())
+                        .is_some_and(|x| x >= cp)
+                }),
+            )
+            .await
+            .is_ok()
+        });
+        assert!(
+            ok,
+            "{what}: {} never reached checkpoint {cp}; status {:?}, task finished: {}",
+            c.user,
+            *c.db.status().borrow(),
+            c.task.is_finished()
+        );
+        let n = |v: &Value| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .unwrap()
+        };
+        let mut mine: Vec<(i64, i64)> =
+            c.db.query("SELECT id, v FROM items", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (n(&r["id"]), n(&r["v"])))
+                .collect();
+        mine.sort();
+        let pg: Vec<(i64, i64)> = primary
+            .query(
+                "SELECT id::bigint, v::bigint FROM items WHERE owner = $1 ORDER BY id",
+                &[&c.user],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(mine, pg, "{what}: {}'s rows differ from Postgres", c.user);
+    }
+}
+
+/// Calls of statements matching `pattern` in this database, as
+/// `pg_stat_statements` counted them on that server.
+pub fn calls(c: &mut Client, pattern: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+          WHERE query ILIKE $1 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[&pattern],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A series of the relay's `/metrics` (`name{labels}` exactly), 0 when absent.
+pub fn series(relay: &Relay, name: &str) -> f64 {
+    let text = relay.request("GET", "/metrics", None, None).body;
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn in_rotation(relay: &Relay, standby: &Node) -> bool {
+    series(
+        relay,
+        &format!(
+            "outpost_relay_replica_in_rotation{{replica=\"127.0.0.1:{}\"}}",
+            standby.port
+        ),
+    ) == 1.0
+}
+
+pub fn removed(relay: &Relay, standby: &Node, reason: &str) -> f64 {
+    series(
+        relay,
+        &format!(
+            "outpost_relay_replica_removed_total{{replica=\"127.0.0.1:{}\",reason=\"{reason}\"}}",
+            standby.port
+        ),
+    )
+}
+
+pub fn checkpoint(c: &mut Client) -> i64 {
+    c.query_one("SELECT outpost.checkpoint()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Inserts `n` rows for u1 and u2 from `first` on.
+pub fn write_rows(c: &mut Client, first: i32, n: i32) {
+    c.execute(
+        "INSERT INTO items SELECT g, 'u' || (g % 2 + 1), g % 7 FROM generate_series($1::int, $1::int + $2::int - 1) g",
+        &[&first, &n],
+    )
+    .unwrap();
+}

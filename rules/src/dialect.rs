@@ -44,6 +44,13 @@ impl Kind {
     }
 }
 
+/// The schema part of a qualified PostGIS type (`public` of
+/// `public.geometry(Point,4326)`), as `format_type()` quoted it.
+fn postgis_schema(t: &str) -> Option<&str> {
+    let bare = t.split('(').next().unwrap_or(t);
+    bare.rsplit_once('.').map(|(schema, _)| schema)
+}
+
 /// PostGIS's types, as `format_type()` names them: schema-qualified when
 /// the extension's schema is not on the caller's path (capture and deploy
 /// run with a pinned `search_path`), with a modifier like `(Point,4326)`.
@@ -487,6 +494,12 @@ pub fn call(
                     "function `{name}` needs a geometry or geography column (PostGIS); its argument is not one"
                 ));
             }
+            // Deploy and ticks run with a pinned `search_path`, so PostGIS's
+            // functions are named in the schema its type comes from.
+            let schema = pg_type
+                .and_then(postgis_schema)
+                .map(|s| format!("{s}."))
+                .unwrap_or_default();
             let f = match name {
                 "st_asgeojson" => "ST_AsGeoJSON",
                 "st_astext" => "ST_AsText",
@@ -494,11 +507,11 @@ pub fn call(
                 _ => "ST_Y",
             };
             let g = if matches!(name, "st_x" | "st_y") {
-                format!("({})::geometry", a(0).sql)
+                format!("({})::{schema}geometry", a(0).sql)
             } else {
                 a(0).sql.clone()
             };
-            format!("{f}({g})")
+            format!("{schema}{f}({g})")
         }
         _ => return Ok(None),
     };
@@ -521,5 +534,18 @@ mod tests {
             assert_eq!(Kind::of_type(t), Kind::Geometry, "{t}");
         }
         assert_eq!(Kind::of_type("public.geometry_dump"), Kind::Other);
+    }
+
+    #[test]
+    fn postgis_functions_are_named_in_the_types_schema() {
+        assert_eq!(
+            super::postgis_schema("public.geometry(Point,4326)"),
+            Some("public")
+        );
+        assert_eq!(
+            super::postgis_schema("\"my schema\".geography"),
+            Some("\"my schema\"")
+        );
+        assert_eq!(super::postgis_schema("geometry"), None);
     }
 }

@@ -31,8 +31,10 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     q record;
 BEGIN
+    -- Sync Streams are resolved per subscription (outpost._stream_buckets).
     FOR q IN SELECT d.priority AS prio, pq
                FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
+              WHERE NOT d.source ? 'stream'
     LOOP
         -- Request values come from the client (parameters) or the token; one
         -- that fails to evaluate (e.g. a non-number cast to int) grants that
@@ -51,6 +53,153 @@ BEGIN
             RAISE WARNING 'outpost: parameter query % skipped for this request: %', q.pq ->> 'id', SQLERRM;
         END;
     END LOOP;
+END
+$$;
+
+-- The bucket ids one definition's parameter queries give a request: `sub`
+-- is a Sync Stream subscription's parameters ($3 of a stream's queries).
+-- A request value that fails to evaluate raises data_exception to the caller.
+CREATE FUNCTION outpost._def_buckets(def text, claims jsonb, params jsonb, sub jsonb)
+RETURNS SETOF text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb;
+BEGIN
+    FOR q IN SELECT pq FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
+              WHERE d.name = def
+    LOOP
+        IF q ->> 'kind' = 'static' THEN
+            RETURN QUERY EXECUTE format('SELECT s.bucket::text FROM (%s) s', q ->> 'sql')
+                USING claims, params, sub;
+        ELSE
+            RETURN QUERY EXECUTE
+                'SELECT DISTINCT p.bucket FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
+                || (q ->> 'lookup_sql') || ')'
+                USING claims, params, sub, q ->> 'id';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- A request's buckets with Sync Streams, as PowerSync resolves them:
+-- `streams` is the request's {include_defaults, subscriptions: [{stream,
+-- parameters, override_priority}]}. Returns {"streams": [{name, is_default,
+-- errors}], "buckets": [{bucket, priority, subscriptions}]}: legacy bucket
+-- definitions and auto_subscribe streams are default streams (left out with
+-- include_defaults false); each subscription i adds its stream's buckets for
+-- its parameters with reason {"sub": i}, and priority override_priority or
+-- the stream's. A subscription that names no stream, passes parameters that
+-- are not an object, lacks a parameter the stream reads or fails to evaluate
+-- is reported in its stream's errors; the rest of the request syncs.
+CREATE FUNCTION outpost._stream_buckets(claims jsonb, params jsonb, streams jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    include_defaults boolean := coalesce(
+        CASE WHEN jsonb_typeof(streams -> 'include_defaults') = 'boolean'
+             THEN (streams ->> 'include_defaults')::boolean END, true);
+    subs jsonb := CASE WHEN jsonb_typeof(streams -> 'subscriptions') = 'array'
+                       THEN streams -> 'subscriptions' ELSE '[]'::jsonb END;
+    list jsonb := '[]'::jsonb;       -- [{name, is_default, errors}]
+    found jsonb := '[]'::jsonb;      -- [{b, p, r}]
+    d record;
+    sub jsonb;
+    i int;
+    k int;
+    sname text;
+    sparams jsonb;
+    prio int;
+    key text;
+    errs jsonb;
+BEGIN
+    params := coalesce(params, '{}'::jsonb);
+    IF include_defaults THEN
+        FOR d IN SELECT b.name, b.priority, NOT b.source ? 'stream' AS legacy,
+                        coalesce(b.source -> 'stream' ->> 'name', b.name) AS stream
+                   FROM outpost.bucket_defs b
+                  WHERE NOT b.source ? 'stream'
+                     OR ((b.source -> 'stream' ->> 'auto_subscribe')::boolean
+                         -- A parameterless subscription of an auto_subscribe
+                         -- stream stands for its default.
+                         AND NOT EXISTS (
+                             SELECT 1 FROM jsonb_array_elements(subs) x
+                              WHERE x ->> 'stream' = b.source -> 'stream' ->> 'name'
+                                AND coalesce(x -> 'parameters', 'null'::jsonb) IN ('null'::jsonb, '{}'::jsonb)))
+                  ORDER BY NOT b.source ? 'stream' DESC, b.name
+        LOOP
+            k := (SELECT min(e.ord - 1) FROM jsonb_array_elements(list) WITH ORDINALITY e(v, ord)
+                   WHERE e.v ->> 'name' = d.stream);
+            IF k IS NULL THEN
+                list := list || jsonb_build_array(jsonb_build_object(
+                    'name', d.stream, 'is_default', true, 'errors', '[]'::jsonb));
+                k := jsonb_array_length(list) - 1;
+            END IF;
+            BEGIN
+                found := found || coalesce((SELECT jsonb_agg(jsonb_build_object(
+                             'b', x, 'p', d.priority, 'r', jsonb_build_object('default', k)))
+                           FROM outpost._def_buckets(d.name, claims, params, '{}'::jsonb) x), '[]'::jsonb);
+            EXCEPTION WHEN data_exception THEN
+                list := jsonb_set(list, ARRAY[k::text, 'errors'], (list -> k -> 'errors')
+                    || jsonb_build_array(jsonb_build_object('subscription', 'default', 'message', SQLERRM)));
+            END;
+        END LOOP;
+    END IF;
+
+    FOR i IN 0 .. jsonb_array_length(subs) - 1 LOOP
+        sub := subs -> i;
+        sname := CASE WHEN jsonb_typeof(sub -> 'stream') = 'string' THEN sub ->> 'stream' END;
+        sparams := sub -> 'parameters';
+        k := (SELECT min(e.ord - 1) FROM jsonb_array_elements(list) WITH ORDINALITY e(v, ord)
+               WHERE e.v ->> 'name' = coalesce(sname, ''));
+        IF k IS NULL THEN
+            list := list || jsonb_build_array(jsonb_build_object(
+                'name', coalesce(sname, ''), 'is_default', false, 'errors', '[]'::jsonb));
+            k := jsonb_array_length(list) - 1;
+        END IF;
+        errs := '[]'::jsonb;
+        IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs b WHERE b.source -> 'stream' ->> 'name' = sname) THEN
+            errs := errs || jsonb_build_array(format('unknown stream "%s"', coalesce(sname, '')));
+        ELSIF sparams IS NOT NULL AND jsonb_typeof(sparams) NOT IN ('object', 'null') THEN
+            errs := errs || jsonb_build_array('subscription parameters must be a JSON object');
+        ELSE
+            sparams := CASE WHEN jsonb_typeof(sparams) = 'object' THEN sparams ELSE '{}'::jsonb END;
+            FOR key IN SELECT DISTINCT jsonb_array_elements_text(b.source -> 'stream' -> 'subscription_keys')
+                         FROM outpost.bucket_defs b WHERE b.source -> 'stream' ->> 'name' = sname
+                        ORDER BY 1
+            LOOP
+                IF NOT sparams ? key OR sparams -> key = 'null'::jsonb THEN
+                    errs := errs || jsonb_build_array(format('missing subscription parameter "%s"', key));
+                END IF;
+            END LOOP;
+            prio := CASE WHEN jsonb_typeof(sub -> 'override_priority') = 'number'
+                         THEN least(greatest((sub ->> 'override_priority')::numeric, 0), 3)::int END;
+            FOR d IN SELECT b.name, b.priority FROM outpost.bucket_defs b
+                      WHERE b.source -> 'stream' ->> 'name' = sname ORDER BY b.name
+            LOOP
+                BEGIN
+                    found := found || coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                 'b', x, 'p', coalesce(prio, d.priority), 'r', jsonb_build_object('sub', i)))
+                               FROM outpost._def_buckets(d.name, claims, params, sparams) x), '[]'::jsonb);
+                EXCEPTION WHEN data_exception THEN
+                    errs := errs || jsonb_build_array(SQLERRM);
+                END;
+            END LOOP;
+        END IF;
+        IF jsonb_array_length(errs) > 0 THEN
+            list := jsonb_set(list, ARRAY[k::text, 'errors'], (list -> k -> 'errors')
+                || (SELECT jsonb_agg(jsonb_build_object('subscription', i, 'message', m))
+                      FROM jsonb_array_elements_text(errs) m));
+        END IF;
+    END LOOP;
+
+    RETURN jsonb_build_object(
+        'streams', list,
+        'buckets', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('bucket', g.b, 'priority', g.p, 'subscriptions', g.r)
+                             ORDER BY g.p, g.b)
+              FROM (SELECT f ->> 'b' AS b, min((f ->> 'p')::int) AS p,
+                           jsonb_agg(DISTINCT f -> 'r') AS r
+                      FROM jsonb_array_elements(found) f GROUP BY f ->> 'b') g), '[]'::jsonb));
 END
 $$;
 
@@ -81,6 +230,31 @@ $$;
 -- bucket in the given order, at most max_ops rows. One index range scan per
 -- bucket, stopping as soon as the page is full: cost follows the page, not
 -- the number of buckets asked for.
+-- sync_checkpoint with the request's `streams` (Sync Streams): buckets carry
+-- `subscriptions` (why they are in) and the result names the streams with
+-- their errors; see outpost._stream_buckets.
+CREATE FUNCTION outpost.sync_checkpoint(claims jsonb, params jsonb, client_id text, streams jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH r AS (SELECT outpost._stream_buckets(claims, params, coalesce(streams, '{}'::jsonb)) AS v)
+    SELECT jsonb_build_object(
+        'checkpoint', outpost.checkpoint(),
+        'rules_version', (SELECT rv.version FROM outpost.rules rv WHERE rv.active),
+        'write_checkpoint', (SELECT w.seq FROM outpost.write_checkpoints w
+                              WHERE w.user_id = claims ->> 'sub' AND w.client_id = sync_checkpoint.client_id),
+        'streams', (SELECT r.v -> 'streams' FROM r),
+        'buckets', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'bucket', b ->> 'bucket',
+                       'checksum', coalesce(s.checksum, 0),
+                       'count', coalesce(s.op_count, 0) - coalesce(x.removed, 0),
+                       'priority', (b ->> 'priority')::int,
+                       'subscriptions', b -> 'subscriptions') ORDER BY ord)
+              FROM r CROSS JOIN LATERAL jsonb_array_elements(r.v -> 'buckets') WITH ORDINALITY AS e(b, ord)
+                     LEFT JOIN outpost.bucket_state s ON s.bucket = e.b ->> 'bucket'
+                     LEFT JOIN outpost.compacted x ON x.bucket = e.b ->> 'bucket'), '[]'::jsonb))
+$$;
+
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
                subkey text, data text, checksum bigint, target_op bigint)

@@ -60,6 +60,7 @@ impl Store for PgStore {
         claims: &'a Value,
         params: &'a Value,
         client_id: &'a str,
+        streams: &'a Value,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
             let client = self.pool.get().await?;
@@ -67,13 +68,18 @@ impl Store for PgStore {
             // [`Changes`] advance this state.
             let stmt = client
                 .prepare_cached(
-                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
+                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3, $4::text::jsonb)::text",
                 )
                 .await?;
             let row = client
                 .query_one(
                     &stmt,
-                    &[&claims.to_string(), &params.to_string(), &client_id],
+                    &[
+                        &claims.to_string(),
+                        &params.to_string(),
+                        &client_id,
+                        &streams.to_string(),
+                    ],
                 )
                 .await?;
             let text: String = row.get(0);

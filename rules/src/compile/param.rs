@@ -72,6 +72,9 @@ pub fn compile_param_query(
             priority = Some(priority_of(&e)?);
             continue;
         }
+        if name == crate::stream::GATE && src.options.streams && table.is_none() {
+            continue;
+        }
         let refs = rewrite_output(&mut e, scope)?;
         if !refs.bucket_params.is_empty() {
             return Err("`bucket.` parameters cannot be used in a parameter query".into());
@@ -87,7 +90,7 @@ pub fn compile_param_query(
         output_refs.merge(refs);
         outputs.push((name, e));
     }
-    if outputs.is_empty() {
+    if outputs.is_empty() && !(src.options.streams && table.is_none()) {
         return Err("a parameter query must output at least one parameter".into());
     }
     let mut names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
@@ -143,7 +146,11 @@ pub fn compile_param_query(
                 client |= r.client_params;
                 from = format!(" FROM {}", json_each_sql(&arg.to_string()));
             }
-            let where_ = format!(" WHERE {}", filters.join(" AND "));
+            let where_ = if filters.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", filters.join(" AND "))
+            };
             Ok(Compiled {
                 names,
                 query: ParamQuery::Static {

@@ -49,6 +49,10 @@ pub struct Options {
     /// stream functions (`auth.*`, `subscription.*`, `connection.*`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub streams: bool,
+    /// While a stream definition compiles: the SQL each of its lookups
+    /// (`_outpost_lookup('lN')`) stands for. Never stored.
+    #[serde(skip)]
+    pub lookups: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> i64 {
@@ -75,6 +79,7 @@ impl Options {
             fixed_json_extract: false,
             timestamp_max_precision: None,
             streams: false,
+            lookups: Default::default(),
         }
     }
 
@@ -127,6 +132,7 @@ impl Options {
             fixed_json_extract: c.fixed_json_extract.unwrap_or(modern),
             timestamp_max_precision,
             streams: false,
+            lookups: Default::default(),
         })
     }
 

@@ -217,6 +217,25 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             } else {
                 ns == "request"
             };
+            if streams
+                && parts.len() == 1
+                && parts[0].eq_ignore_ascii_case(crate::stream::LOOKUP_FN)
+            {
+                // A nested subquery's lookup: the values it gives the request.
+                let key = match call_args(f)?.as_slice() {
+                    [Expr::Value(v)] => match &v.value {
+                        sqlparser::ast::Value::SingleQuotedString(k) => k.clone(),
+                        _ => String::new(),
+                    },
+                    _ => String::new(),
+                };
+                let Some(sql) = scope.options.lookups.get(&key) else {
+                    return Err(format!("unknown lookup `{key}`"));
+                };
+                refs.request = true;
+                refs.token_params = true;
+                return Ok(Some(compiled(sql.clone(), dialect::Kind::Json)?));
+            }
             if !streams && parts.len() == 2 && matches!(ns, "auth" | "connection" | "subscription")
             {
                 return Err(format!(

@@ -68,6 +68,10 @@ pub struct BucketSource {
     pub options: Options,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_potentially_dangerous_queries: bool,
+    /// Lookup queries of nested subqueries (Sync Streams), innermost first;
+    /// the parameter queries read them through `_outpost_lookup('lN')`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<String>,
     /// Set when this definition is one query of a Sync Stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamMeta>,
@@ -156,6 +160,7 @@ pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleEr
         name,
         options: Options::legacy(),
         accept_potentially_dangerous_queries: b.accept_potentially_dangerous_queries == Some(true),
+        lookups: Vec::new(),
         stream: None,
     };
     check_source(&source)?;

@@ -65,8 +65,9 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb;
 BEGIN
+    -- Lookups of nested subqueries give values to the other queries, not buckets.
     FOR q IN SELECT pq FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
-              WHERE d.name = def
+              WHERE d.name = def AND NOT coalesce((pq ->> 'lookup_only')::boolean, false)
     LOOP
         IF q ->> 'kind' = 'static' THEN
             RETURN QUERY EXECUTE format('SELECT s.bucket::text FROM (%s) s', q ->> 'sql')

@@ -33,9 +33,15 @@ pub fn compile_param_query(
     sql: &str,
     catalog: &Catalog,
     order: Option<&[String]>,
+    lookup: bool,
 ) -> Result<Compiled, String> {
     let sel = parse_select(sql)?;
-    let id = format!("{}#{}", src.name, i);
+    // A lookup's rows carry a value (JSON text), not a bucket id.
+    let id = if lookup {
+        format!("{}#l{}", src.name, i)
+    } else {
+        format!("{}#{}", src.name, i)
+    };
     let (table, json_each) = match &sel.from {
         None => (None, None),
         Some(From::Table(name, alias)) => {
@@ -191,7 +197,11 @@ pub fn compile_param_query(
                     id_lit = quote_literal(&id),
                     oid = t.oid,
                     lookup = row_lookup.join(", "),
-                    bucket = bucket_id_sql(&src.name, &values),
+                    bucket = if lookup {
+                        values[0].clone()
+                    } else {
+                        bucket_id_sql(&src.name, &values)
+                    },
                     tbl = t.qualified(),
                     alias_q = quote_ident(alias),
                     laterals = b.row_laterals.join(" "),
@@ -224,6 +234,7 @@ pub fn compile_param_query(
                     sql_keyed: keyed.join(" UNION ALL "),
                     sql_full: full.join(" UNION ALL "),
                     lookup_sql: lookups.join(" UNION ALL "),
+                    lookup_only: lookup,
                 },
                 priority,
                 // Safe when some lookup compares a column with a token value.

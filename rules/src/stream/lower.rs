@@ -24,6 +24,10 @@ use std::ops::ControlFlow;
 /// A stream query as legacy bucket queries (text, in the stream dialect).
 #[derive(Debug, PartialEq)]
 pub struct Lowered {
+    /// Lookups of nested subqueries, innermost first: `lN` is the Nth, a
+    /// one-column table query the parameter query (or a later lookup) reads
+    /// as `column IN _outpost_lookup('lN')`.
+    pub lookups: Vec<String>,
     pub parameters: Option<String>,
     pub data: String,
 }
@@ -52,6 +56,10 @@ type Ctes = BTreeMap<String, String>;
 
 /// The output of a stream's parameter query that only gates (no bucket parameter).
 pub const GATE: &str = "_gate";
+
+/// How a lowered query reads a nested subquery's lookup: `_outpost_lookup('lN')`
+/// stands for the values that lookup gives the request (a JSON array).
+pub const LOOKUP_FN: &str = "_outpost_lookup";
 
 pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
     let s = query::parse_query(sql)?;
@@ -90,10 +98,9 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
     }
     let mut outputs: Vec<String> = Vec::new();
     let mut param_sql = None;
+    let mut lookups = Vec::new();
     if let Some((lhs, mut child)) = root.subs.into_iter().next() {
-        if !child.subs.is_empty() {
-            return Err("a subquery inside a subquery (or a join through two tables) is not supported yet: filter through one table per query".into());
-        }
+        chain(&mut child, &mut lookups)?;
         let out = child
             .output
             .clone()
@@ -145,9 +152,42 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
         None => table.clone(),
     };
     Ok(Lowered {
+        lookups,
         parameters: param_sql,
         data: format!("SELECT {} FROM {from}{where_}", items.join(", ")),
     })
+}
+
+/// Turns the subqueries of a lookup level into chained lookups, innermost
+/// first: `lhs IN (child)` becomes `lhs IN _outpost_lookup('lN')` with `lN`
+/// the child's own one-column lookup query, which the tick materializes like
+/// any parameter query (so a write to the inner table moves rows too).
+fn chain(level: &mut Level, lookups: &mut Vec<String>) -> Result<(), String> {
+    for (lhs, mut child) in std::mem::take(&mut level.subs) {
+        chain(&mut child, lookups)?;
+        if !matches!(child.source, Source::Table(..)) {
+            return Err(
+                "a nested subquery must read a table (json_each only at the first level)".into(),
+            );
+        }
+        let out = child
+            .output
+            .clone()
+            .expect("subquery levels select one value");
+        let name = format!("l{}", lookups.len());
+        lookups.push(render_select(
+            &[format!("{out} AS v")],
+            &child.source,
+            &child.conds,
+        ));
+        let text = format!("{lhs} IN ({LOOKUP_FN}('{name}'))");
+        let e = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| format!("cannot compile `{text}`: {e}"))?;
+        level.conds.push(e);
+    }
+    Ok(())
 }
 
 /// A new bucket parameter `pN` that the data query matches `lhs` against.
@@ -391,9 +431,11 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
                     let (ea, eb) = if lo == *a { (l, r) } else { (r, l) };
                     edges.push((*a, ea, *b, eb));
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unsupported condition `{c}` between two tables: join them with `a.x = b.y`"
-                )),
+                ))
+                }
             },
             _ => {
                 return Err(format!(
@@ -501,9 +543,11 @@ fn cte_level(name: &str, column: Option<&str>, ctes: &Ctes, depth: usize) -> Res
         match column {
             Some(c) if c == n => chosen = Some(e),
             None if s.projection.len() == 1 => chosen = Some(e),
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "`IN {name}` needs a CTE with one column; write `IN (SELECT column FROM {name})`"
-            )),
+            ))
+            }
             _ => {}
         }
     }
@@ -653,7 +697,12 @@ fn has_subquery(e: &Expr) -> bool {
 /// Whether the expression reads `auth.*`, `subscription.*` or `connection.*`.
 pub fn has_request(e: &Expr) -> bool {
     sqlparser::ast::visit_expressions(e, |x| match x {
-        Expr::Function(f) if is_request_fn(&f.name.to_string()) => ControlFlow::Break(()),
+        Expr::Function(f)
+            if is_request_fn(&f.name.to_string())
+                || f.name.to_string().eq_ignore_ascii_case(LOOKUP_FN) =>
+        {
+            ControlFlow::Break(())
+        }
         _ => ControlFlow::Continue(()),
     })
     .is_break()

@@ -8,7 +8,7 @@
 
 pub mod lower;
 
-pub use lower::GATE;
+pub use lower::{GATE, LOOKUP_FN};
 
 use crate::config::Options;
 use crate::yaml::{check_bucket_name, BucketSource};
@@ -147,8 +147,16 @@ impl StreamDef {
                     }
                 }
             }
+            for q in &l.lookups {
+                for k in lower::subscription_keys(q) {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+            }
             out.push(BucketSource {
                 name: variant_name(&self.name, i),
+                lookups: l.lookups,
                 parameters: l.parameters.into_iter().collect(),
                 data: vec![l.data],
                 priority: self.priority,

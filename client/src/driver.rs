@@ -379,6 +379,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stream_arguments_and_subscribe() {
+        let s = parse_stream_arg(r#"list_todos:{"list_id":"a"}"#).unwrap();
+        assert_eq!(s.stream, "list_todos");
+        assert_eq!(s.parameters, Some(serde_json::json!({"list_id": "a"})));
+        let s = parse_stream_arg("my_lists").unwrap();
+        assert_eq!((s.stream.as_str(), s.parameters), ("my_lists", None));
+        for bad in ["", ":{}", "x:[1]", "x:{nope"] {
+            assert!(parse_stream_arg(bad).is_err(), "{bad}");
+        }
+        let o = SyncOptions::default()
+            .subscribe("a", serde_json::json!({"k": 1}))
+            .subscribe("b", Value::Null);
+        let streams = o.streams.unwrap();
+        assert!(streams.include_defaults);
+        assert_eq!(streams.subscriptions.len(), 2);
+        assert_eq!(streams.subscriptions[1].parameters, None);
+    }
+
+    #[test]
     fn backoff_doubles_caps_and_jitters() {
         let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
         for _ in 0..50 {

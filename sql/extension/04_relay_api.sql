@@ -153,8 +153,13 @@ BEGIN
         k := (SELECT min(e.ord - 1) FROM jsonb_array_elements(list) WITH ORDINALITY e(v, ord)
                WHERE e.v ->> 'name' = coalesce(sname, ''));
         IF k IS NULL THEN
+            -- An auto_subscribe stream subscribed without parameters is still a default one.
             list := list || jsonb_build_array(jsonb_build_object(
-                'name', coalesce(sname, ''), 'is_default', false, 'errors', '[]'::jsonb));
+                'name', coalesce(sname, ''),
+                'is_default', include_defaults AND coalesce((
+                    SELECT bool_or((b.source -> 'stream' ->> 'auto_subscribe')::boolean)
+                      FROM outpost.bucket_defs b WHERE b.source -> 'stream' ->> 'name' = sname), false),
+                'errors', '[]'::jsonb));
             k := jsonb_array_length(list) - 1;
         END IF;
         errs := '[]'::jsonb;

@@ -31,10 +31,13 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     q record;
 BEGIN
-    -- Sync Streams are resolved per subscription (outpost._stream_buckets).
+    -- Sync Streams: only auto_subscribe ones, without subscription
+    -- parameters ($3); subscriptions are resolved by outpost._stream_requests.
+    -- Lookups of nested subqueries give values, not buckets.
     FOR q IN SELECT d.priority AS prio, pq
                FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
-              WHERE NOT d.source ? 'stream'
+              WHERE (NOT d.source ? 'stream' OR (d.source -> 'stream' ->> 'auto_subscribe')::boolean)
+                AND NOT coalesce((pq ->> 'lookup_only')::boolean, false)
     LOOP
         -- Request values come from the client (parameters) or the token; one
         -- that fails to evaluate (e.g. a non-number cast to int) grants that
@@ -42,12 +45,12 @@ BEGIN
         BEGIN
             IF q.pq ->> 'kind' = 'static' THEN
                 RETURN QUERY EXECUTE format('SELECT s.bucket::text, %s::int FROM (%s) s', q.prio, q.pq ->> 'sql')
-                    USING claims, coalesce(params, '{}'::jsonb);
+                    USING claims, coalesce(params, '{}'::jsonb), '{}'::jsonb;
             ELSE
                 RETURN QUERY EXECUTE
-                    'SELECT DISTINCT p.bucket, $3::int FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
+                    'SELECT DISTINCT p.bucket, $4::int FROM outpost.param_rows p WHERE p.query_id = $5 AND p.lookup IN ('
                     || (q.pq ->> 'lookup_sql') || ')'
-                    USING claims, coalesce(params, '{}'::jsonb), q.prio, q.pq ->> 'id';
+                    USING claims, coalesce(params, '{}'::jsonb), '{}'::jsonb, q.prio, q.pq ->> 'id';
             END IF;
         EXCEPTION WHEN data_exception THEN
             RAISE WARNING 'outpost: parameter query % skipped for this request: %', q.pq ->> 'id', SQLERRM;
@@ -63,36 +66,37 @@ CREATE FUNCTION outpost._def_buckets(def text, claims jsonb, params jsonb, sub j
 RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb;
+    parts text[];
 BEGIN
     -- Lookups of nested subqueries give values to the other queries, not buckets.
-    FOR q IN SELECT pq FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
-              WHERE d.name = def AND NOT coalesce((pq ->> 'lookup_only')::boolean, false)
-    LOOP
-        IF q ->> 'kind' = 'static' THEN
-            RETURN QUERY EXECUTE format('SELECT s.bucket::text FROM (%s) s', q ->> 'sql')
-                USING claims, params, sub;
-        ELSE
-            RETURN QUERY EXECUTE
-                'SELECT DISTINCT p.bucket FROM outpost.param_rows p WHERE p.query_id = $4 AND p.lookup IN ('
-                || (q ->> 'lookup_sql') || ')'
-                USING claims, params, sub, q ->> 'id';
-        END IF;
-    END LOOP;
+    parts := ARRAY(
+        SELECT CASE WHEN pq ->> 'kind' = 'static'
+                    THEN format('SELECT s.bucket::text FROM (%s) s', pq ->> 'sql')
+                    ELSE format('SELECT p.bucket FROM outpost.param_rows p WHERE p.query_id = %L AND p.lookup IN (%s)',
+                                pq ->> 'id', pq ->> 'lookup_sql') END
+          FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
+         WHERE d.name = def AND NOT coalesce((pq ->> 'lookup_only')::boolean, false));
+    IF cardinality(parts) = 0 THEN
+        RETURN;
+    END IF;
+    -- One statement, each bucket once (several parameter queries may give it).
+    RETURN QUERY EXECUTE 'SELECT DISTINCT b FROM (' || array_to_string(parts, ' UNION ALL ') || ') x(b)'
+        USING claims, params, sub;
 END
 $$;
 
--- A request's buckets with Sync Streams, as PowerSync resolves them:
+-- What a request subscribes to, with Sync Streams, as PowerSync resolves it:
 -- `streams` is the request's {include_defaults, subscriptions: [{stream,
 -- parameters, override_priority}]}. Returns {"streams": [{name, is_default,
--- errors}], "buckets": [{bucket, priority, subscriptions}]}: legacy bucket
+-- errors}], "requests": [{def, k, reason, params, prio}]}: legacy bucket
 -- definitions and auto_subscribe streams are default streams (left out with
--- include_defaults false); each subscription i adds its stream's buckets for
--- its parameters with reason {"sub": i}, and priority override_priority or
--- the stream's. A subscription that names no stream, passes parameters that
--- are not an object, lacks a parameter the stream reads or fails to evaluate
--- is reported in its stream's errors; the rest of the request syncs.
-CREATE FUNCTION outpost._stream_buckets(claims jsonb, params jsonb, streams jsonb)
+-- include_defaults false) evaluated with reason {"default": k}; each
+-- subscription i evaluates its stream's definitions with its parameters,
+-- reason {"sub": i} and priority override_priority or the stream's. A
+-- subscription that names no stream, passes parameters that are not an
+-- object or lacks a parameter the stream reads is reported in its stream's
+-- errors; the rest of the request syncs. Cheap: it reads only the catalog.
+CREATE FUNCTION outpost._stream_requests(streams jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -101,8 +105,8 @@ DECLARE
              THEN (streams ->> 'include_defaults')::boolean END, true);
     subs jsonb := CASE WHEN jsonb_typeof(streams -> 'subscriptions') = 'array'
                        THEN streams -> 'subscriptions' ELSE '[]'::jsonb END;
-    list jsonb := '[]'::jsonb;       -- [{name, is_default, errors}]
-    found jsonb := '[]'::jsonb;      -- [{b, p, r}]
+    list jsonb := '[]'::jsonb;
+    requests jsonb := '[]'::jsonb;
     d record;
     sub jsonb;
     i int;
@@ -113,9 +117,8 @@ DECLARE
     key text;
     errs jsonb;
 BEGIN
-    params := coalesce(params, '{}'::jsonb);
     IF include_defaults THEN
-        FOR d IN SELECT b.name, b.priority, NOT b.source ? 'stream' AS legacy,
+        FOR d IN SELECT b.name, b.priority,
                         coalesce(b.source -> 'stream' ->> 'name', b.name) AS stream
                    FROM outpost.bucket_defs b
                   WHERE NOT b.source ? 'stream'
@@ -135,14 +138,9 @@ BEGIN
                     'name', d.stream, 'is_default', true, 'errors', '[]'::jsonb));
                 k := jsonb_array_length(list) - 1;
             END IF;
-            BEGIN
-                found := found || coalesce((SELECT jsonb_agg(jsonb_build_object(
-                             'b', x, 'p', d.priority, 'r', jsonb_build_object('default', k)))
-                           FROM outpost._def_buckets(d.name, claims, params, '{}'::jsonb) x), '[]'::jsonb);
-            EXCEPTION WHEN data_exception THEN
-                list := jsonb_set(list, ARRAY[k::text, 'errors'], (list -> k -> 'errors')
-                    || jsonb_build_array(jsonb_build_object('subscription', 'default', 'message', SQLERRM)));
-            END;
+            requests := requests || jsonb_build_array(jsonb_build_object(
+                'def', d.name, 'k', k, 'reason', jsonb_build_object('default', k),
+                'params', '{}'::jsonb, 'prio', d.priority));
         END LOOP;
     END IF;
 
@@ -179,17 +177,11 @@ BEGIN
             END LOOP;
             prio := CASE WHEN jsonb_typeof(sub -> 'override_priority') = 'number'
                          THEN least(greatest((sub ->> 'override_priority')::numeric, 0), 3)::int END;
-            FOR d IN SELECT b.name, b.priority FROM outpost.bucket_defs b
-                      WHERE b.source -> 'stream' ->> 'name' = sname ORDER BY b.name
-            LOOP
-                BEGIN
-                    found := found || coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                 'b', x, 'p', coalesce(prio, d.priority), 'r', jsonb_build_object('sub', i)))
-                               FROM outpost._def_buckets(d.name, claims, params, sparams) x), '[]'::jsonb);
-                EXCEPTION WHEN data_exception THEN
-                    errs := errs || jsonb_build_array(SQLERRM);
-                END;
-            END LOOP;
+            requests := requests || coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                           'def', b.name, 'k', k, 'reason', jsonb_build_object('sub', i),
+                           'params', sparams, 'prio', coalesce(prio, b.priority)) ORDER BY b.name)
+                  FROM outpost.bucket_defs b WHERE b.source -> 'stream' ->> 'name' = sname), '[]'::jsonb);
         END IF;
         IF jsonb_array_length(errs) > 0 THEN
             list := jsonb_set(list, ARRAY[k::text, 'errors'], (list -> k -> 'errors')
@@ -197,15 +189,31 @@ BEGIN
                       FROM jsonb_array_elements_text(errs) m));
         END IF;
     END LOOP;
+    RETURN jsonb_build_object('streams', list, 'requests', requests);
+END
+$$;
 
-    RETURN jsonb_build_object(
-        'streams', list,
-        'buckets', coalesce((
-            SELECT jsonb_agg(jsonb_build_object('bucket', g.b, 'priority', g.p, 'subscriptions', g.r)
-                             ORDER BY g.p, g.b)
-              FROM (SELECT f ->> 'b' AS b, min((f ->> 'p')::int) AS p,
-                           jsonb_agg(DISTINCT f -> 'r') AS r
-                      FROM jsonb_array_elements(found) f GROUP BY f ->> 'b') g), '[]'::jsonb));
+-- The buckets of the requests _stream_requests made: (bucket, priority,
+-- reason) rows, and for a request whose values fail to evaluate (e.g. a
+-- cast of a subscription parameter) a row naming its stream `k` and the
+-- error instead; the other requests are evaluated all the same.
+CREATE FUNCTION outpost._request_buckets(claims jsonb, params jsonb, requests jsonb)
+RETURNS TABLE (bucket text, priority int, reason jsonb, k int, error jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r jsonb;
+BEGIN
+    params := coalesce(params, '{}'::jsonb);
+    FOR r IN SELECT e FROM jsonb_array_elements(requests) e LOOP
+        BEGIN
+            RETURN QUERY SELECT x, (r ->> 'prio')::int, r -> 'reason', NULL::int, NULL::jsonb
+                           FROM outpost._def_buckets(r ->> 'def', claims, params, r -> 'params') x;
+        EXCEPTION WHEN data_exception THEN
+            RETURN QUERY SELECT NULL::text, NULL::int, NULL::jsonb, (r ->> 'k')::int,
+                                jsonb_build_object('subscription', coalesce(r -> 'reason' -> 'sub', '"default"'::jsonb),
+                                                   'message', SQLERRM);
+        END;
+    END LOOP;
 END
 $$;
 
@@ -238,27 +246,41 @@ $$;
 -- the number of buckets asked for.
 -- sync_checkpoint with the request's `streams` (Sync Streams): buckets carry
 -- `subscriptions` (why they are in) and the result names the streams with
--- their errors; see outpost._stream_buckets.
+-- their errors; see outpost._stream_requests.
 CREATE FUNCTION outpost.sync_checkpoint(claims jsonb, params jsonb, client_id text, streams jsonb)
 RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH r AS (SELECT outpost._stream_buckets(claims, params, coalesce(streams, '{}'::jsonb)) AS v)
+    WITH q AS MATERIALIZED (SELECT outpost._stream_requests(coalesce(streams, '{}'::jsonb)) AS v),
+    r AS MATERIALIZED (
+        SELECT rb.* FROM q CROSS JOIN LATERAL outpost._request_buckets(claims, params, q.v -> 'requests') rb
+    ),
+    -- Each (bucket, reason) once: a request is one definition for one
+    -- reason, and _def_buckets gives each bucket once. One hash aggregate,
+    -- as for a user with 100k buckets without streams.
+    b AS (
+        SELECT r.bucket, min(r.priority) AS priority, jsonb_agg(r.reason) AS subscriptions
+          FROM r WHERE r.bucket IS NOT NULL GROUP BY r.bucket
+    ),
+    errs AS (SELECT r.k, jsonb_agg(r.error) AS errors FROM r WHERE r.error IS NOT NULL GROUP BY r.k)
     SELECT jsonb_build_object(
         'checkpoint', outpost.checkpoint(),
         'rules_version', (SELECT rv.version FROM outpost.rules rv WHERE rv.active),
         'write_checkpoint', (SELECT w.seq FROM outpost.write_checkpoints w
                               WHERE w.user_id = claims ->> 'sub' AND w.client_id = sync_checkpoint.client_id),
-        'streams', (SELECT r.v -> 'streams' FROM r),
+        'streams', (SELECT coalesce(jsonb_agg(CASE WHEN e.errors IS NULL THEN s.v
+                                                   ELSE jsonb_set(s.v, '{errors}', (s.v -> 'errors') || e.errors) END
+                                              ORDER BY s.ord), '[]'::jsonb)
+                      FROM q CROSS JOIN LATERAL jsonb_array_elements(q.v -> 'streams') WITH ORDINALITY AS s(v, ord)
+                             LEFT JOIN errs e ON e.k = s.ord - 1),
         'buckets', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
-                       'bucket', b ->> 'bucket',
-                       'checksum', coalesce(s.checksum, 0),
-                       'count', coalesce(s.op_count, 0) - coalesce(x.removed, 0),
-                       'priority', (b ->> 'priority')::int,
-                       'subscriptions', b -> 'subscriptions') ORDER BY ord)
-              FROM r CROSS JOIN LATERAL jsonb_array_elements(r.v -> 'buckets') WITH ORDINALITY AS e(b, ord)
-                     LEFT JOIN outpost.bucket_state s ON s.bucket = e.b ->> 'bucket'
-                     LEFT JOIN outpost.compacted x ON x.bucket = e.b ->> 'bucket'), '[]'::jsonb))
+                       'bucket', b.bucket,
+                       'checksum', coalesce(st.checksum, 0),
+                       'count', coalesce(st.op_count, 0) - coalesce(x.removed, 0),
+                       'priority', b.priority,
+                       'subscriptions', b.subscriptions) ORDER BY b.priority, b.bucket)
+              FROM b LEFT JOIN outpost.bucket_state st ON st.bucket = b.bucket
+                     LEFT JOIN outpost.compacted x ON x.bucket = b.bucket), '[]'::jsonb))
 $$;
 
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)

@@ -492,3 +492,106 @@ fn defs(c: &mut Client) -> Vec<(String, Value)> {
     .map(|r| (r.get(0), r.get(1)))
     .collect()
 }
+
+/// orgs → memberships → lists → todos: a nested subquery (and the same as
+/// two joins) is kept current through both lookup tables.
+#[test]
+fn nested_subqueries_follow_writes_to_every_table() {
+    let db = TestDb::new("streams_nested");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE memberships (id text PRIMARY KEY, org_id text NOT NULL, user_id text NOT NULL);
+         CREATE TABLE lists (id text PRIMARY KEY, org_id text NOT NULL);
+         CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL);
+         INSERT INTO memberships VALUES ('m1', 'o1', 'u1'), ('m2', 'o2', 'u2');
+         INSERT INTO lists VALUES ('l1', 'o1'), ('l2', 'o2');
+         INSERT INTO todos VALUES ('t1', 'l1'), ('t2', 'l1'), ('t3', 'l2');",
+    )
+    .unwrap();
+    let rules = "
+config:
+  edition: 3
+streams:
+  org_todos:
+    auto_subscribe: true
+    queries:
+      - SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = auth.user_id()))
+  org_todos_joined:
+    auto_subscribe: true
+    query: SELECT todos.* FROM todos JOIN lists ON todos.list_id = lists.id JOIN memberships m ON m.org_id = lists.org_id WHERE m.user_id = auth.user_id()
+";
+    c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
+        .unwrap();
+    let relay = Relay::start(&db);
+    let plain =
+        json!({"buckets": [], "include_checksum": true, "raw_data": true, "client_id": "c1"});
+    let mut s = relay.stream(&relay.token("u1", 300), &plain);
+    let r = read_checkpoint(&mut s);
+    let ids = |r: &Received, b: &str| r.rows.get(b).cloned().unwrap_or_default();
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(
+        bucket_names(&r.checkpoint),
+        set(&["org_todos_joined|0[\"l1\"]", "org_todos|0[\"l1\"]"])
+    );
+    assert_eq!(ids(&r, "org_todos|0[\"l1\"]"), set(&["t1", "t2"]));
+
+    // u1 joins o2 (the innermost table): l2's todos come in.
+    c.batch_execute("INSERT INTO memberships VALUES ('m3', 'o2', 'u1')")
+        .unwrap();
+    let cp = tick(&mut c);
+    let r = loop {
+        let r = read_checkpoint(&mut s);
+        if r.checkpoint["last_op_id"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= cp
+        {
+            break r;
+        }
+    };
+    assert_eq!(
+        ids(&r, "org_todos|0[\"l2\"]"),
+        set(&["t3"]),
+        "{:?}",
+        r.lines
+    );
+    assert_eq!(ids(&r, "org_todos_joined|0[\"l2\"]"), set(&["t3"]));
+
+    // l1 moves to o3 (the middle table): its todos leave.
+    c.batch_execute("UPDATE lists SET org_id = 'o3' WHERE id = 'l1'")
+        .unwrap();
+    let cp = tick(&mut c);
+    let d = loop {
+        let r = read_checkpoint(&mut s);
+        if r.checkpoint["last_op_id"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= cp
+        {
+            break r.checkpoint;
+        }
+    };
+    let mut removed: Vec<String> = d["removed_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            "org_todos_joined|0[\"l1\"]".to_string(),
+            "org_todos|0[\"l1\"]".to_string()
+        ],
+        "{d}"
+    );
+}

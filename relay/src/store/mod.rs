@@ -21,7 +21,8 @@ use serde_json::Value;
 
 pub trait Store: Send + Sync + 'static {
     /// `outpost.sync_checkpoint(claims, params, client_id, streams)`;
-    /// `streams` is the request's Sync Streams field (null: defaults only).
+    /// `streams` is the request's Sync Streams field (null: the request has
+    /// none, so the three-argument form: default streams, no subscriptions).
     fn sync_checkpoint<'a>(
         &'a self,
         claims: &'a Value,

@@ -134,7 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let options = SyncOptions {
                 parameters,
-                streams: (!subscriptions.is_empty()).then(|| outpost_client::StreamsRequest {
+                streams: (!subscriptions.is_empty()).then_some(outpost_client::StreamsRequest {
                     include_defaults: true,
                     subscriptions,
                 }),

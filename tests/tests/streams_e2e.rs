@@ -355,7 +355,7 @@ fn a_changed_subscription_set_downloads_nothing_twice() {
                 .filter_map(|l| l.get("data"))
                 .filter(|d| d["bucket"] == name)
                 .filter_map(|d| d["next_after"].as_str())
-                .last()
+                .next_back()
                 .unwrap_or("0")
                 .to_string();
             json!({"name": name, "after": last})

@@ -37,7 +37,7 @@ pub struct Lowered {
 enum Source {
     /// The table as written and its alias, if any.
     Table(String, Option<String>),
-    JsonEach(Expr, Option<String>),
+    JsonEach(Box<Expr>, Option<String>),
     Nothing,
 }
 
@@ -138,7 +138,7 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
         if let Some((row, r)) = arrays.into_iter().next() {
             let p = bucket_match(&row, &mut data_conds, &mut outputs);
             select.push(format!("value AS {p}"));
-            source = Source::JsonEach(r, None);
+            source = Source::JsonEach(Box::new(r), None);
         }
         param_sql = Some(render_select(&select, &source, &req_filters));
     }
@@ -245,7 +245,7 @@ enum Output<'a> {
     /// The top level: the table whose columns the projection selects.
     Data(&'a [SelectItem]),
     /// A subquery: the one value it selects.
-    Value(Expr),
+    Value(Box<Expr>),
 }
 
 /// `t` of `t.*` (sqlparser prints the kind with its `.*`).
@@ -292,7 +292,7 @@ fn node(relation: TableFactor, ctes: &Ctes) -> Result<Node, String> {
         },
         From::JsonEach(e, alias) => Node {
             name: alias.clone().unwrap_or_else(|| "json_each".into()),
-            source: Source::JsonEach(*e, alias),
+            source: Source::JsonEach(e, alias),
             cte: None,
         },
     })
@@ -327,7 +327,7 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
         return match output {
             Output::Value(out) => Ok(Level {
                 source: Source::Nothing,
-                output: Some(out),
+                output: Some(*out),
                 conds,
                 subs: Vec::new(),
             }),
@@ -495,7 +495,7 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
         let nd = sources[n].take().expect("each node once");
         let out = match (&parent[n], n == root, &output) {
             (Some((_, _, theirs)), _, _) => Some(theirs.clone()),
-            (None, true, Output::Value(e)) => Some(e.clone()),
+            (None, true, Output::Value(e)) => Some(e.as_ref().clone()),
             _ => None,
         };
         let mut level = match &nd.cte {
@@ -557,7 +557,8 @@ fn cte_level(name: &str, column: Option<&str>, ctes: &Ctes, depth: usize) -> Res
             column.unwrap_or_default()
         )
     })?;
-    build_level(s, ctes, Output::Value(out), depth).map_err(|e| format!("in CTE `{name}`: {e}"))
+    build_level(s, ctes, Output::Value(Box::new(out)), depth)
+        .map_err(|e| format!("in CTE `{name}`: {e}"))
 }
 
 /// `lhs IN (SELECT ...)` or `lhs IN cte`: the left side and the subquery's level.
@@ -620,7 +621,7 @@ fn subquery_level(q: &Query, ctes: &Ctes, depth: usize) -> Result<Level, String>
             }
         }
     }
-    build_level(s, ctes, Output::Value(out), depth + 1)
+    build_level(s, ctes, Output::Value(Box::new(out)), depth + 1)
 }
 
 fn column_name(e: &Expr) -> Option<String> {

@@ -101,4 +101,4 @@ test-package:
 ## make test-compat: PowerSync's own Node SDK (compat/powersync-node, pinned)
 ## syncs from outpost-relay; needs Node 20+ and npm.
 test-compat: setup
-	@scripts/test-compat.sh
+	@PATH="$(TEST_PATH)" scripts/test-compat.sh

@@ -17,17 +17,30 @@
 #      local writes uploaded through POST /crud, a write refused by RLS and
 #      reverted, reconnect, and a token expiring mid-stream (short-lived
 #      tokens from the connector's fetchCredentials) — each printed as PASS/FAIL;
-#   6. stops the relay (by PID) and, on failure, prints the relay log's tail.
+#   6. deploys Sync Streams rules (an auto_subscribe stream of the user's lists,
+#      a list_todos stream with a subscription parameter and an IN (SELECT …)
+#      subquery on lists) and runs compat/powersync-node/compat-streams.mjs:
+#      db.syncStream(name, params).subscribe() brings exactly that list's rows,
+#      a second subscription brings its rows, and a list moved to another owner
+#      in Postgres leaves the client;
+#   7. stops the relay (by PID) and, on failure, prints the relay log's tail.
 #
-# Environment: COMPAT_PG (libpq keywords of the server; default
-# "host=127.0.0.1 port=5432 user=postgres"), COMPAT_WRITES (1), COMPAT_TRACE=1
+# Environment: COMPAT_PG (libpq keywords of the server; default: the server of
+# OUTPOST_TEST_DATABASE_URL as the Makefile sets it for PG=15/16/18 and
+# OUTPOST_PG_PORT, else "host=127.0.0.1 port=5432 user=postgres"),
+# COMPAT_WRITES (1), COMPAT_TRACE=1
 # (log every SDK request/response through a proxy), COMPAT_SDK_DEBUG=1 (SDK
 # debug logs), COMPAT_KEEP=1 (keep the work directory), CARGO (cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PG=${COMPAT_PG:-host=127.0.0.1 port=5432 user=postgres}
+# The server of OUTPOST_TEST_DATABASE_URL without its dbname (the script names its own).
+DEFAULT_PG="host=127.0.0.1 port=5432 user=postgres"
+if [ -n "${OUTPOST_TEST_DATABASE_URL:-}" ]; then
+  DEFAULT_PG=$(printf '%s\n' "$OUTPOST_TEST_DATABASE_URL" | sed -E 's/(^| )dbname=[^ ]*//g; s/^ +//')
+fi
+PG=${COMPAT_PG:-$DEFAULT_PG}
 WRITES=${COMPAT_WRITES:-1}
 CARGO=${CARGO:-cargo}
 DBNAME=outpost_compat
@@ -47,7 +60,7 @@ command -v node >/dev/null || die "node not found (Node 20+ needed)"
 command -v npm >/dev/null || die "npm not found"
 command -v psql >/dev/null || die "psql not found (run scripts/setup.sh)"
 command -v curl >/dev/null || die "curl not found"
-pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || die "Postgres is not up on 127.0.0.1:5432 (run scripts/setup.sh)"
+pg_isready -q -d "$PG dbname=postgres" 2>/dev/null || die "Postgres is not up at '$PG' (run scripts/setup.sh)"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outpost-compat.XXXXXX")
 RELAY_PID=
@@ -182,6 +195,33 @@ set +e
 )
 rc=$?
 set -e
+
+# ----------------------------------------------------------- 6. streams --
+step "Sync Streams: PowerSync Node SDK subscribing to a parameterized stream"
+STREAM_RULES=$(cat <<'YAML'
+config:
+  edition: 3
+streams:
+  my_lists:
+    auto_subscribe: true
+    query: SELECT id, owner_id, name FROM lists WHERE owner_id = auth.user_id()
+  list_todos:
+    query: SELECT * FROM todos WHERE list_id = subscription.parameter('list_id') AND list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())
+YAML
+)
+psql_db -At -v rules="$STREAM_RULES" >/dev/null <<'SQL'
+SELECT outpost.deploy_rules(:'rules');
+SQL
+mkdir -p "$WORK/streams"
+set +e
+(
+  cd "$PKG"
+  OUTPOST_ENDPOINT=$ENDPOINT OUTPOST_TOKEN=$TOKEN COMPAT_USER=$SUB COMPAT_PG="$PG dbname=$DBNAME" \
+    COMPAT_DIR="$WORK/streams" node compat-streams.mjs
+)
+src=$?
+set -e
+[ "$rc" = 0 ] && rc=$src
 if grep -qiE ' (WARN|ERROR) ' "$WORK/relay.log"; then
   echo "    relay warnings/errors:"
   grep -iE ' (WARN|ERROR) ' "$WORK/relay.log" | tail -n 10 | sed 's/^/      /'

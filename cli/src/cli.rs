@@ -51,6 +51,9 @@ pub enum Command {
         /// Client parameter `KEY=VALUE` (value parsed as JSON, else taken as text).
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// Subscribe to a Sync Stream: `NAME` or `NAME:{"key":"value"}` (repeatable).
+        #[arg(long = "stream", value_name = "NAME:{JSON}")]
+        streams: Vec<String>,
         /// Give up after this many consecutive failed attempts (default: 3 with --once, never otherwise).
         #[arg(long)]
         attempts: Option<u32>,
@@ -92,10 +95,15 @@ pub fn run(cli: Cli) -> Result<()> {
             once,
             schema,
             params,
+            streams,
             attempts,
             ca_cert,
             idle_timeout_secs,
         } => {
+            let subscriptions = streams
+                .iter()
+                .map(|s| outpost_client::parse_stream_arg(s))
+                .collect::<Result<Vec<_>>>()?;
             let creds = Credentials { endpoint, token };
             let transport = TransportOptions {
                 ca_cert,
@@ -126,6 +134,10 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let options = SyncOptions {
                 parameters,
+                streams: (!subscriptions.is_empty()).then_some(outpost_client::StreamsRequest {
+                    include_defaults: true,
+                    subscriptions,
+                }),
                 once,
                 max_attempts: attempts.or(once.then_some(3)),
                 transport,

@@ -185,3 +185,43 @@ async fn cli_sync_over_https_with_ca_cert() {
     assert_eq!(server.requests("/sync/stream").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sync_sends_stream_subscriptions() {
+    let body = good_stream();
+    let (endpoint, log) = serve(Arc::new(move |s: &Seen| match s.path.as_str() {
+        "/schema" => (404, "{}".into()),
+        _ => (200, body.clone()),
+    }))
+    .await;
+    let (dir, db) = fresh_db("streams");
+    let (ok, _, err) = sync_once(
+        &db,
+        &endpoint,
+        &[
+            "--stream",
+            r#"list_todos:{"list_id":"a"}"#,
+            "--stream",
+            "my_lists",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let sent: Value = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.path == "/sync/stream")
+        .map(|s| serde_json::from_str(&s.body).unwrap())
+        .unwrap();
+    assert_eq!(
+        sent["streams"],
+        json!({"include_defaults": true, "subscriptions": [
+            {"stream": "list_todos", "parameters": {"list_id": "a"}, "override_priority": null},
+            {"stream": "my_lists", "parameters": null, "override_priority": null}]})
+    );
+    let (ok, _, err) = sync_once(&db, &endpoint, &["--stream", "x:[1]"]).await;
+    assert!(!ok);
+    assert!(err.contains("must be a JSON object"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,14 +13,19 @@ use crate::net::lines::parse_line;
 use crate::net::transport::{Http, SyncStream, TransportOptions};
 use crate::store::Effect;
 use crate::sync::{Instruction, SyncState};
+use outpost_protocol::{StreamSubscription, StreamsRequest};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
-    /// Client parameters sent with the stream request (`request.parameters()`).
+    /// Client parameters sent with the stream request (`request.parameters()`,
+    /// `connection.parameter(k)` in streams).
     pub parameters: Map<String, Value>,
+    /// Sync Streams subscriptions sent with the stream request (None: the
+    /// default streams only, as before streams existed).
+    pub streams: Option<StreamsRequest>,
     /// Return after the first fully applied checkpoint.
     pub once: bool,
     /// Give up after this many consecutive failed attempts (`None`: never).
@@ -35,6 +40,7 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             parameters: Map::new(),
+            streams: None,
             once: false,
             max_attempts: None,
             min_backoff: Duration::from_millis(250),
@@ -42,6 +48,52 @@ impl Default for SyncOptions {
             transport: TransportOptions::default(),
         }
     }
+}
+
+impl SyncOptions {
+    /// Subscribes to a Sync Stream with these parameters (a JSON object or
+    /// null), keeping the default streams.
+    pub fn subscribe(mut self, stream: &str, parameters: Value) -> SyncOptions {
+        self.streams
+            .get_or_insert_with(StreamsRequest::default)
+            .subscriptions
+            .push(StreamSubscription {
+                stream: stream.to_string(),
+                parameters: (!parameters.is_null()).then_some(parameters),
+                override_priority: None,
+            });
+        self
+    }
+}
+
+/// Parses `NAME` or `NAME:{json parameters}` (the CLI's `--stream`).
+pub fn parse_stream_arg(arg: &str) -> Result<StreamSubscription> {
+    let (name, params) = match arg.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (arg, None),
+    };
+    if name.is_empty() {
+        return Err(Error::Schema(format!(
+            "--stream {arg:?}: expected NAME or NAME:{{json}}"
+        )));
+    }
+    let parameters = match params {
+        None => None,
+        Some(p) => match serde_json::from_str::<Value>(p) {
+            Ok(v @ Value::Object(_)) => Some(v),
+            Ok(Value::Null) => None,
+            _ => {
+                return Err(Error::Schema(format!(
+                    "--stream {arg:?}: the parameters must be a JSON object"
+                )))
+            }
+        },
+    };
+    Ok(StreamSubscription {
+        stream: name.to_string(),
+        parameters,
+        override_priority: None,
+    })
 }
 
 /// The delay before reconnect attempt `attempt` (1-based): doubling from `min`,
@@ -165,6 +217,7 @@ impl<C: Connector> SyncClient<C> {
         let mut machine: SyncState = db
             .with_store_blocking(move |s| s.sync_state(parameters))
             .await?;
+        machine.set_streams(options.streams.clone());
         let Some(Instruction::EstablishStream(mut request)) = machine.start().pop() else {
             unreachable!("start always asks for a stream");
         };
@@ -324,6 +377,25 @@ impl<T> Drop for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_arguments_and_subscribe() {
+        let s = parse_stream_arg(r#"list_todos:{"list_id":"a"}"#).unwrap();
+        assert_eq!(s.stream, "list_todos");
+        assert_eq!(s.parameters, Some(serde_json::json!({"list_id": "a"})));
+        let s = parse_stream_arg("my_lists").unwrap();
+        assert_eq!((s.stream.as_str(), s.parameters), ("my_lists", None));
+        for bad in ["", ":{}", "x:[1]", "x:{nope"] {
+            assert!(parse_stream_arg(bad).is_err(), "{bad}");
+        }
+        let o = SyncOptions::default()
+            .subscribe("a", serde_json::json!({"k": 1}))
+            .subscribe("b", Value::Null);
+        let streams = o.streams.unwrap();
+        assert!(streams.include_defaults);
+        assert_eq!(streams.subscriptions.len(), 2);
+        assert_eq!(streams.subscriptions[1].parameters, None);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

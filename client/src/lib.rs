@@ -37,10 +37,11 @@ pub mod sync;
 pub mod watch;
 
 pub use db::Database;
-pub use driver::{SyncClient, SyncOptions};
+pub use driver::{parse_stream_arg, SyncClient, SyncOptions};
 pub use error::{Error, Result};
 pub use net::connector::{Connector, StaticConnector};
 pub use net::transport::{Credentials, Http, TransportOptions};
+pub use outpost_protocol::{StreamSubscription, StreamsRequest};
 pub use schema::{Column, ColumnType, Schema, Table};
 pub use status::SyncStatus;
 pub use store::{SchemaMode, Store};

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use outpost_protocol::{
-    BucketRequest, Checkpoint, Checksum, DataLine, OpId, SyncLine, SyncRequest,
+    BucketRequest, Checkpoint, Checksum, DataLine, OpId, StreamsRequest, SyncLine, SyncRequest,
 };
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +62,8 @@ pub struct Progress {
 pub struct SyncState {
     client_id: String,
     parameters: Map<String, Value>,
+    /// Sync Streams subscriptions sent with every request (None: defaults only).
+    streams: Option<StreamsRequest>,
     positions: BTreeMap<String, BucketPosition>,
     target: Option<Checkpoint>,
     /// A complete checkpoint the gate held back.
@@ -79,12 +81,24 @@ impl SyncState {
         SyncState {
             client_id,
             parameters,
+            streams: None,
             positions: positions.into_iter().map(|p| (p.name.clone(), p)).collect(),
             target: None,
             blocked: false,
             applied: None,
             downloaded: 0,
         }
+    }
+
+    /// Sets the Sync Streams subscriptions the next request carries; the
+    /// caller restarts the stream (as PowerSync's clients do) for a change
+    /// to take effect. Buckets both sets share keep their position.
+    pub fn set_streams(&mut self, streams: Option<StreamsRequest>) {
+        self.streams = streams;
+    }
+
+    pub fn streams(&self) -> Option<&StreamsRequest> {
+        self.streams.as_ref()
     }
 
     /// Begins (or restarts) a stream. Stream-scoped state is dropped: the server
@@ -111,6 +125,7 @@ impl SyncState {
             raw_data: true,
             client_id: Some(self.client_id.clone()),
             parameters: Some(self.parameters.clone()),
+            streams: self.streams.clone(),
         }
     }
 
@@ -421,7 +436,8 @@ mod tests {
                 bucket: "b[]".into(),
                 checksum: Checksum(7),
                 count: None,
-                priority: None
+                priority: None,
+                subscriptions: None,
             }]
         );
         assert_eq!(m.request().buckets, vec![]);

@@ -33,6 +33,7 @@ extension_sql_file!(
         _plan,
         _validate_yaml,
         _to_yaml,
+        _stream_sources,
         _empty_tick_sql,
         _op_checksum,
         _fingerprint
@@ -141,6 +142,22 @@ fn _validate_yaml(rules: &str, catalog: JsonB) -> JsonB {
 #[pg_extern(immutable, parallel_safe, strict)]
 fn _to_yaml(sources: JsonB) -> String {
     outpost_rules::yaml::to_yaml(&sources_from(sources))
+}
+
+/// `define_stream(name, queries, auto_subscribe, priority)` → the bucket
+/// sources the stream compiles to (one per query), checked like YAML.
+#[pg_extern(immutable, parallel_safe)]
+fn _stream_sources(
+    name: &str,
+    queries: Vec<Option<String>>,
+    auto_subscribe: bool,
+    priority: i32,
+) -> JsonB {
+    let queries: Vec<String> = queries.into_iter().flatten().collect();
+    match outpost_rules::stream::define(name, queries, auto_subscribe, priority) {
+        Ok(sources) => JsonB(serde_json::to_value(sources).expect("sources serialize")),
+        Err(e) => rules_error(e.to_string()),
+    }
 }
 
 /// The tick statement when no rules are deployed (write checkpoints still flow).

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`checksum`]: per-op checksums (blake3-derived u32) and wrapping bucket sums.
 //! - [`lines`]: the NDJSON lines of `POST /sync/stream` (server → client) and the request body.
+//! - [`streams`]: Sync Streams subscriptions in the request, stream statuses in checkpoints.
 //! - [`http`]: the small JSON bodies of the other endpoints (`/write-checkpoint2.json`,
 //!   `/sync/checkpoint-request`, `/crud`, errors).
 //!
@@ -15,11 +16,15 @@
 pub mod checksum;
 pub mod http;
 pub mod lines;
+pub mod streams;
 
 pub use checksum::{op_checksum, Checksum};
 pub use lines::{
     BucketChecksum, BucketRequest, Checkpoint, CheckpointComplete, CheckpointDiff, DataLine, OpId,
     OpType, OplogEntry, PartialCheckpointComplete, SyncLine, SyncRequest,
+};
+pub use streams::{
+    BucketReason, StreamDescription, StreamError, StreamSubscription, StreamsRequest,
 };
 
 /// Everything that can go wrong decoding the protocol.

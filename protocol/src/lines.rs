@@ -1,6 +1,7 @@
 //! `POST /sync/stream`: the request body and the NDJSON lines the server sends.
 
 use crate::checksum::{signed, Checksum};
+use crate::streams::{BucketReason, StreamDescription, StreamsRequest};
 use crate::ProtocolError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -51,7 +52,7 @@ pub struct BucketRequest {
     pub after: OpId,
 }
 
-/// The body of `POST /sync/stream`. Unknown fields (streams, app_metadata, ...) are tolerated.
+/// The body of `POST /sync/stream`. Unknown fields (app_metadata, ...) are tolerated.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncRequest {
     #[serde(default)]
@@ -64,6 +65,9 @@ pub struct SyncRequest {
     pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
+    /// Sync Streams subscriptions (absent: defaults only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamsRequest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +79,9 @@ pub struct BucketChecksum {
     pub count: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Why the bucket is in (Sync Streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Vec<BucketReason>>,
 }
 
 impl BucketChecksum {
@@ -90,6 +97,9 @@ pub struct Checkpoint {
     #[serde(default)]
     pub write_checkpoint: Option<OpId>,
     pub buckets: Vec<BucketChecksum>,
+    /// The streams this checkpoint resolved (Sync Streams), with errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Vec<StreamDescription>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

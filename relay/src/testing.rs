@@ -86,6 +86,7 @@ impl Store for FakeStore {
         claims: &'a Value,
         _params: &'a Value,
         _client_id: &'a str,
+        _streams: &'a Value,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
             self.fail_check()?;
@@ -107,6 +108,7 @@ impl Store for FakeStore {
                         checksum: ops.iter().map(|o| o.entry.checksum).sum(),
                         count: Some(ops.len() as u64),
                         priority: *priority,
+                        subscriptions: None,
                     }
                 })
                 .collect();
@@ -115,6 +117,7 @@ impl Store for FakeStore {
                 write_checkpoint: db.write_checkpoint.map(OpId),
                 buckets,
                 rules_version: Some(1),
+                streams: None,
             })
         })
     }

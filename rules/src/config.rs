@@ -45,6 +45,14 @@ pub struct Options {
     /// Only with `timestamps_iso8601`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_max_precision: Option<Precision>,
+    /// Set on the sources a Sync Stream compiles to: their queries use the
+    /// stream functions (`auth.*`, `subscription.*`, `connection.*`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub streams: bool,
+    /// While a stream definition compiles: the SQL each of its lookups
+    /// (`_outpost_lookup('lN')`) stands for. Never stored.
+    #[serde(skip)]
+    pub lookups: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> i64 {
@@ -70,6 +78,8 @@ impl Options {
             timestamps_iso8601: false,
             fixed_json_extract: false,
             timestamp_max_precision: None,
+            streams: false,
+            lookups: Default::default(),
         }
     }
 
@@ -83,13 +93,12 @@ impl Options {
         let refuse = |m: String| Err(RuleError::document(format!("config: {m}")));
         let edition = c.edition.unwrap_or(1);
         match edition {
-            1 | 2 => {}
-            3 => {
-                return refuse(
-                    "edition 3 compiles Sync Streams only and does not accept `bucket_definitions`; use edition 1 or 2".into(),
-                )
+            1..=3 => {}
+            e => {
+                return refuse(format!(
+                    "unknown edition {e}: PowerSync editions are 1, 2 and 3"
+                ))
             }
-            e => return refuse(format!("unknown edition {e}: PowerSync editions are 1, 2 and 3")),
         }
         let modern = edition >= 2;
         if c.versioned_bucket_ids == Some(true) {
@@ -122,6 +131,8 @@ impl Options {
             timestamps_iso8601,
             fixed_json_extract: c.fixed_json_extract.unwrap_or(modern),
             timestamp_max_precision,
+            streams: false,
+            lookups: Default::default(),
         })
     }
 

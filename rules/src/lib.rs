@@ -38,6 +38,7 @@ pub mod filter;
 pub mod query;
 pub mod rewrite;
 pub mod scope;
+pub mod stream;
 pub mod tick_sql;
 pub mod typing;
 pub mod yaml;
@@ -133,12 +134,22 @@ fn plan_with_warnings(
     catalog: &Catalog,
 ) -> Result<(Deployment, Vec<RuleError>), RuleErrors> {
     let mut seen = std::collections::BTreeSet::new();
+    let streams: std::collections::BTreeSet<&str> = sources
+        .iter()
+        .filter_map(|s| s.stream.as_ref().map(|m| m.name.as_str()))
+        .collect();
     for s in sources {
         yaml::check_source(s).map_err(|e| RuleErrors(vec![e]))?;
         if !seen.insert(s.name.as_str()) {
             return Err(RuleErrors(vec![RuleError::bucket(
                 &s.name,
                 "bucket is defined twice",
+            )]));
+        }
+        if s.stream.is_none() && streams.contains(s.name.as_str()) {
+            return Err(RuleErrors(vec![RuleError::bucket(
+                &s.name,
+                "a bucket definition and a stream have this name; names must be unique",
             )]));
         }
     }
@@ -148,7 +159,13 @@ fn plan_with_warnings(
         .checks()
         .into_iter()
         .map(|(bucket, q, sql)| Check {
-            location: format!("bucket \"{bucket}\", {q}"),
+            location: RuleError {
+                bucket: Some(bucket.clone()),
+                query: Some(q),
+                sql: None,
+                message: String::new(),
+            }
+            .location(),
             bucket,
             sql,
         })
@@ -212,6 +229,16 @@ impl RuleError {
         }
     }
 
+    /// A problem of a whole stream (its definitions are `<stream>|<i>`).
+    pub fn stream(stream: &str, message: impl Into<String>) -> RuleError {
+        RuleError {
+            bucket: Some(format!("{stream}|")),
+            query: None,
+            sql: None,
+            message: message.into(),
+        }
+    }
+
     pub fn bucket(bucket: &str, message: impl Into<String>) -> RuleError {
         RuleError {
             bucket: Some(bucket.to_string()),
@@ -224,8 +251,23 @@ impl RuleError {
     /// Where the problem is, e.g. `bucket "user_lists", data query 1`.
     pub fn location(&self) -> String {
         let mut s = String::new();
-        if let Some(b) = &self.bucket {
-            s.push_str(&format!("bucket \"{b}\""));
+        match self.bucket.as_deref().map(|b| (b, b.split_once('|'))) {
+            // A stream's query `i` compiles to the definition `<stream>|<i>`.
+            Some((_, Some((stream, variant)))) => {
+                s.push_str(&format!("stream \"{stream}\""));
+                if let Ok(i) = variant.parse::<usize>() {
+                    s.push_str(&format!(", query {}", i + 1));
+                }
+                if let Some(q) = &self.query {
+                    s.push_str(match q {
+                        QueryRef::Parameters(_) => " (its subquery and request values)",
+                        QueryRef::Data(_) => " (the rows it selects)",
+                    });
+                }
+                return s;
+            }
+            Some((b, None)) => s.push_str(&format!("bucket \"{b}\"")),
+            None => {}
         }
         if let Some(q) = &self.query {
             if !s.is_empty() {

@@ -152,7 +152,9 @@ fn check_size(tokens: &[Token]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn parse_select(sql: &str) -> Result<Select, String> {
+/// Parses one query (tokens checked for size, bare `IN x` parenthesized) and
+/// refuses the clauses no rule query may have; the SELECT body is the caller's.
+pub fn parse_query(sql: &str) -> Result<sqlparser::ast::Select, String> {
     let syntax = |e: String| {
         format!(
             "SQL syntax error: {}",
@@ -193,6 +195,33 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
         return Err("only a plain SELECT is supported (no UNION, VALUES or nested queries)".into());
     };
     let s = *s;
+    Ok(s)
+}
+
+pub fn parse_select(sql: &str) -> Result<Select, String> {
+    let s = parse_query(sql)?;
+    check_plain(&s)?;
+    if s.from.len() > 1 {
+        return Err("a query reads at most one table (no comma joins)".into());
+    }
+    let from = match s.from.into_iter().next() {
+        None => None,
+        Some(twj) => {
+            if !twj.joins.is_empty() {
+                return Err("JOIN is not supported: a query reads one table".into());
+            }
+            Some(from_factor(twj.relation)?)
+        }
+    };
+    Ok(Select {
+        projection: s.projection,
+        from,
+        selection: s.selection,
+    })
+}
+
+/// Refuses DISTINCT, INTO, GROUP BY and HAVING.
+pub fn check_plain(s: &sqlparser::ast::Select) -> Result<(), String> {
     if s.distinct.is_some() {
         return Err("DISTINCT is not supported".into());
     }
@@ -206,16 +235,14 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
     if s.having.is_some() {
         return Err("HAVING is not supported".into());
     }
-    if s.from.len() > 1 {
-        return Err("a query reads at most one table (no comma joins)".into());
-    }
-    let from = match s.from.into_iter().next() {
-        None => None,
-        Some(twj) => {
-            if !twj.joins.is_empty() {
-                return Err("JOIN is not supported: a query reads one table".into());
-            }
-            match twj.relation {
+    Ok(())
+}
+
+/// One FROM item: a table (as written, with its alias) or `json_each(...)`.
+pub fn from_factor(relation: TableFactor) -> Result<From, String> {
+    Ok({
+        {
+            match relation {
                 TableFactor::Table {
                     name, alias, args, ..
                 } => {
@@ -234,13 +261,13 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                     }
                     let alias = alias.map(|a| a.name.value);
                     match args {
-                        None => Some(From::Table(parts.join("."), alias)),
+                        None => From::Table(parts.join("."), alias),
                         Some(a)
                             if parts.len() == 1 && parts[0].eq_ignore_ascii_case("json_each") =>
                         {
                             match a.args.as_slice() {
                                 [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => {
-                                    Some(From::JsonEach(Box::new(e.clone()), alias))
+                                    From::JsonEach(Box::new(e.clone()), alias)
                                 }
                                 _ => return Err("json_each takes one argument".into()),
                             }
@@ -261,11 +288,6 @@ pub fn parse_select(sql: &str) -> Result<Select, String> {
                 }
             }
         }
-    };
-    Ok(Select {
-        projection: s.projection,
-        from,
-        selection: s.selection,
     })
 }
 

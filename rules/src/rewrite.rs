@@ -16,10 +16,20 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
-/// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb)
-/// and `$2` (client parameters, jsonb), and whether the client chooses it.
-fn request_sql(parts: &[String], is_call: bool) -> Option<(String, bool)> {
+/// The request value a name stands for, as SQL over `$1` (JWT claims, jsonb),
+/// `$2` (client parameters, jsonb) and, in Sync Streams, `$3` (the
+/// subscription's parameters), and whether the client chooses it.
+fn request_sql(parts: &[String], is_call: bool, streams: bool) -> Option<(String, bool)> {
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    if streams {
+        return match (p.as_slice(), is_call) {
+            (["auth", "user_id"], true) => Some(("($1 ->> 'sub')".into(), false)),
+            (["auth", "parameters"], true) => Some(("$1".into(), false)),
+            (["connection", "parameters"], true) => Some(("$2".into(), true)),
+            (["subscription", "parameters"], true) => Some(("$3".into(), true)),
+            _ => None,
+        };
+    }
     match (p.as_slice(), is_call) {
         (["request", "user_id"], true) => Some(("($1 ->> 'sub')".into(), false)),
         (["request", "jwt"], true) => Some(("$1".into(), false)),
@@ -112,12 +122,13 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
         *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
         return Ok(refs);
     }
-    if let Some(k) = request_parameter_call(unnest(expr)) {
-        let sql = request_parameter(&k, &scope, "#>")?;
+    if let Some((k, source, client)) = request_parameter_call(unnest(expr), streams(&scope)) {
+        let sql = request_parameter(&k, &scope, "#>", source)?;
         *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
         return Ok(Refs {
             request: true,
-            client_params: true,
+            client_params: client,
+            token_params: !client,
             ..Refs::default()
         });
     }
@@ -140,17 +151,32 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
     rewrite(expr, scope)
 }
 
-/// `request.parameter(k)`: always a single key unless `k` is a `$.` path.
-fn request_parameter(k: &Expr, scope: &Scope, op: &str) -> Result<String, String> {
+/// `request.parameter(k)` (and in streams `auth.parameter(k)`,
+/// `connection.parameter(k)`, `subscription.parameter(k)`): always a single
+/// key unless `k` is a `$.` path. `source` is the jsonb placeholder read.
+fn request_parameter(k: &Expr, scope: &Scope, op: &str, source: &str) -> Result<String, String> {
     let fixed = Options {
         fixed_json_extract: true,
         ..scope.options.clone()
     };
     let path = dialect::json_path(&arg_of(k, scope), &fixed, false)?;
-    Ok(format!("($2 {op} {path})"))
+    Ok(format!("({source} {op} {path})"))
 }
 
-fn request_parameter_call(e: &Expr) -> Option<Expr> {
+/// The placeholder a `<namespace>.parameter(k)` call reads and whether the
+/// client chooses its value.
+fn parameter_source(namespace: &str, streams: bool) -> Option<(&'static str, bool)> {
+    match (namespace, streams) {
+        ("request", false) => Some(("$2", true)),
+        ("auth", true) => Some(("$1", false)),
+        ("connection", true) => Some(("$2", true)),
+        ("subscription", true) => Some(("$3", true)),
+        _ => None,
+    }
+}
+
+/// `<ns>.parameter(k)`: the key expression and what it reads.
+fn request_parameter_call(e: &Expr, streams: bool) -> Option<(Expr, &'static str, bool)> {
     let Expr::Function(f) = e else { return None };
     let name = function_name(f);
     match (
@@ -160,9 +186,17 @@ fn request_parameter_call(e: &Expr) -> Option<Expr> {
             .as_slice(),
         call_args(f).ok()?.as_slice(),
     ) {
-        (["request", "parameter"], [k]) => Some(k.clone()),
+        ([ns, "parameter"], [k]) => {
+            let (src, client) = parameter_source(ns, streams)?;
+            Some((k.clone(), src, client))
+        }
         _ => None,
     }
+}
+
+/// Whether the expression is in a Sync Stream (its own request functions).
+fn streams(scope: &Scope) -> bool {
+    scope.options.streams
 }
 
 fn json_each_value(refs: &mut Refs) -> Result<Option<Expr>, String> {
@@ -176,29 +210,68 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
     Ok(match e {
         Expr::Function(f) => {
             let parts = function_name(f);
-            if parts.first().map(String::as_str) == Some("request") {
+            let streams = streams(scope);
+            let ns = parts.first().map(String::as_str).unwrap_or_default();
+            let is_request = if streams {
+                parts.len() == 2 && matches!(ns, "auth" | "connection" | "subscription")
+            } else {
+                ns == "request"
+            };
+            if streams
+                && parts.len() == 1
+                && parts[0].eq_ignore_ascii_case(crate::stream::LOOKUP_FN)
+            {
+                // A nested subquery's lookup: the values it gives the request.
+                let key = match call_args(f)?.as_slice() {
+                    [Expr::Value(v)] => match &v.value {
+                        sqlparser::ast::Value::SingleQuotedString(k) => k.clone(),
+                        _ => String::new(),
+                    },
+                    _ => String::new(),
+                };
+                let Some(sql) = scope.options.lookups.get(&key) else {
+                    return Err(format!("unknown lookup `{key}`"));
+                };
+                refs.request = true;
+                refs.token_params = true;
+                return Ok(Some(compiled(sql.clone(), dialect::Kind::Json)?));
+            }
+            if !streams && parts.len() == 2 && matches!(ns, "auth" | "connection" | "subscription")
+            {
+                return Err(format!(
+                    "`{}()` belongs to Sync Streams (`streams:`); in bucket_definitions use request.user_id(), request.jwt() or request.parameters()",
+                    parts.join(".")
+                ));
+            }
+            if streams && ns == "request" && parts.len() == 2 {
+                return Err(format!(
+                    "`{}()` belongs to bucket_definitions; in a stream use auth.user_id(), auth.parameter('key'), subscription.parameter('key') or connection.parameter('key')",
+                    parts.join(".")
+                ));
+            }
+            if is_request {
                 let args = call_args(f)?;
-                if let (["request", "parameter"], [k]) = (
-                    parts
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .as_slice(),
-                    args.as_slice(),
-                ) {
+                if let Some((k, source, client)) = request_parameter_call(e, streams) {
                     refs.request = true;
-                    refs.client_params = true;
+                    refs.client_params |= client;
+                    refs.token_params |= !client;
                     return Ok(Some(compiled(
-                        request_parameter(k, scope, "#>>")?,
+                        request_parameter(&k, scope, "#>>", source)?,
                         dialect::Kind::Other,
                     )?));
                 }
-                match request_sql(&parts, true) {
+                match request_sql(&parts, true, streams) {
                     Some((sql, client)) if args.is_empty() => {
                         refs.request = true;
                         refs.client_params |= client;
                         refs.token_params |= !client;
                         Some(parse_expr(&sql)?)
+                    }
+                    _ if streams => {
+                        return Err(format!(
+                            "unknown function `{}()`: a stream reads auth.user_id(), auth.parameter('key'), auth.parameters(), subscription.parameter('key'), subscription.parameters(), connection.parameter('key') or connection.parameters()",
+                            parts.join(".")
+                        ))
                     }
                     _ => {
                         return Err(format!(
@@ -322,7 +395,7 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
             if parts.len() == 2 && parts[0] == "bucket" {
                 refs.bucket_params.push(parts[1].clone());
                 None
-            } else if let Some((sql, client)) = request_sql(&parts, false) {
+            } else if let Some((sql, client)) = request_sql(&parts, false, streams(scope)) {
                 refs.request = true;
                 refs.client_params |= client;
                 refs.token_params |= !client;

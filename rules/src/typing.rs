@@ -65,7 +65,7 @@ pub fn kind_of(e: &Expr, scope: &Scope) -> (dialect::Kind, Option<String>) {
             Value::Number(n, _) if n.contains(['.', 'e', 'E']) => (Kind::Real, None),
             Value::Number(..) => (Kind::Int, None),
             Value::Boolean(_) => (Kind::Bool, None),
-            Value::Placeholder(p) if p == "$1" || p == "$2" => (Kind::Json, None),
+            Value::Placeholder(p) if p == "$1" || p == "$2" || p == "$3" => (Kind::Json, None),
             _ => (Kind::Other, None),
         },
         Expr::Cast { data_type, .. } => {

@@ -1,6 +1,7 @@
 //! The rules document as PowerSync writes it.
 
 use crate::config::{ConfigYaml, Options};
+use crate::stream::{StreamDef, StreamMeta, StreamOut, StreamYaml};
 use crate::RuleError;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -17,7 +18,10 @@ pub struct RulesYaml {
     #[serde(default)]
     pub event_definitions: Option<IgnoredAny>,
     #[serde(default)]
-    pub streams: Option<IgnoredAny>,
+    pub streams: Option<BTreeMap<String, StreamYaml>>,
+    /// CTEs every stream may use (edition 3).
+    #[serde(default)]
+    pub with: Option<BTreeMap<String, String>>,
 }
 
 /// `parameters:` and `data:` take one query or a list of them.
@@ -64,6 +68,13 @@ pub struct BucketSource {
     pub options: Options,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_potentially_dangerous_queries: bool,
+    /// Lookup queries of nested subqueries (Sync Streams), innermost first;
+    /// the parameter queries read them through `_outpost_lookup('lN')`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<String>,
+    /// Set when this definition is one query of a Sync Stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamMeta>,
 }
 
 /// A parsed document: its buckets and what it contains that has no effect.
@@ -80,16 +91,11 @@ pub fn parse_yaml(text: &str) -> Result<Vec<BucketSource>, RuleError> {
 pub fn parse_document(text: &str) -> Result<Document, RuleError> {
     if text.trim().is_empty() {
         return Err(RuleError::document(
-            "the rules are empty: expected a `bucket_definitions:` mapping",
+            "the rules are empty: expected a `bucket_definitions:` or `streams:` mapping",
         ));
     }
     let doc: RulesYaml = serde_saphyr::from_str(text)
         .map_err(|e| RuleError::document(format!("invalid YAML: {e}")))?;
-    if doc.streams.is_some() {
-        return Err(RuleError::document(
-            "`streams:` (Sync Streams) are not supported by this version of Outpost; define the data with `bucket_definitions:`",
-        ));
-    }
     let options = match &doc.config {
         None => Options::legacy(),
         Some(c) => Options::from_config(c)?,
@@ -100,9 +106,26 @@ pub fn parse_document(text: &str) -> Result<Document, RuleError> {
             "`event_definitions:` is accepted but ignored: Outpost does not emit events",
         ));
     }
-    if doc.bucket_definitions.is_empty() {
+    let streams = doc.streams.unwrap_or_default();
+    let has_streams = !streams.is_empty();
+    if options.edition >= 3 && !doc.bucket_definitions.is_empty() {
         return Err(RuleError::document(
-            "`bucket_definitions` is missing or empty: define at least one bucket",
+            "config: edition 3 compiles Sync Streams only and does not accept `bucket_definitions`; use edition 2 to keep both, or turn the buckets into streams",
+        ));
+    }
+    if has_streams && options.edition < 2 {
+        return Err(RuleError::document(
+            "`streams:` (Sync Streams) need `config: {edition: 2}` or 3",
+        ));
+    }
+    if doc.with.is_some() && options.edition < 3 {
+        return Err(RuleError::document(
+            "`with:` (common table expressions) needs `config: {edition: 3}`",
+        ));
+    }
+    if doc.bucket_definitions.is_empty() && !has_streams {
+        return Err(RuleError::document(
+            "`bucket_definitions` is missing or empty: define at least one bucket (or, with edition 2 or 3, a stream)",
         ));
     }
     let mut sources = Vec::new();
@@ -110,6 +133,17 @@ pub fn parse_document(text: &str) -> Result<Document, RuleError> {
         let mut s = bucket_source(name, b)?;
         s.options = options.clone();
         sources.push(s);
+    }
+    let global = doc.with.unwrap_or_default();
+    for (name, s) in streams {
+        if s.with.is_some() && options.edition < 3 {
+            return Err(RuleError::stream(
+                &name,
+                "`with:` (common table expressions) needs `config: {edition: 3}`",
+            ));
+        }
+        let def = StreamDef::from_yaml(name, s, &global)?;
+        sources.extend(def.sources(&options)?);
     }
     Ok(Document { sources, warnings })
 }
@@ -126,6 +160,8 @@ pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleEr
         name,
         options: Options::legacy(),
         accept_potentially_dangerous_queries: b.accept_potentially_dangerous_queries == Some(true),
+        lookups: Vec::new(),
+        stream: None,
     };
     check_source(&source)?;
     Ok(source)
@@ -133,7 +169,15 @@ pub fn bucket_source(name: String, b: BucketYaml) -> Result<BucketSource, RuleEr
 
 /// The checks every bucket definition passes, from YAML or `define_bucket`.
 pub fn check_source(s: &BucketSource) -> Result<(), RuleError> {
-    check_bucket_name(&s.name)?;
+    match &s.stream {
+        None => check_bucket_name(&s.name)?,
+        Some(m) => {
+            check_bucket_name(&m.name)?;
+            if s.name != crate::stream::variant_name(&m.name, m.variant) {
+                return Err(RuleError::stream(&m.name, "inconsistent stream definition"));
+            }
+        }
+    }
     if !(0..=3).contains(&s.priority) {
         return Err(RuleError::bucket(
             &s.name,
@@ -156,7 +200,10 @@ pub fn check_source(s: &BucketSource) -> Result<(), RuleError> {
 struct YamlOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     bucket_definitions: BTreeMap<&'a str, BucketOut<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    streams: BTreeMap<&'a str, StreamOut<'a>>,
 }
 
 #[derive(serde::Serialize)]
@@ -169,16 +216,39 @@ struct BucketOut<'a> {
     accept_potentially_dangerous_queries: bool,
 }
 
-/// The bucket definitions as PowerSync YAML (what `outpost.rules_yaml()` returns).
-/// The `config:` block is the first bucket's (buckets defined one at a time
-/// through SQL use the legacy defaults).
+/// The bucket definitions and streams as PowerSync YAML (what
+/// `outpost.rules_yaml()` returns). The `config:` block is the first
+/// definition's (buckets defined one at a time through SQL use the legacy
+/// defaults, streams PowerSync's current edition); with streams and buckets
+/// in one document it says edition 2, which accepts both.
 pub fn to_yaml(sources: &[BucketSource]) -> String {
+    let legacy: Vec<&BucketSource> = sources.iter().filter(|s| s.stream.is_none()).collect();
+    let streams: Vec<(&BucketSource, &StreamMeta)> = sources
+        .iter()
+        .filter_map(|s| s.stream.as_ref().map(|m| (s, m)))
+        .filter(|(_, m)| m.variant == 0)
+        .collect();
+    let mut config = sources
+        .first()
+        .filter(|s| !s.options.is_legacy() || s.stream.is_some())
+        .map(|s| {
+            let mut o = s.options.clone();
+            o.streams = false;
+            o.to_config()
+        });
+    if !streams.is_empty() && !legacy.is_empty() {
+        if let Some(serde_json::Value::Object(m)) = &mut config {
+            if m.get("edition").and_then(|e| e.as_i64()) != Some(2) {
+                m.insert("edition".into(), 2.into());
+            }
+        }
+    }
+    if !streams.is_empty() && config.is_none() {
+        config = Some(serde_json::json!({"edition": 2}));
+    }
     let doc = YamlOut {
-        config: sources
-            .first()
-            .filter(|s| !s.options.is_legacy())
-            .map(|s| s.options.to_config()),
-        bucket_definitions: sources
+        config,
+        bucket_definitions: legacy
             .iter()
             .map(|s| {
                 (
@@ -192,6 +262,10 @@ pub fn to_yaml(sources: &[BucketSource]) -> String {
                     },
                 )
             })
+            .collect(),
+        streams: streams
+            .iter()
+            .map(|(s, m)| (m.name.as_str(), StreamOut::of(s, m)))
             .collect(),
     };
     serde_saphyr::to_string(&doc).expect("rules serialize to YAML")

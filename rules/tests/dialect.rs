@@ -387,10 +387,10 @@ fn config_options_are_honoured_or_refused_by_name() {
 }
 
 #[test]
-fn streams_are_refused_and_events_warned() {
+fn streams_need_an_edition_and_events_are_warned() {
     let e = refused("streams:\n  s:\n    query: SELECT * FROM assets\n");
     assert!(
-        e.contains("`streams:` (Sync Streams) are not supported"),
+        e.contains("`streams:` (Sync Streams) need `config: {edition: 2}` or 3"),
         "{e}"
     );
     let v = validate(

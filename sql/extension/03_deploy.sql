@@ -11,7 +11,7 @@ DECLARE
 BEGIN
     FOR chk IN SELECT * FROM jsonb_array_elements(plan -> 'checks') LOOP
         BEGIN
-            EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb;
+            EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb, '{}'::jsonb;
         EXCEPTION WHEN OTHERS THEN
             RAISE EXCEPTION '%: %', chk ->> 'location', SQLERRM
                 USING ERRCODE = 'invalid_parameter_value';
@@ -170,7 +170,7 @@ BEGIN
     IF res -> 'plan' IS NOT NULL AND jsonb_typeof(res -> 'plan') = 'object' THEN
         FOR chk IN SELECT * FROM jsonb_array_elements(res -> 'plan' -> 'checks') LOOP
             BEGIN
-                EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb;
+                EXECUTE chk ->> 'sql' USING '{}'::jsonb, '{}'::jsonb, '{}'::jsonb;
             EXCEPTION WHEN OTHERS THEN
                 level := 'error';
                 message := SQLERRM;
@@ -214,7 +214,8 @@ $$;
 CREATE FUNCTION outpost._drop_bucket(name text, schemas name[]) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d WHERE d.name = _drop_bucket.name) THEN
+    IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d
+                    WHERE d.name = _drop_bucket.name AND NOT d.source ? 'stream') THEN
         RAISE EXCEPTION 'bucket "%" is not defined', _drop_bucket.name
             USING ERRCODE = 'undefined_object';
     END IF;
@@ -230,6 +231,52 @@ LANGUAGE sql AS $$
     SELECT outpost._drop_bucket(name, pg_catalog.current_schemas(true))
 $$;
 
+-- Sync Streams as SQL, one stream at a time: the stream's queries replace
+-- whatever it had (its other definitions' buckets are not touched).
+CREATE FUNCTION outpost._define_stream(name text, queries text[], auto_subscribe boolean,
+                                       priority int, schemas name[])
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT outpost._apply(
+        (SELECT coalesce(jsonb_agg(x.s ORDER BY x.s ->> 'name'), '[]'::jsonb)
+           FROM (SELECT d.source AS s FROM outpost.bucket_defs d
+                  WHERE d.source -> 'stream' ->> 'name' IS DISTINCT FROM _define_stream.name
+                 UNION ALL
+                 SELECT e FROM jsonb_array_elements(outpost._stream_sources(
+                     _define_stream.name, coalesce(_define_stream.queries, '{}'::text[]),
+                     coalesce(_define_stream.auto_subscribe, false),
+                     coalesce(_define_stream.priority, 3))) e) x),
+        outpost._catalog(schemas))
+$$;
+
+CREATE FUNCTION outpost.define_stream(name text, queries text[], auto_subscribe boolean DEFAULT false,
+                                      priority int DEFAULT 3)
+RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT outpost._define_stream(name, queries, auto_subscribe, priority, pg_catalog.current_schemas(true))
+$$;
+
+CREATE FUNCTION outpost._drop_stream(name text, schemas name[]) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM outpost.bucket_defs d
+                    WHERE d.source -> 'stream' ->> 'name' = _drop_stream.name) THEN
+        RAISE EXCEPTION 'stream "%" is not defined', _drop_stream.name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN outpost._apply(
+        (SELECT coalesce(jsonb_agg(d.source ORDER BY d.name), '[]'::jsonb)
+           FROM outpost.bucket_defs d
+          WHERE d.source -> 'stream' ->> 'name' IS DISTINCT FROM _drop_stream.name),
+        outpost._catalog(schemas));
+END
+$$;
+
+CREATE FUNCTION outpost.drop_stream(name text) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT outpost._drop_stream(name, pg_catalog.current_schemas(true))
+$$;
+
 CREATE FUNCTION outpost.rules_yaml() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT outpost._to_yaml(coalesce(jsonb_agg(d.source ORDER BY d.name), '[]'::jsonb))
@@ -243,4 +290,15 @@ SELECT d.name,
        ARRAY(SELECT pg_catalog.jsonb_array_elements_text(d.source -> 'parameters')) AS parameters,
        ARRAY(SELECT pg_catalog.jsonb_array_elements_text(d.source -> 'data')) AS data,
        d.version
-  FROM outpost.bucket_defs d;
+  FROM outpost.bucket_defs d
+ WHERE NOT d.source ? 'stream';
+
+-- The active Sync Streams, one row per stream (its queries as written).
+CREATE VIEW outpost.streams AS
+SELECT d.source -> 'stream' ->> 'name' AS name,
+       d.priority,
+       (d.source -> 'stream' ->> 'auto_subscribe')::boolean AS auto_subscribe,
+       ARRAY(SELECT pg_catalog.jsonb_array_elements_text(d.source -> 'stream' -> 'queries')) AS queries,
+       d.version
+  FROM outpost.bucket_defs d
+ WHERE d.source ? 'stream' AND (d.source -> 'stream' ->> 'variant')::int = 0;

@@ -31,6 +31,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA outpost TO %I', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION outpost.tick(), outpost.compact(), outpost.checkpoint(),
         outpost.client_schema(), outpost.sync_checkpoint(jsonb, jsonb, text),
+        outpost.sync_checkpoint(jsonb, jsonb, text, jsonb),
         outpost.bucket_ops(text[], bigint[], bigint, int), outpost.changes_since(bigint),
         outpost.request_write_checkpoint(text, text), outpost.request_checkpoint(text, text, bigint),
         outpost._compact_begin(), outpost._compact_step(bigint, int), outpost._defrag_candidates(),

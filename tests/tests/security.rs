@@ -293,6 +293,8 @@ const RELAY_MAY: &[&str] = &[
     "outpost.checkpoint(): EXECUTE",
     "outpost.client_schema(): EXECUTE",
     "outpost.sync_checkpoint(jsonb,jsonb,text): EXECUTE",
+    // Sync Streams: the same snapshot with the request's subscriptions.
+    "outpost.sync_checkpoint(jsonb,jsonb,text,jsonb): EXECUTE",
     "outpost.bucket_ops(text[],bigint[],bigint,integer): EXECUTE",
     "outpost.changes_since(bigint): EXECUTE",
     "outpost.request_write_checkpoint(text,text): EXECUTE",

@@ -55,6 +55,10 @@ where
     state.freshness.reached(fresh, &state.metrics).await;
     let params = Value::Object(request.parameters.unwrap_or_default());
     let client_id = request.client_id.unwrap_or_default();
+    let streams = request
+        .streams
+        .map(|s| serde_json::to_value(s).expect("stream requests serialize"))
+        .unwrap_or(Value::Null);
 
     // Mark the current checkpoint seen before reading: anything announced
     // from here on wakes the stream, so nothing falls between the two.
@@ -62,7 +66,7 @@ where
     checkpoints.borrow_and_update();
     let initial = state
         .store
-        .sync_checkpoint(&claims.raw, &params, &client_id)
+        .sync_checkpoint(&claims.raw, &params, &client_id, &streams)
         .await?;
 
     let (tx, rx) = mpsc::channel(state.limits.stream_buffer.max(1));
@@ -74,6 +78,7 @@ where
         claims,
         params,
         client_id,
+        streams,
         progress,
         close,
     };
@@ -121,6 +126,8 @@ struct Stream {
     claims: Claims,
     params: Value,
     client_id: String,
+    /// The request's Sync Streams subscriptions, as JSON for the database.
+    streams: Value,
     /// What the client has, and what a superseded checkpoint left unfinished.
     progress: Progress,
     /// Closes the stream's connection (set by the server; absent in router tests).
@@ -165,6 +172,7 @@ impl Stream {
             last_op_id: initial.checkpoint,
             write_checkpoint: initial.write_checkpoint,
             buckets: initial.buckets.clone(),
+            streams: initial.streams.clone(),
         });
         if let Err(s) = self.send(&line).await {
             return s;
@@ -296,7 +304,12 @@ impl Stream {
         state.metrics.sync_checkpoints.inc();
         Ok(state
             .store
-            .sync_checkpoint(&self.claims.raw, &self.params, &self.client_id)
+            .sync_checkpoint(
+                &self.claims.raw,
+                &self.params,
+                &self.client_id,
+                &self.streams,
+            )
             .await?)
     }
 

@@ -22,12 +22,15 @@ use outpost_protocol::OpId;
 use serde_json::Value;
 
 pub trait Store: Send + Sync + 'static {
-    /// `outpost.sync_checkpoint(claims, params, client_id)`.
+    /// `outpost.sync_checkpoint(claims, params, client_id, streams)`;
+    /// `streams` is the request's Sync Streams field (null: the request has
+    /// none, so the three-argument form: default streams, no subscriptions).
     fn sync_checkpoint<'a>(
         &'a self,
         claims: &'a Value,
         params: &'a Value,
         client_id: &'a str,
+        streams: &'a Value,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>>;
 
     /// `outpost.bucket_ops(buckets, afters, checkpoint, max_ops)`: ops with

@@ -60,22 +60,44 @@ impl Store for PgStore {
         claims: &'a Value,
         params: &'a Value,
         client_id: &'a str,
+        streams: &'a Value,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
             let client = self.pool.get().await?;
             // The result carries the rules version of its snapshot, which lets
             // [`Changes`] advance this state.
-            let stmt = client
-                .prepare_cached(
-                    "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
-                )
-                .await?;
-            let row = client
-                .query_one(
-                    &stmt,
-                    &[&claims.to_string(), &params.to_string(), &client_id],
-                )
-                .await?;
+            // A request without `streams` (no Sync Streams client) takes the
+            // plain path: its buckets carry no subscriptions, as before streams.
+            let row = if streams.is_null() {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3)::text",
+                    )
+                    .await?;
+                client
+                    .query_one(
+                        &stmt,
+                        &[&claims.to_string(), &params.to_string(), &client_id],
+                    )
+                    .await?
+            } else {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT outpost.sync_checkpoint($1::text::jsonb, $2::text::jsonb, $3, $4::text::jsonb)::text",
+                    )
+                    .await?;
+                client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &claims.to_string(),
+                            &params.to_string(),
+                            &client_id,
+                            &streams.to_string(),
+                        ],
+                    )
+                    .await?
+            };
             let text: String = row.get(0);
             serde_json::from_str(&text).map_err(|e| Error::Decode(format!("sync_checkpoint: {e}")))
         })

@@ -1,7 +1,7 @@
 //! What the relay reads from and hands to the database, as plain values:
 //! no I/O here, so [`crate::sync`] and the tests use them freely.
 
-use outpost_protocol::{BucketChecksum, Checksum, OpId, OplogEntry};
+use outpost_protocol::{BucketChecksum, Checksum, OpId, OplogEntry, StreamDescription};
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -17,6 +17,9 @@ pub struct CheckpointState {
     /// tell; a state without it is never advanced by [`Changes`].
     #[serde(default)]
     pub rules_version: Option<i64>,
+    /// The streams the request resolved to (Sync Streams), with errors.
+    #[serde(default)]
+    pub streams: Option<Vec<StreamDescription>>,
 }
 
 /// What changed after checkpoint `since`, read in ONE snapshot (at

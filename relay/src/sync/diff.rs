@@ -15,7 +15,11 @@ pub fn diff(old: &CheckpointState, new: &CheckpointState) -> Option<CheckpointDi
         .iter()
         .filter(|b| match before.get(b.bucket.as_str()) {
             None => true,
-            Some(o) => o.checksum != b.checksum || o.priority != b.priority,
+            Some(o) => {
+                o.checksum != b.checksum
+                    || o.priority != b.priority
+                    || o.subscriptions != b.subscriptions
+            }
         })
         .cloned()
         .collect();
@@ -81,6 +85,7 @@ pub fn apply_changes(
         write_checkpoint,
         buckets,
         rules_version: last.rules_version,
+        streams: last.streams.clone(),
     })
 }
 

@@ -9,6 +9,7 @@ pub fn b(name: &str, checksum: u32, priority: Option<i32>) -> BucketChecksum {
         checksum: Checksum(checksum),
         count: None,
         priority,
+        subscriptions: None,
     }
 }
 
@@ -18,6 +19,7 @@ pub fn state(cp: u64, wc: Option<u64>, buckets: Vec<BucketChecksum>) -> Checkpoi
         write_checkpoint: wc.map(OpId),
         buckets,
         rules_version: Some(1),
+        streams: None,
     }
 }
 

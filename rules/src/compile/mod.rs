@@ -60,6 +60,11 @@ pub enum ParamQuery {
         sql_full: String,
         /// Yields `lookup` rows for the request (`$1` claims, `$2` parameters).
         lookup_sql: String,
+        /// A nested subquery's lookup (Sync Streams): its rows map request
+        /// values to values (JSON text in `bucket`) that another lookup of the
+        /// definition reads, not to buckets.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lookup_only: bool,
     },
 }
 
@@ -166,9 +171,47 @@ fn compile_bucket(
     let mut param_names: Option<Vec<String>> = None;
     let mut parameter_queries = Vec::new();
     let mut priority: Option<(i32, usize)> = None;
+    // Nested subqueries' lookups first: each later query may read them.
+    let mut lookup_queries = Vec::new();
+    let mut with_lookups = src.clone();
+    for (n, sql) in src.lookups.iter().enumerate() {
+        let r = QueryRef::Parameters(n);
+        match param::compile_param_query(&with_lookups, n, sql, catalog, None, true) {
+            Ok(c) => {
+                if let ParamQuery::Table {
+                    id,
+                    relid,
+                    lookup_sql,
+                    ..
+                } = &c.query
+                {
+                    if let Some(t) = catalog.by_oid(*relid) {
+                        add_capture(tables, t);
+                    }
+                    with_lookups.options.lookups.insert(
+                        format!("l{n}"),
+                        format!(
+                            "(SELECT coalesce(jsonb_agg(_p.bucket::jsonb), '[]'::jsonb) FROM outpost.param_rows _p WHERE _p.query_id = {} AND _p.lookup IN ({lookup_sql}))",
+                            quote_literal(id)
+                        ),
+                    );
+                    lookup_queries.push(c.query);
+                } else {
+                    errors.push(err(
+                        &src.name,
+                        r,
+                        sql,
+                        "a nested subquery must read a table",
+                    ));
+                }
+            }
+            Err(m) => errors.push(err(&src.name, r, sql, m)),
+        }
+    }
+    let src = &with_lookups;
     for (i, sql) in src.parameters.iter().enumerate() {
         let r = QueryRef::Parameters(i);
-        match param::compile_param_query(src, i, sql, catalog, None) {
+        match param::compile_param_query(src, i, sql, catalog, None, false) {
             Ok(c) => {
                 let names = c.names;
                 match &param_names {
@@ -222,9 +265,16 @@ fn compile_bucket(
             if names == param_names {
                 q
             } else {
-                param::compile_param_query(src, i, &src.parameters[i], catalog, Some(&param_names))
-                    .expect("compiled once already")
-                    .query
+                param::compile_param_query(
+                    src,
+                    i,
+                    &src.parameters[i],
+                    catalog,
+                    Some(&param_names),
+                    false,
+                )
+                .expect("compiled once already")
+                .query
             }
         })
         .collect();
@@ -253,7 +303,10 @@ fn compile_bucket(
     } else {
         parameter_queries
     };
+    let mut parameter_queries = parameter_queries;
+    parameter_queries.extend(lookup_queries);
     let mut source = src.clone();
+    source.options.lookups.clear();
     if let Some((p, _)) = priority {
         source.priority = p;
     }

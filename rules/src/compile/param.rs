@@ -33,9 +33,15 @@ pub fn compile_param_query(
     sql: &str,
     catalog: &Catalog,
     order: Option<&[String]>,
+    lookup: bool,
 ) -> Result<Compiled, String> {
     let sel = parse_select(sql)?;
-    let id = format!("{}#{}", src.name, i);
+    // A lookup's rows carry a value (JSON text), not a bucket id.
+    let id = if lookup {
+        format!("{}#l{}", src.name, i)
+    } else {
+        format!("{}#{}", src.name, i)
+    };
     let (table, json_each) = match &sel.from {
         None => (None, None),
         Some(From::Table(name, alias)) => {
@@ -72,6 +78,9 @@ pub fn compile_param_query(
             priority = Some(priority_of(&e)?);
             continue;
         }
+        if name == crate::stream::GATE && src.options.streams && table.is_none() {
+            continue;
+        }
         let refs = rewrite_output(&mut e, scope)?;
         if !refs.bucket_params.is_empty() {
             return Err("`bucket.` parameters cannot be used in a parameter query".into());
@@ -87,7 +96,7 @@ pub fn compile_param_query(
         output_refs.merge(refs);
         outputs.push((name, e));
     }
-    if outputs.is_empty() {
+    if outputs.is_empty() && !(src.options.streams && table.is_none()) {
         return Err("a parameter query must output at least one parameter".into());
     }
     let mut names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
@@ -143,7 +152,11 @@ pub fn compile_param_query(
                 client |= r.client_params;
                 from = format!(" FROM {}", json_each_sql(&arg.to_string()));
             }
-            let where_ = format!(" WHERE {}", filters.join(" AND "));
+            let where_ = if filters.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", filters.join(" AND "))
+            };
             Ok(Compiled {
                 names,
                 query: ParamQuery::Static {
@@ -184,7 +197,11 @@ pub fn compile_param_query(
                     id_lit = quote_literal(&id),
                     oid = t.oid,
                     lookup = row_lookup.join(", "),
-                    bucket = bucket_id_sql(&src.name, &values),
+                    bucket = if lookup {
+                        values[0].clone()
+                    } else {
+                        bucket_id_sql(&src.name, &values)
+                    },
                     tbl = t.qualified(),
                     alias_q = quote_ident(alias),
                     laterals = b.row_laterals.join(" "),
@@ -217,6 +234,7 @@ pub fn compile_param_query(
                     sql_keyed: keyed.join(" UNION ALL "),
                     sql_full: full.join(" UNION ALL "),
                     lookup_sql: lookups.join(" UNION ALL "),
+                    lookup_only: lookup,
                 },
                 priority,
                 // Safe when some lookup compares a column with a token value.

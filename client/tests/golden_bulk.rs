@@ -84,7 +84,10 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
         .unwrap();
     assert_eq!(effects, vec![applied(6)]);
     assert!(h.store.kv("oplog_bulk").unwrap().is_none());
-    assert_eq!(h.rows()[0], json!({"id":"t1","title":"one, third","done":0}));
+    assert_eq!(
+        h.rows()[0],
+        json!({"id":"t1","title":"one, third","done":0})
+    );
     assert_eq!(h.oplog_count(), 4);
 }
 

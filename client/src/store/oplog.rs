@@ -96,7 +96,9 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
                 .execute(params![bucket, add.0 as i64, opc.0 as i64])?;
                 bulk::finish(tx)?;
                 let (a, o): (i64, i64) = tx
-                    .prepare_cached("SELECT add_checksum, op_checksum FROM ps_buckets WHERE id = ?1")?
+                    .prepare_cached(
+                        "SELECT add_checksum, op_checksum FROM ps_buckets WHERE id = ?1",
+                    )?
                     .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 add = Checksum(a as u32);
                 opc = Checksum(o as u32);

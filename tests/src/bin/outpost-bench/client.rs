@@ -156,7 +156,11 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         let run = sync_once(&bin, &relay.url, &token, &file.0)?;
         let got = run.summary["tables"]["todos"].as_i64().unwrap_or(-1);
         if got != n {
-            bail!("end-to-end sync ({}): {got} rows, expected {n}: {}", keys.label(), run.summary);
+            bail!(
+                "end-to-end sync ({}): {got} rows, expected {n}: {}",
+                keys.label(),
+                run.summary
+            );
         }
         let per_s = n as f64 / run.took.as_secs_f64();
         rows.push(Row {

@@ -1,6 +1,7 @@
 //! Applying a checkpoint: validate checksums and the write gate, then derive
 //! each changed row's winner set-based, in one transaction.
 
+use super::bulk;
 use super::infer::refresh_inferred_views;
 use super::query::{get_kv, now_string, set_kv, table_exists};
 use super::{SchemaMode, Store};
@@ -100,6 +101,13 @@ impl Store {
         // that is every row of the involved buckets, and it is read straight from
         // the oplog; otherwise the set is collected in `temp.ps_changed` first.
         let fresh = ids.iter().all(|&(_, applied)| applied == 0);
+        // A first download in bulk mode (no `ps_oplog_row`, see `bulk`) is read
+        // by scans and sorts; anything else needs the index first.
+        let mut bulk = bulk::in_bulk(&tx)?;
+        if bulk && !fresh {
+            bulk::finish(&tx)?;
+            bulk = false;
+        }
         if !fresh {
             tx.execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS ps_changed(row_type TEXT NOT NULL, row_id TEXT NOT NULL,
@@ -162,6 +170,7 @@ impl Store {
             "SELECT u.row_id FROM ps_updated_rows u WHERE u.row_type = ?1 AND NOT EXISTS
                (SELECT 1 FROM ps_oplog o WHERE o.row_type = u.row_type AND o.row_id = u.row_id AND {f})"
         );
+        let mut deletes = vec![];
         for ty in &types {
             let dt = data_table(ty);
             let mut has_table = table_exists(&tx, &dt)?;
@@ -192,8 +201,15 @@ impl Store {
             };
             tx.execute(&upsert, [ty])?;
             if full {
-                tx.execute(&delete, [ty])?;
+                deletes.push((delete, ty));
             }
+        }
+        // The winners above were read by a sort; the rest looks rows up by key.
+        if bulk {
+            bulk::finish(&tx)?;
+        }
+        for (delete, ty) in deletes {
+            tx.execute(&delete, [ty])?;
         }
         if !fresh {
             tx.execute("DELETE FROM temp.ps_changed", [])?;

@@ -25,13 +25,15 @@
 //! - `ps_migration`: applied layout versions.
 //!
 //! Files: [`migrations`] (layout versions), [`oplog`] (data lines, bucket
-//! deletes), [`apply`] (checkpoint validation and apply), [`crud_queue`] (local
+//! deletes), [`bulk`] (a first download without the unique oplog index),
+//! [`apply`] (checkpoint validation and apply), [`crud_queue`] (local
 //! write transactions and the upload queue), [`infer`] (views inferred from the
 //! synced rows), [`query`] (JSON rows, `ps_kv`, small SQL helpers). This file
 //! holds the [`Store`] handle itself: opening, installing the schema, executing
 //! the machine's instructions, and read-only summaries.
 
 mod apply;
+mod bulk;
 mod crud_queue;
 mod infer;
 mod migrations;

@@ -1,7 +1,7 @@
 //! Storing downloaded ops: data lines into `ps_oplog` (with the bucket's
 //! checksums), and forgetting buckets.
 
-use super::Store;
+use super::{bulk, Store};
 use crate::error::{Error, Result};
 use outpost_protocol::{Checksum, DataLine, OpType};
 use rusqlite::{params, OptionalExtension};
@@ -43,6 +43,10 @@ impl Store {
 /// `ps_oplog_row` index: in the common case (no earlier op for the key, e.g. an
 /// initial sync) that one statement is the whole cost. Only when the key already
 /// has an op is the old hash read and the row replaced.
+///
+/// The first download into an empty op log runs in [`bulk`] mode (no unique
+/// index: every PUT appends, the index is built at the checkpoint); a REMOVE
+/// ends that mode before it looks up the op it removes.
 pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<()> {
     tx.prepare_cached("INSERT INTO ps_buckets(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
         .execute([&line.bucket])?;
@@ -56,6 +60,13 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
     let mut add = Checksum(add as u32);
     let mut opc = Checksum(opc as u32);
     let mut cleared = false;
+    let mut bulk = bulk::in_bulk(tx)?;
+    if !bulk && line.data.iter().any(|op| op.op == OpType::Put) {
+        let fresh: bool = tx
+            .prepare_cached("SELECT last_applied_op = 0 FROM ps_buckets WHERE id = ?1")?
+            .query_row([bucket], |r| r.get(0))?;
+        bulk = fresh && bulk::enter_if_empty(tx)?;
+    }
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash)
@@ -76,6 +87,23 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
         )?;
         let mut key = String::new();
         for op in &line.data {
+            if bulk && op.op == OpType::Remove {
+                // Dropping superseded ops moves checksums within the stored
+                // totals: store this line's so far, and read them back.
+                tx.prepare_cached(
+                    "UPDATE ps_buckets SET add_checksum = ?2, op_checksum = ?3 WHERE id = ?1",
+                )?
+                .execute(params![bucket, add.0 as i64, opc.0 as i64])?;
+                bulk::finish(tx)?;
+                let (a, o): (i64, i64) = tx
+                    .prepare_cached(
+                        "SELECT add_checksum, op_checksum FROM ps_buckets WHERE id = ?1",
+                    )?
+                    .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                add = Checksum(a as u32);
+                opc = Checksum(o as u32);
+                bulk = false;
+            }
             match op.op {
                 OpType::Put | OpType::Remove => {
                     let (Some(ty), Some(id)) = (&op.object_type, &op.object_id) else {

@@ -7,7 +7,7 @@ use crate::listener::{publish, Announced};
 use crate::metrics::Metrics;
 use crate::testing::FakeStore;
 use outpost_protocol::OpId;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -61,7 +61,7 @@ async fn announces_only_what_the_standby_shows_and_falls_back_when_it_fails_or_l
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(cp_rx.borrow().checkpoint, 2, "3 is not on the standby yet");
     let st = store
-        .sync_checkpoint(&json!({"sub": "u1"}), &json!({}), "")
+        .sync_checkpoint(&json!({"sub": "u1"}), &json!({}), "", &Value::Null)
         .await
         .unwrap();
     assert_eq!(st.checkpoint, OpId(2));
@@ -96,7 +96,7 @@ async fn announces_only_what_the_standby_shows_and_falls_back_when_it_fails_or_l
     // the primary's checkpoints are announced directly.
     standby.fail.store(true, SeqCst);
     let st = store
-        .sync_checkpoint(&json!({"sub": "u1"}), &json!({}), "")
+        .sync_checkpoint(&json!({"sub": "u1"}), &json!({}), "", &Value::Null)
         .await
         .unwrap();
     assert_eq!(st.checkpoint, OpId(3));

@@ -73,10 +73,13 @@ impl Store for RoutedStore {
         claims: &'a Value,
         params: &'a Value,
         client_id: &'a str,
+        streams: &'a Value,
     ) -> BoxFuture<'a, Result<CheckpointState, Error>> {
         Box::pin(async move {
             let (state, by) = self
-                .read(OpId(0), |s| s.sync_checkpoint(claims, params, client_id))
+                .read(OpId(0), |s| {
+                    s.sync_checkpoint(claims, params, client_id, streams)
+                })
                 .await?;
             self.observe(by, state.checkpoint);
             Ok(state)

@@ -1,7 +1,10 @@
-//! Client figures: how fast a fresh client gets a 1M-row bucket into SQLite.
-//! - (a) end to end: Postgres (rows already materialized in one bucket) → an
-//!   in-process relay → `outpost_client::SyncClient::run` (`once`) into a
-//!   SQLite file on disk, timed from connect to the applied checkpoint;
+//! Client figures: a fresh client's first sync of 1M rows in the layout of
+//! issue 19 — 10 lists of one user, i.e. 10 buckets of 100k todos — once with
+//! text ids (`t1…t1000000`) and once with random UUID keys, side by side:
+//! - (a) end to end: Postgres (rows already materialized) → an in-process
+//!   relay → the release `outpost sync --once` binary, run as a subprocess
+//!   into a fresh SQLite file; timed from spawn to exit, with the client's
+//!   peak RSS (VmHWM, sampled from /proc while it runs);
 //! - (b) the client's apply rate alone: the same stream's NDJSON lines,
 //!   recorded first, fed straight into the sync state machine and store (no
 //!   network, no Postgres), with the time split into parsing, storing data
@@ -9,7 +12,10 @@
 //!
 //! The relay, Postgres and the client share the machine's cores in (a), so (a)
 //! is bounded by the slowest of the three; (b) isolates the client.
+//! `OUTPOST_BENCH_CLIENT_ROWS` sets the row count (default 1,000,000; a
+//! multiple of 10).
 
+use crate::relay_proc::release_binary;
 use crate::Row;
 use anyhow::{bail, Context, Result};
 use outpost_client::driver::batch_open;
@@ -17,20 +23,24 @@ use outpost_client::net::connector::fetch_relay_schema;
 use outpost_client::net::lines::parse_line;
 use outpost_client::store::Effect;
 use outpost_client::sync::Instruction;
-use outpost_client::{
-    Credentials, Database, Http, SchemaMode, StaticConnector, Store, SyncClient, SyncOptions,
-};
+use outpost_client::{Credentials, Http, SchemaMode, Store};
 use outpost_protocol::SyncLine;
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ROWS: i64 = 1_000_000;
+const BUCKETS: i64 = 10;
 const GOAL: f64 = 250_000.0;
 
+fn row_count() -> i64 {
+    std::env::var("OUTPOST_BENCH_CLIENT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
 fn ratio(got: f64) -> String {
     format!(
         "{:.2}x {}",
@@ -73,104 +83,213 @@ impl Drop for TempDb {
     }
 }
 
-fn count_big(db: &Database) -> Result<i64> {
-    let rows = db.query("SELECT count(*) AS n FROM big", &[])?;
-    Ok(rows[0]["n"].as_i64().unwrap_or(-1))
+/// How the todos are keyed.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// `t1…tN` (text; arrives in no index order either: `t1, t11, t21, …`).
+    Text,
+    /// Random v4 UUIDs (`uuid` columns, synced as text).
+    Uuid,
 }
 
-pub fn run(rows: &mut Vec<Row>) -> Result<()> {
-    let pg = TestDb::new("bench_client");
-    let mut c = pg.connect();
-    c.batch_execute(&format!(
-        "CREATE TABLE big (id bigint PRIMARY KEY, title text NOT NULL, n int NOT NULL);
-         INSERT INTO big SELECT g, 'row number ' || g, g % 1000 FROM generate_series(1, {ROWS}) g;"
-    ))?;
-    eprintln!("bench client: materializing {ROWS} rows");
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"bucket_definitions:\n  big:\n    data: SELECT * FROM big\n"],
-    )?;
-    let relay = Relay::start(&pg);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-
-    // (a) End to end.
-    let file = TempDb::new("e2e");
-    let creds = Credentials {
-        endpoint: relay.url.clone(),
-        token: relay.token("bench", 3600),
-    };
-    let schema = rt
-        .block_on(fetch_relay_schema(&Http::new(), &creds))?
-        .context("the relay serves no schema")?;
-    let db = Database::open(&file.0, SchemaMode::Fixed(schema.clone()))?;
-    let options = SyncOptions {
-        once: true,
-        max_attempts: Some(1),
-        ..SyncOptions::default()
-    };
-    let t = Instant::now();
-    let cp = rt
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(120),
-                SyncClient::new(db.clone(), Arc::new(StaticConnector(creds.clone()))).run(options),
-            )
-            .await
-        })
-        .context("end-to-end sync timed out")??;
-    let took = t.elapsed();
-    let n = count_big(&db)?;
-    if n != ROWS || cp.is_none() {
-        bail!("end-to-end sync: {n} rows at checkpoint {cp:?}, expected {ROWS}");
+impl Keys {
+    fn label(self) -> &'static str {
+        match self {
+            Keys::Text => "text ids",
+            Keys::Uuid => "UUID keys",
+        }
     }
-    let per_s = ROWS as f64 / took.as_secs_f64();
-    rows.push(Row {
-        name: format!(
-            "client: initial sync of {ROWS} rows end to end (Postgres → relay → SQLite file)"
-        ),
-        value: format!(
-            "{per_s:.0} rows/s ({:.1} s, {:.0} MB on disk)",
-            took.as_secs_f64(),
-            file.size_mb()
-        ),
-        goal: "≥ 250,000 rows/s".into(),
-        ratio: ratio(per_s),
-    });
-    drop(db);
-    drop(file);
 
-    // (b) Record the stream, then apply it with no network and no Postgres.
-    eprintln!("bench client: recording the stream");
-    let mut stream = relay.stream(
-        &relay.token("bench", 3600),
-        &json!({"buckets": [], "include_checksum": true, "raw_data": true}),
-    );
-    let lines: Vec<String> = stream
-        .until("checkpoint_complete")
-        .into_iter()
-        .map(|v| v.to_string())
-        .collect();
-    drop(stream);
-    drop(relay);
-    let file = TempDb::new("apply");
-    let phases = apply_recorded(&file.0, SchemaMode::Fixed(schema), &lines)?;
-    let per_s = ROWS as f64 / phases.total.as_secs_f64();
-    rows.push(Row {
-        name: format!("client: apply {ROWS} pre-recorded rows (state machine + SQLite file, no network)"),
-        value: format!(
-            "{per_s:.0} rows/s ({:.2} s: parse {:.2} s, store ops {:.2} s, apply checkpoint {:.2} s)",
-            phases.total.as_secs_f64(),
-            phases.parse.as_secs_f64(),
-            phases.save.as_secs_f64(),
-            phases.apply.as_secs_f64()
-        ),
-        goal: "≥ 250,000 rows/s".into(),
-        ratio: ratio(per_s),
-    });
+    /// Tables and rows: 10 lists of user `bench`, todo g in list g % 10.
+    fn setup_sql(self, rows: i64) -> String {
+        let (ty, lists, todos) = match self {
+            Keys::Text => (
+                "text",
+                "SELECT 'l' || g, 'bench', 'list ' || g FROM generate_series(0, 9) g",
+                format!(
+                    "SELECT 't' || g, 'l' || (g % {BUCKETS}), 'todo number ' || g FROM generate_series(1, {rows}) g"
+                ),
+            ),
+            Keys::Uuid => (
+                "uuid",
+                "SELECT gen_random_uuid(), 'bench', 'list ' || g FROM generate_series(0, 9) g",
+                format!(
+                    "SELECT gen_random_uuid(), l.id, 'todo number ' || g FROM generate_series(1, {rows}) g
+                     JOIN (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM lists) l ON l.n = g % {BUCKETS}"
+                ),
+            ),
+        };
+        format!(
+            "CREATE TABLE lists (id {ty} PRIMARY KEY, owner_id text NOT NULL, name text NOT NULL);
+             CREATE TABLE todos (id {ty} PRIMARY KEY, list_id {ty} NOT NULL, title text NOT NULL,
+                done boolean NOT NULL DEFAULT false,
+                created_at timestamptz NOT NULL DEFAULT '2024-01-02 03:04:05Z');
+             INSERT INTO lists {lists};
+             INSERT INTO todos(id, list_id, title) {todos};"
+        )
+    }
+}
+
+const RULES: &str = "bucket_definitions:
+  user_lists:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data:
+      - SELECT * FROM todos WHERE list_id = bucket.list_id
+";
+
+pub fn run(rows: &mut Vec<Row>) -> Result<()> {
+    let n = row_count();
+    let bin = release_binary("outpost-cli", "outpost")?;
+    let mut recorded = vec![];
+    // (a) for both layouts first, while nothing else holds memory.
+    for keys in [Keys::Text, Keys::Uuid] {
+        let pg = TestDb::new("bench_client");
+        let mut c = pg.connect();
+        c.batch_execute(&keys.setup_sql(n))?;
+        eprintln!("bench client: materializing {n} rows ({})", keys.label());
+        c.query_one("SELECT outpost.deploy_rules($1)", &[&RULES])?;
+        c.batch_execute("VACUUM ANALYZE")?;
+        let relay = Relay::start(&pg);
+        let token = relay.token("bench", 3600);
+
+        let file = TempDb::new("e2e");
+        let run = sync_once(&bin, &relay.url, &token, &file.0)?;
+        let got = run.summary["tables"]["todos"].as_i64().unwrap_or(-1);
+        if got != n {
+            bail!(
+                "end-to-end sync ({}): {got} rows, expected {n}: {}",
+                keys.label(),
+                run.summary
+            );
+        }
+        let per_s = n as f64 / run.took.as_secs_f64();
+        rows.push(Row {
+            name: format!(
+                "client: initial sync of {n} rows end to end, {BUCKETS} buckets, {} (Postgres → relay → `outpost sync --once` → SQLite file)",
+                keys.label()
+            ),
+            value: format!(
+                "{per_s:.0} rows/s ({:.1} s, {:.0} MB on disk, client peak RSS {:.0} MB)",
+                run.took.as_secs_f64(),
+                file.size_mb(),
+                run.peak_rss_kb as f64 / 1024.0
+            ),
+            goal: "≥ 250,000 rows/s, bounded memory".into(),
+            ratio: ratio(per_s),
+        });
+        drop(file);
+
+        // Record the stream for (b).
+        eprintln!("bench client: recording the stream ({})", keys.label());
+        let creds = Credentials {
+            endpoint: relay.url.clone(),
+            token: token.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let schema = rt
+            .block_on(fetch_relay_schema(&Http::new(), &creds))?
+            .context("the relay serves no schema")?;
+        let mut stream = relay.stream(
+            &token,
+            &json!({"buckets": [], "include_checksum": true, "raw_data": true}),
+        );
+        let lines: Vec<String> = stream
+            .until("checkpoint_complete")
+            .into_iter()
+            .map(|v| v.to_string())
+            .collect();
+        drop(stream);
+        drop(relay);
+        drop(pg);
+        recorded.push((keys, schema, lines));
+    }
+
+    // (b) Apply the recorded streams with no network and no Postgres.
+    for (keys, schema, lines) in recorded {
+        let file = TempDb::new("apply");
+        let phases = apply_recorded(&file.0, SchemaMode::Fixed(schema), &lines, n)?;
+        drop(lines);
+        let per_s = n as f64 / phases.total.as_secs_f64();
+        rows.push(Row {
+            name: format!(
+                "client: apply {n} pre-recorded rows, {BUCKETS} buckets, {} (state machine + SQLite file, no network)",
+                keys.label()
+            ),
+            value: format!(
+                "{per_s:.0} rows/s ({:.2} s: parse {:.2} s, store ops {:.2} s, apply checkpoint {:.2} s)",
+                phases.total.as_secs_f64(),
+                phases.parse.as_secs_f64(),
+                phases.save.as_secs_f64(),
+                phases.apply.as_secs_f64()
+            ),
+            goal: "≥ 250,000 rows/s".into(),
+            ratio: ratio(per_s),
+        });
+    }
     Ok(())
+}
+
+struct SyncRun {
+    took: Duration,
+    peak_rss_kb: u64,
+    summary: Value,
+}
+
+/// Runs `outpost sync --once` into `db`, sampling its peak RSS until it exits.
+fn sync_once(bin: &Path, endpoint: &str, token: &str, db: &Path) -> Result<SyncRun> {
+    let out = PathBuf::from(format!("{}.out", db.display()));
+    let err = PathBuf::from(format!("{}.err", db.display()));
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["sync", "--once", "--attempts", "1", "--db"])
+        .arg(db)
+        .args(["--endpoint", endpoint, "--token", token])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(&err)?)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let mut peak = 0;
+    let deadline = t + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        // VmHWM is the high-water mark: the last reading before exit is the peak.
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("outpost sync --once timed out");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t.elapsed();
+    let stdout = std::fs::read_to_string(&out)?;
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&err);
+    if !status.success() {
+        bail!("outpost sync --once failed ({status}): {stderr}");
+    }
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("summary of outpost sync --once: {stdout:?}"))?;
+    Ok(SyncRun {
+        took,
+        peak_rss_kb: peak,
+        summary,
+    })
 }
 
 fn parse(text: &str, p: &mut Phases) -> Result<Option<SyncLine>> {
@@ -189,7 +308,7 @@ struct Phases {
 }
 
 /// Feeds recorded lines through the state machine into a fresh store at `path`.
-fn apply_recorded(path: &Path, mode: SchemaMode, lines: &[String]) -> Result<Phases> {
+fn apply_recorded(path: &Path, mode: SchemaMode, lines: &[String], rows: i64) -> Result<Phases> {
     let mut store = Store::open(path, mode)?;
     let mut machine = store.sync_state(Map::new())?;
     machine.start();
@@ -231,9 +350,9 @@ fn apply_recorded(path: &Path, mode: SchemaMode, lines: &[String]) -> Result<Pha
     }
     let n: i64 = store
         .connection()
-        .query_row("SELECT count(*) FROM ps_data__big", [], |r| r.get(0))?;
-    if n != ROWS {
-        bail!("applied {n} rows, expected {ROWS}");
+        .query_row("SELECT count(*) FROM ps_data__todos", [], |r| r.get(0))?;
+    if n != rows {
+        bail!("applied {n} rows, expected {rows}");
     }
     Ok(p)
 }

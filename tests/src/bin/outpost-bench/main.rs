@@ -73,9 +73,13 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
+    let pg = postgres::Client::connect(&outpost_tests::server_url(), postgres::NoTls)
+        .and_then(|mut c| c.query_one("SHOW server_version", &[]))
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|_| "?".into());
     writeln!(
         md,
-        "\nMachine: {cores} cores, {machine}; Postgres 15 on 127.0.0.1."
+        "\nMachine: {cores} cores, {machine}; Postgres {pg} on 127.0.0.1."
     )?;
     std::fs::create_dir_all("bench-results")?;
     std::fs::write("bench-results/bench.md", &md)?;

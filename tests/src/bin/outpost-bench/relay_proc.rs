@@ -27,32 +27,30 @@ pub(crate) fn ratio(goal: f64, got: f64, higher_is_better: bool) -> String {
     format!("{r:.2}x {}", if met { "met" } else { "missed" })
 }
 
-/// The release relay binary next to this one. Under `cargo run` (which
-/// sets `CARGO`) it is (re)built first, so the figures are of current code.
+/// The release relay binary next to this one (see [`release_binary`]).
 pub(crate) fn relay_binary() -> Result<PathBuf> {
+    release_binary("outpost-relay", "outpost-relay")
+}
+
+/// The release binary `bin` of `package`, next to this one. Under `cargo run`
+/// (which sets `CARGO`) it is (re)built first, so the figures are of current code.
+pub(crate) fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let bin = exe
+    let path = exe
         .parent()
         .ok_or_else(|| anyhow!("no parent of {}", exe.display()))?
-        .join("outpost-relay");
+        .join(bin);
     let cargo = std::env::var("CARGO").ok();
-    if cargo.is_some() || !bin.exists() {
+    if cargo.is_some() || !path.exists() {
         let status = Command::new(cargo.unwrap_or_else(|| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "outpost-relay",
-                "--bin",
-                "outpost-relay",
-            ])
+            .args(["build", "--release", "-p", package, "--bin", bin])
             .status()
-            .context("cargo build -p outpost-relay")?;
-        if !status.success() || !bin.exists() {
-            bail!("cannot build {}", bin.display());
+            .with_context(|| format!("cargo build -p {package}"))?;
+        if !status.success() || !path.exists() {
+            bail!("cannot build {}", path.display());
         }
     }
-    Ok(bin)
+    Ok(path)
 }
 
 /// A relay subprocess; killed on drop.

@@ -1,0 +1,153 @@
+//! A first sync without Postgres or a relay, for profiling the client's apply
+//! path: generates the NDJSON stream of `ROWS` todos in 10 buckets (1,000 ops
+//! per data line, buckets one after the other, as the relay sends them) and
+//! feeds it through the sync state machine into a fresh SQLite file, batching
+//! data lines the way the driver does.
+//!
+//! ```sh
+//! cargo run --release -p outpost-client --example first_sync -- uuid 1000000 /tmp/first.db
+//! perf record -g target/release/examples/first_sync uuid 1000000 /tmp/first.db
+//! ```
+//!
+//! Keys: `text` (`t1…tN`, todo g in bucket g % 10) or `uuid` (random v4).
+//! Prints the time split into decoding, storing data lines and applying the
+//! checkpoint, and the process's peak RSS. `make bench` (section `client`)
+//! measures the same end to end.
+
+use outpost_client::driver::batch_open;
+use outpost_client::net::lines::parse_line;
+use outpost_client::schema::{Column, ColumnType, Schema, Table};
+use outpost_client::store::{Effect, SchemaMode, Store};
+use outpost_client::sync::Instruction;
+use outpost_protocol::SyncLine;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const BUCKETS: u64 = 10;
+const PER_LINE: u64 = 1_000;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let keys = args.get(1).map_or("uuid", String::as_str).to_string();
+    let rows: u64 = args.get(2).map_or(Ok(1_000_000), |s| s.parse())?;
+    let path = args
+        .get(3)
+        .map_or("/tmp/outpost-first-sync.db", String::as_str);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{ext}"));
+    }
+    let lines = generate(&keys, rows);
+    let bytes: usize = lines.iter().map(String::len).sum();
+    eprintln!("{} lines, {:.0} MB", lines.len(), bytes as f64 / 1e6);
+
+    let schema = Schema::new(vec![Table::new(
+        "todos",
+        vec![
+            Column::new("list_id", ColumnType::Text),
+            Column::new("title", ColumnType::Text),
+            Column::new("done", ColumnType::Integer),
+            Column::new("created_at", ColumnType::Text),
+        ],
+    )]);
+    let mut store = Store::open(path, SchemaMode::Fixed(schema))?;
+    let mut machine = store.sync_state(Default::default())?;
+    machine.start();
+    let (mut parse, mut save, mut apply) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let mut rest = lines.iter().peekable();
+    while let Some(text) = rest.next() {
+        let t = Instant::now();
+        let Some(line) = parse_line(text)? else {
+            continue;
+        };
+        let complete = matches!(line, SyncLine::CheckpointComplete(_));
+        let mut batch: Vec<Instruction> = machine.handle_line(line)?;
+        while batch_open(&batch) && rest.peek().is_some_and(|l| l.starts_with("{\"data\"")) {
+            if let Some(line) = parse_line(rest.next().unwrap())? {
+                batch.extend(machine.handle_line(line)?);
+            }
+        }
+        let t2 = Instant::now();
+        parse += t2 - t;
+        let effects = store.execute(&mut machine, batch)?;
+        if complete {
+            apply += t2.elapsed();
+            assert!(effects.iter().any(|e| matches!(e, Effect::Applied { .. })));
+        } else {
+            save += t2.elapsed();
+        }
+    }
+    let total = start.elapsed();
+    let n: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM todos", [], |r| r.get(0))?;
+    assert_eq!(n as u64, rows);
+    let hwm = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    println!(
+        "{keys} {rows}: {:.0} rows/s ({:.2} s: decode {:.2} s, store ops {:.2} s, apply {:.2} s), peak RSS {hwm}",
+        rows as f64 / total.as_secs_f64(),
+        total.as_secs_f64(),
+        parse.as_secs_f64(),
+        save.as_secs_f64(),
+        apply.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The stream a relay sends a fresh client: checkpoint, data lines, complete.
+fn generate(keys: &str, rows: u64) -> Vec<String> {
+    let per_bucket = rows / BUCKETS;
+    let lists: Vec<String> = (0..BUCKETS)
+        .map(|b| match keys {
+            "text" => format!("l{b}"),
+            _ => uuid::Uuid::new_v4().to_string(),
+        })
+        .collect();
+    let mut lines = vec![];
+    let mut sums = vec![0u32; BUCKETS as usize];
+    let mut data_lines = vec![];
+    let mut op_id = 0u64;
+    for (b, list) in lists.iter().enumerate() {
+        let mut ops = vec![];
+        for j in 0..per_bucket {
+            op_id += 1;
+            let g = j * BUCKETS + b as u64 + 1;
+            let id = match keys {
+                "text" => format!("t{g}"),
+                _ => uuid::Uuid::new_v4().to_string(),
+            };
+            let checksum = (g as u32).wrapping_mul(2_654_435_761);
+            sums[b] = sums[b].wrapping_add(checksum);
+            let data = json!({"id": id, "list_id": list, "title": format!("todo number {g}"),
+                              "done": 0, "created_at": "2024-01-02 03:04:05Z"})
+            .to_string();
+            ops.push(
+                json!({"op_id": op_id.to_string(), "op": "PUT", "object_type": "todos",
+                            "object_id": id, "subkey": format!("{b}"), "checksum": checksum,
+                            "data": data}),
+            );
+            if ops.len() as u64 == PER_LINE || j + 1 == per_bucket {
+                let bucket = format!("user_lists[\"{list}\"]");
+                data_lines.push(
+                    json!({"data": {"bucket": bucket, "has_more": j + 1 < per_bucket,
+                                    "data": std::mem::take(&mut ops)}})
+                    .to_string(),
+                );
+            }
+        }
+    }
+    let buckets: Vec<_> = lists
+        .iter()
+        .zip(&sums)
+        .map(|(l, s)| json!({"bucket": format!("user_lists[\"{l}\"]"), "checksum": *s as i32, "count": per_bucket}))
+        .collect();
+    lines.push(
+        json!({"checkpoint": {"last_op_id": op_id.to_string(), "buckets": buckets}}).to_string(),
+    );
+    lines.extend(data_lines);
+    lines.push(json!({"checkpoint_complete": {"last_op_id": op_id.to_string()}}).to_string());
+    lines
+}

@@ -5,8 +5,12 @@
 //! spread over several statements could see a writer's changed rows without
 //! its queue entries (or the reverse) and publish half a transaction. All reads
 //! of user tables therefore happen in this single statement, whose
-//! data-modifying CTEs park the results in `outpost.work_*` tables. The rest of
-//! the tick only touches tables that the tick lock protects.
+//! data-modifying CTEs park the results in `outpost.work_*` tables: the keys
+//! (`work_keys`), the parameter lookups (`work_params`) and, diffed against
+//! `bucket_rows` in the same statement, the ops with their ids (`work_ops`).
+//! The rest of the tick only touches tables that the tick lock protects.
+//! The statement takes the last checkpoint as `$1` and returns the number of
+//! queue entries and of ops.
 //!
 //! Queue entries (`outpost.changes.kind`): `k` a row key changed, `t` the table
 //! was truncated (re-check every row it had), `f` re-evaluate the whole table
@@ -59,38 +63,98 @@ _wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client
 _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
   SELECT user_id, client_id, max(seq) FROM _wcr GROUP BY user_id, client_id)",
     );
-    if !data.is_empty() {
-        s.push_str(",\n_wr AS (INSERT INTO outpost.work_rows (bucket, object_type, object_id, subkey, relid, pk, data)\n  SELECT ");
+    // The rows the changed keys produce now, keyed for the diff.
+    s.push_str(",\n_n AS MATERIALIZED (\n  SELECT r.*, outpost._fingerprint(r.data) AS fp,\n         outpost._row_key(r.bucket, r.object_type, r.object_id, r.subkey) AS row_key\n    FROM (");
+    if data.is_empty() {
+        s.push_str("SELECT NULL::text AS bucket, NULL::text AS object_type, NULL::text AS object_id, NULL::text AS subkey, NULL::oid AS relid, NULL::jsonb AS pk, NULL::text AS data WHERE false");
+    } else {
+        s.push_str("SELECT ");
         if may_duplicate {
             s.push_str("DISTINCT ON (bucket, object_type, object_id, subkey) ");
         }
         s.push_str("bucket, object_type, object_id, subkey, relid, pk, data FROM (\n    ");
         s.push_str(&data.join("\n    UNION ALL "));
-        s.push_str("\n  ) _r)");
+        s.push_str("\n  ) _r");
     }
+    s.push_str(") r)");
+    s.push_str(DIFF_CTE);
     if !params.is_empty() {
         s.push_str(",\n_wp AS (INSERT INTO outpost.work_params (query_id, relid, pk, lookup, bucket)\n  SELECT DISTINCT query_id, relid, pk, lookup, bucket FROM (\n    ");
         s.push_str(&params.join("\n    UNION ALL "));
         s.push_str("\n  ) _p)");
     }
-    s.push_str("\nSELECT count(*) FROM _changes");
+    s.push_str("\nSELECT (SELECT count(*) FROM _changes), (SELECT count(*) FROM _wo)");
     s
 }
+
+/// The diff, inside the one-snapshot statement: every new row whose
+/// fingerprint differs from its current PUT becomes a PUT, every current row
+/// of a changed key that no longer comes out becomes a REMOVE; op ids follow
+/// `$1` (the last checkpoint; the caller holds the tick lock). Lookups into
+/// the big `bucket_rows` are driven by the (small) change set through index
+/// scans; OFFSET 0 keeps the planner from turning them into scans of the
+/// whole op state.
+const DIFF_CTE: &str = ",
+_d AS (
+  SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
+         n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed, o.op_id AS old_op_id
+    FROM _n n
+    LEFT JOIN LATERAL (
+        SELECT b.fingerprint, b.op_id FROM outpost.bucket_rows b
+         WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
+           AND b.object_id = n.object_id AND b.subkey = n.subkey
+        OFFSET 0) o ON true
+   WHERE o.fingerprint IS DISTINCT FROM n.fp
+  UNION ALL
+  SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
+         NULL, true, b.op_id
+    FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+            FROM _keys GROUP BY relid, pk) k
+   CROSS JOIN LATERAL (
+        SELECT * FROM outpost.bucket_rows b
+         WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+        OFFSET 0) b
+   WHERE (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
+     AND NOT EXISTS (
+        SELECT 1 FROM _n n
+         WHERE n.bucket = b.bucket AND n.object_type = b.object_type
+           AND n.object_id = b.object_id AND n.subkey = b.subkey)),
+_wo AS (INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
+                                      checksum, relid, pk, fingerprint, existed, old_op_id)
+  SELECT $1 + row_number() OVER (),
+         d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
+         outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
+         d.relid, d.pk, d.fp, d.existed, d.old_op_id
+    FROM _d d
+  RETURNING 1)";
 
 /// Name of the capture trigger function for a table.
 pub fn capture_function_name(t: &CaptureTable) -> String {
     format!("outpost.\"capture_{}\"", t.oid)
 }
 
-/// One statement-level trigger function per table: it writes only
-/// (table, key) rows, set-based from the transition tables, so the writer's
-/// cost stays close to a plain write; the tick does the fan-out later. It runs
-/// as the extension owner (SECURITY DEFINER, pinned search_path): nobody else
-/// may write to `outpost.changes`, so the queue holds only keys of rows that
-/// a writer really changed, and no role without write access to a synced
-/// table can queue anything or make a tick fail. The user switch costs a few
-/// percent of a single-row insert (measured in `make bench`).
-pub fn capture_function_sql(t: &CaptureTable) -> String {
+/// Capture for a table, the writer's side of the pipeline. Plain tables use
+/// `outpost._capture()` (pg_ext/src/capture.rs): a row-level trigger in C that
+/// appends one `(table, key)` row per changed row to the queue, with no SQL on
+/// the writer's path; the tick does the fan-out later. Measured in `make
+/// bench` (CONTRIBUTING.md has the profile): transition tables spill whole
+/// rows to disk past `work_mem`, and the queue's `INSERT … SELECT` costs an
+/// executor round per row, which together made a bulk insert 1.5–1.9x slower.
+///
+/// Partitioned tables keep a statement-level PL/pgSQL function per table with
+/// transition tables (a row trigger on a partitioned table fires on each
+/// partition, under the partition's oid): it runs as the extension owner
+/// (SECURITY DEFINER, pinned search_path). Either way nobody else may write
+/// to `outpost.changes`, so the queue holds only keys of rows that a writer
+/// really changed, and no role without write access to a synced table can
+/// queue anything or make a tick fail.
+///
+/// For a plain table this returns a statement that drops a per-table function
+/// left from an older deploy (its triggers are replaced right after).
+pub fn capture_function_sql(t: &CaptureTable, row_level: bool) -> String {
+    if row_level {
+        return format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(t));
+    }
     let new_keys = t.pk_json.clone();
     format!(
         "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
@@ -127,22 +191,36 @@ $fn$",
     )
 }
 
-/// The triggers that call [`capture_function_sql`] on a table.
-pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
-    let f = capture_function_name(t);
+/// The capture triggers of a table (same names either way, so a redeploy or
+/// a drop finds them).
+pub fn capture_triggers_sql(t: &CaptureTable, row_level: bool) -> Vec<String> {
     let tbl = &t.qualified;
     // Dropped first: a restored dump brings these triggers along. The
-    // function is closed to PUBLIC (a trigger fires without EXECUTE; only
-    // creating one needs it), so nobody can attach it to another table.
-    vec![
-        format!("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC"),
+    // functions are closed to PUBLIC (a trigger fires without EXECUTE; only
+    // creating one needs it), so nobody can attach them to another table.
+    let mut v = vec![
         format!("DROP TRIGGER IF EXISTS outpost_capture_ins ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_upd ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_del ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_trunc ON {tbl}"),
+    ];
+    if row_level {
+        let f = "outpost._capture()";
+        v.extend([
+            format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
+            format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
+            format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
+            format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        ]);
+        return v;
+    }
+    let f = capture_function_name(t);
+    v.insert(0, format!("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC"));
+    v.extend([
         format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
         format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
         format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
         format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-    ]
+    ]);
+    v
 }

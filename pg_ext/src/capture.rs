@@ -1,26 +1,27 @@
 //! Capture: the trigger function that queues `(table, key)` for every row a
 //! writer changes in a synced table, on the writer's path.
 //!
-//! Why a row-level trigger in C rather than a statement-level PL/pgSQL one
-//! with transition tables (measured, Postgres 18, 100k-row bulk insert, see
-//! CONTRIBUTING.md): a transition table keeps a copy of every whole changed
-//! row in a tuplestore that spills to a temporary file past `work_mem` (the
-//! writer's, 4 MB by default), which alone cost ~45% of the insert; the
-//! queue's `INSERT … SELECT` then went through the executor once per row
-//! (~50% more). An AFTER ROW trigger's event queue holds only tuple ids, and
-//! this function writes the queue's heap tuple directly: no executor, no SPI,
-//! no user switch, no `search_path` in play.
+//! Statement-level AFTER triggers with transition tables call it (rules/src/
+//! tick_sql.rs installs them). It reads the primary keys of the changed rows
+//! from the transition tables and appends them to `outpost.changes` with one
+//! multi-row heap insert. What it replaced and why (measured, Postgres 18,
+//! CONTRIBUTING.md has the profiles): a PL/pgSQL function per table did the
+//! same with `INSERT … SELECT`, which cost an executor round and a WAL record
+//! per queued key, a SECURITY DEFINER call (user switch and a pinned
+//! `search_path`, a GUC save and restore) and a query of the wake-up clock per
+//! statement. A row-level trigger in C was slower still for bulk writes: the
+//! after-trigger queue fetches every row again and calls the function once
+//! per row.
 //!
-//! Security: the function runs as the writer but never evaluates anything
-//! the writer controls — no SQL, no operators, no search_path lookups; it
-//! builds the key with `jsonb_build_array` called by OID, exactly as the
-//! compiled rules compute keys, and writes the tuple with `simple_heap_insert`,
-//! which checks no privilege. So a writer needs no privilege in schema
-//! `outpost`, and nothing but a real row change reaches the queue: EXECUTE on
-//! this function is revoked from PUBLIC, and creating a trigger needs it.
-//! The wake-up of the ticker reads and sets `outpost.notify_clock` as the
-//! queue's owner (a local user switch, like SECURITY DEFINER, at most once per
-//! 5 ms per connection).
+//! Security: the function runs as the writer but evaluates nothing the writer
+//! controls — no SQL, no operators, no search_path lookups; it builds each key
+//! with `jsonb_build_array` called by OID, exactly as the compiled rules
+//! compute keys, and writes with `heap_multi_insert`, which checks no
+//! privilege. So writers need no privilege in schema `outpost`, and only real
+//! row changes reach the queue: EXECUTE on this function is revoked from
+//! PUBLIC, and creating a trigger needs it. The wake-up of the ticker reads
+//! and sets `outpost.notify_clock` as the queue's owner (a local user switch,
+//! like SECURITY DEFINER, at most once per 5 ms per connection).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -37,6 +38,9 @@ const WAKE_EVERY_MS: i64 = 5;
 /// Milliseconds between the Unix epoch and Postgres' (2000-01-01).
 const PG_EPOCH_MS: i64 = 946_684_800_000;
 
+/// Queue rows per `heap_multi_insert` call.
+const BATCH: usize = 64;
+
 thread_local! {
     /// `(outpost namespace, outpost.changes)`, resolved by name once per
     /// connection and checked on every open (a dropped and recreated
@@ -49,48 +53,200 @@ thread_local! {
     static BUILDERS: RefCell<Vec<(Vec<pg_sys::Oid>, *mut pg_sys::FmgrInfo)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The trigger: AFTER INSERT/UPDATE/DELETE FOR EACH ROW, AFTER TRUNCATE FOR
-/// EACH STATEMENT (installed by rules/src/tick_sql.rs).
+/// The trigger: AFTER INSERT/UPDATE/DELETE/TRUNCATE FOR EACH STATEMENT, with
+/// the transition tables of the first three.
 #[pg_trigger]
 fn _capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     // SAFETY: Postgres called this as a trigger; the trigger data, the
-    // relation (locked by the writer's statement) and its tuples are valid
-    // for the duration of the call.
+    // relation (locked by the writer's statement) and its transition tables
+    // are valid for the duration of the call.
     unsafe { capture(trigger.trigger_data()) };
     Ok(None)
 }
 
 unsafe fn capture(td: &pg_sys::TriggerData) {
     let rel = td.tg_relation;
+    // The table the trigger is on: for a partitioned table, the parent (rows
+    // in the transition tables have its row type).
     let relid = (*rel).rd_id;
     let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-    let row = td.tg_event & pg_sys::TRIGGER_EVENT_ROW != 0;
-    if row && (*td.tg_trigger).tgisclone {
-        // A clone on a partition would report the partition's oid; rules
-        // name the partitioned table, which gets statement-level capture.
-        error!("outpost: row-level capture cannot run on a partition");
+    if td.tg_event & pg_sys::TRIGGER_EVENT_ROW != 0 {
+        error!("outpost: capture runs as a statement-level trigger");
     }
     let queue = open_queue();
-    match (row, op) {
-        (false, pg_sys::TRIGGER_EVENT_TRUNCATE) => enqueue(queue, relid, None, KIND_TRUNCATE),
-        (true, pg_sys::TRIGGER_EVENT_INSERT) | (true, pg_sys::TRIGGER_EVENT_DELETE) => {
-            let k = row_key(rel, td.tg_trigtuple);
-            enqueue(queue, relid, Some(k), KIND_KEY);
-        }
-        (true, pg_sys::TRIGGER_EVENT_UPDATE) => {
-            let new = row_key(rel, td.tg_newtuple);
-            enqueue(queue, relid, Some(new), KIND_KEY);
-            let old = row_key(rel, td.tg_trigtuple);
-            if !same_varlena(old, new) {
-                enqueue(queue, relid, Some(old), KIND_KEY);
+    if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
+        enqueue(queue, relid, None, KIND_TRUNCATE);
+    } else {
+        let (cols, types) = pk_columns(rel);
+        let mut w = Writer::new(queue);
+        let (first, second) = match op {
+            pg_sys::TRIGGER_EVENT_INSERT => (td.tg_newtable, std::ptr::null_mut()),
+            pg_sys::TRIGGER_EVENT_DELETE => (td.tg_oldtable, std::ptr::null_mut()),
+            // Old and new rows come in pairs; an unchanged key is queued once.
+            _ => (td.tg_newtable, td.tg_oldtable),
+        };
+        let mut a = Rows::open(rel, first);
+        let mut b = Rows::open(rel, second);
+        loop {
+            w.make_room(2);
+            let ka = a.next_key(&cols, &types, w.cx);
+            let kb = b.next_key(&cols, &types, w.cx);
+            if ka.is_none() && kb.is_none() {
+                break;
+            }
+            if let Some(k) = ka {
+                w.push(relid, k);
+            }
+            if let Some(k) = kb {
+                if ka.is_none_or(|n| !same_varlena(n, k)) {
+                    w.push(relid, k);
+                }
             }
         }
-        _ => {}
+        a.close();
+        b.close();
+        w.finish();
     }
     wake(queue);
     pg_sys::table_close(queue, pg_sys::NoLock as _);
+}
+
+/// A scan of a transition table through a read pointer of its own (as a
+/// query's scan of one does).
+struct Rows {
+    table: *mut pg_sys::Tuplestorestate,
+    ptr: i32,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Rows {
+    unsafe fn open(rel: pg_sys::Relation, table: *mut pg_sys::Tuplestorestate) -> Rows {
+        if table.is_null() {
+            return Rows { table, ptr: 0, slot: std::ptr::null_mut() };
+        }
+        let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsMinimalTuple);
+        let ptr = pg_sys::tuplestore_alloc_read_pointer(table, 0);
+        pg_sys::tuplestore_select_read_pointer(table, ptr);
+        pg_sys::tuplestore_rescan(table);
+        Rows { table, ptr, slot }
+    }
+
+    /// The next row's primary key as jsonb, allocated in `cx`.
+    unsafe fn next_key(
+        &mut self,
+        cols: &[i16],
+        types: &[pg_sys::Oid],
+        cx: pg_sys::MemoryContext,
+    ) -> Option<pg_sys::Datum> {
+        if self.table.is_null() {
+            return None;
+        }
+        pg_sys::tuplestore_select_read_pointer(self.table, self.ptr);
+        if !pg_sys::tuplestore_gettupleslot(self.table, true, false, self.slot) {
+            return None;
+        }
+        let mut args = [pg_sys::NullableDatum::default(); 32];
+        for (a, &col) in args.iter_mut().zip(cols) {
+            let mut isnull = false;
+            a.value = pg_sys::slot_getattr(self.slot, col as _, &mut isnull);
+            a.isnull = isnull;
+        }
+        let old = pg_sys::MemoryContextSwitchTo(cx);
+        let k = build_array(types, &args[..cols.len()]);
+        pg_sys::MemoryContextSwitchTo(old);
+        Some(k)
+    }
+
+    unsafe fn close(self) {
+        if !self.table.is_null() {
+            pg_sys::tuplestore_select_read_pointer(self.table, 0);
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+        }
+    }
+}
+
+/// Queue rows `(relid, key, 'k', NULL)`, written BATCH at a time; each
+/// batch's keys and tuples live in `cx`, reset after the batch is written.
+struct Writer {
+    queue: pg_sys::Relation,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    used: usize,
+    cid: pg_sys::CommandId,
+    cx: pg_sys::MemoryContext,
+}
+
+impl Writer {
+    unsafe fn new(queue: pg_sys::Relation) -> Writer {
+        let slots = (0..BATCH)
+            .map(|_| pg_sys::MakeSingleTupleTableSlot((*queue).rd_att, &raw const pg_sys::TTSOpsHeapTuple))
+            .collect();
+        Writer {
+            queue,
+            slots,
+            used: 0,
+            cid: pg_sys::GetCurrentCommandId(true),
+            cx: pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"outpost capture".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            ),
+        }
+    }
+
+    /// Writes the batch if fewer than `n` rows fit (keys made after this
+    /// stay valid until the next call).
+    unsafe fn make_room(&mut self, n: usize) {
+        if self.used + n > BATCH {
+            self.write();
+        }
+    }
+
+    unsafe fn push(&mut self, relid: pg_sys::Oid, key: pg_sys::Datum) {
+        let mut values = [
+            pg_sys::Datum::from(relid),
+            key,
+            pg_sys::Datum::from(KIND_KEY as i8),
+            pg_sys::Datum::from(0),
+        ];
+        let mut nulls = [false, false, false, true];
+        let old = pg_sys::MemoryContextSwitchTo(self.cx);
+        let tup = pg_sys::heap_form_tuple((*self.queue).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::ExecStoreHeapTuple(tup, self.slots[self.used], false);
+        pg_sys::MemoryContextSwitchTo(old);
+        self.used += 1;
+    }
+
+    unsafe fn write(&mut self) {
+        if self.used > 0 {
+            let old = pg_sys::MemoryContextSwitchTo(self.cx);
+            pg_sys::heap_multi_insert(
+                self.queue,
+                self.slots.as_mut_ptr(),
+                self.used as _,
+                self.cid,
+                0,
+                std::ptr::null_mut(),
+            );
+            pg_sys::MemoryContextSwitchTo(old);
+            for slot in &self.slots[..self.used] {
+                pg_sys::ExecClearTuple(*slot);
+            }
+            self.used = 0;
+        }
+        pg_sys::MemoryContextReset(self.cx);
+    }
+
+    unsafe fn finish(mut self) {
+        self.write();
+        for slot in self.slots.drain(..) {
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+        }
+        pg_sys::MemoryContextDelete(self.cx);
+    }
 }
 
 /// Opens `outpost.changes` for insertion.
@@ -144,10 +300,8 @@ unsafe fn enqueue(queue: pg_sys::Relation, relid: pg_sys::Oid, pk: Option<pg_sys
     pg_sys::heap_freetuple(tup);
 }
 
-/// The row's primary key as `jsonb_build_array(pk columns in key order)`:
-/// the same value the compiled rules compute from the row, so that the tick
-/// finds it in `bucket_rows`.
-unsafe fn row_key(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> pg_sys::Datum {
+/// The primary key's columns (in key order) and their types.
+unsafe fn pk_columns(rel: pg_sys::Relation) -> (Vec<i16>, Vec<pg_sys::Oid>) {
     #[cfg(feature = "pg18")]
     let pk_index = pg_sys::RelationGetPrimaryKeyIndex(rel, true);
     #[cfg(not(feature = "pg18"))]
@@ -163,19 +317,12 @@ unsafe fn row_key(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> pg_sys::Da
     let n = form.indnkeyatts as usize;
     let attnums = form.indkey.values.as_slice(n).to_vec();
     pg_sys::RelationClose(index);
-
-    let desc = (*rel).rd_att;
-    let attrs = pgrx::PgTupleDesc::from_pg_unchecked(desc);
-    let mut types = Vec::with_capacity(n);
-    let mut args = Vec::with_capacity(n);
-    for &attnum in &attnums {
-        let attr = attrs.get(attnum as usize - 1).expect("primary key columns exist");
-        types.push(attr.atttypid);
-        let mut isnull = false;
-        let d = pg_sys::heap_getattr(tuple, attnum as _, desc, &mut isnull);
-        args.push(pg_sys::NullableDatum { value: d, isnull });
-    }
-    build_array(&types, &args)
+    let attrs = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+    let types = attnums
+        .iter()
+        .map(|&a| attrs.get(a as usize - 1).expect("primary key columns exist").atttypid)
+        .collect();
+    (attnums, types)
 }
 
 /// `jsonb_build_array(args…)` through fmgr, with a call expression that
@@ -240,11 +387,20 @@ unsafe fn same_varlena(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
 /// per 5 ms, shared through `outpost.notify_clock`; each connection looks at
 /// that clock at most once per 5 ms. A wake-up lost to a rollback costs at
 /// most the ticker's fallback interval.
+fn now_ms() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() / 1000 + PG_EPOCH_MS }
+}
+
+fn wake_due() -> bool {
+    now_ms() - LAST_WAKE_CHECK.get() >= WAKE_EVERY_MS
+}
+
 unsafe fn wake(queue: pg_sys::Relation) {
-    let now_ms = pg_sys::GetCurrentTimestamp() / 1000 + PG_EPOCH_MS;
-    if now_ms - LAST_WAKE_CHECK.get() < WAKE_EVERY_MS {
+    if !wake_due() {
         return;
     }
+    let now_ms = now_ms();
     LAST_WAKE_CHECK.set(now_ms);
     let (nsp, _) = QUEUE.get();
     let clock = pg_sys::get_relname_relid(c"notify_clock".as_ptr(), nsp);

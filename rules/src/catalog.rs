@@ -42,10 +42,6 @@ impl Table {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub tables: BTreeMap<String, Table>,
-    /// Oids of partitioned tables: they get statement-level capture (a row
-    /// trigger on one would fire on each partition, under the partition's oid).
-    #[serde(default)]
-    pub partitioned: Vec<u32>,
 }
 
 impl Catalog {
@@ -57,10 +53,7 @@ impl Catalog {
             }
             map.insert(format!("{}.{}", t.schema, t.name), t);
         }
-        Catalog {
-            tables: map,
-            partitioned: Vec::new(),
-        }
+        Catalog { tables: map }
     }
 
     pub fn lookup(&self, name: &str) -> Option<&Table> {

@@ -156,14 +156,11 @@ fn plan_with_warnings(
     let tables = compiled
         .tables
         .iter()
-        .map(|t| {
-            let row_level = !catalog.partitioned.contains(&t.oid);
-            CapturePlan {
-                oid: t.oid,
-                qualified: t.qualified.clone(),
-                function_sql: tick_sql::capture_function_sql(t, row_level),
-                triggers_sql: tick_sql::capture_triggers_sql(t, row_level),
-            }
+        .map(|t| CapturePlan {
+            oid: t.oid,
+            qualified: t.qualified.clone(),
+            function_sql: tick_sql::capture_function_sql(t),
+            triggers_sql: tick_sql::capture_triggers_sql(t),
         })
         .collect();
     Ok((

@@ -17,6 +17,7 @@
 //! for one bucket definition (`def`; a rules deploy). Keys queued by `f` carry
 //! their definition, so only that definition's queries and old rows take part.
 
+use crate::compile::sqlgen::KEYS_CTE;
 use crate::compile::{CaptureTable, CompiledRules, ParamQuery};
 
 pub fn tick_statement(rules: &CompiledRules) -> String {
@@ -28,17 +29,18 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
         for q in &b.data_queries {
             // Two queries of one bucket over one table can emit the same row.
             may_duplicate |= q.may_duplicate || !seen.insert((q.relid, q.object_type.clone()));
-            data.push(q.sql_keyed.clone());
+            data.push(only_with_keys(&q.sql_keyed, q.relid));
             data.push(q.sql_full.clone());
         }
         for q in &b.parameter_queries {
             if let ParamQuery::Table {
+                relid,
                 sql_keyed,
                 sql_full,
                 ..
             } = q
             {
-                params.push(sql_keyed.clone());
+                params.push(only_with_keys(sql_keyed, *relid));
                 params.push(sql_full.clone());
             }
         }
@@ -87,38 +89,48 @@ _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
     s
 }
 
-/// The diff, inside the one-snapshot statement: every new row whose
-/// fingerprint differs from its current PUT becomes a PUT, every current row
-/// of a changed key that no longer comes out becomes a REMOVE; op ids follow
-/// `$1` (the last checkpoint; the caller holds the tick lock). Lookups into
-/// the big `bucket_rows` are driven by the (small) change set through index
-/// scans; OFFSET 0 keeps the planner from turning them into scans of the
-/// whole op state.
+/// A keyed query, evaluated only when some key of its table changed: the
+/// uncorrelated EXISTS becomes a one-time filter, so a table without changed
+/// keys costs one look at the key set instead of a semi join against it
+/// (which the planner, estimating the key set from an empty queue, ran as a
+/// rescan of every key per row of the table).
+fn only_with_keys(sql: &str, relid: u32) -> String {
+    format!(
+        "SELECT * FROM ({sql}) _q WHERE EXISTS (SELECT 1 FROM {KEYS_CTE} k WHERE k.relid = {relid} AND k.def IS NULL)"
+    )
+}
+
+/// The diff, inside the one-snapshot statement: the current rows of every
+/// changed key (one index probe per key into `bucket_rows`; OFFSET 0 keeps the
+/// planner from turning the probes into a scan of the whole op state) are
+/// matched with the rows those keys produce now in one hash full join. A new
+/// row whose fingerprint differs from its current one becomes a PUT, a
+/// current row that no longer comes out a REMOVE (for keys queued by a deploy,
+/// only in the redeployed definition's buckets); op ids follow `$1` (the
+/// last checkpoint; the caller holds the tick lock). Every current row a new
+/// row could replace belongs to a changed key (the row's subkey names its
+/// source row), so the join sees them all.
 const DIFF_CTE: &str = ",
-_d AS (
-  SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
-         n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed, o.op_id AS old_op_id
-    FROM _n n
-    LEFT JOIN LATERAL (
-        SELECT b.fingerprint, b.op_id FROM outpost.bucket_rows b
-         WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
-           AND b.object_id = n.object_id AND b.subkey = n.subkey
-        OFFSET 0) o ON true
-   WHERE o.fingerprint IS DISTINCT FROM n.fp
-  UNION ALL
-  SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
-         NULL, true, b.op_id
+_old AS MATERIALIZED (
+  SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, b.relid, b.pk, b.op_id, b.fingerprint,
+         k.all_defs, k.defs
     FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
             FROM _keys GROUP BY relid, pk) k
    CROSS JOIN LATERAL (
         SELECT * FROM outpost.bucket_rows b
          WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
-        OFFSET 0) b
-   WHERE (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
-     AND NOT EXISTS (
-        SELECT 1 FROM _n n
-         WHERE n.bucket = b.bucket AND n.object_type = b.object_type
-           AND n.object_id = b.object_id AND n.subkey = b.subkey)),
+        OFFSET 0) b),
+_d AS (
+  SELECT coalesce(n.row_key, o.row_key) AS row_key, coalesce(n.bucket, o.bucket) AS bucket,
+         coalesce(n.object_type, o.object_type) AS object_type, coalesce(n.object_id, o.object_id) AS object_id,
+         coalesce(n.subkey, o.subkey) AS subkey, CASE WHEN n.bucket IS NULL THEN 'REMOVE' ELSE 'PUT' END AS op,
+         n.data, coalesce(n.relid, o.relid) AS relid, coalesce(n.pk, o.pk) AS pk, n.fp,
+         o.bucket IS NOT NULL AS existed, o.op_id AS old_op_id
+    FROM _n n FULL JOIN _old o
+      ON o.row_key = n.row_key AND o.bucket = n.bucket AND o.object_type = n.object_type
+     AND o.object_id = n.object_id AND o.subkey = n.subkey
+   WHERE CASE WHEN n.bucket IS NULL THEN o.all_defs OR split_part(o.bucket, '[', 1) = ANY (o.defs)
+              ELSE o.fingerprint IS DISTINCT FROM n.fp END),
 _wo AS (INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
                                       checksum, relid, pk, fingerprint, existed, old_op_id)
   SELECT $1 + row_number() OVER (),
@@ -133,94 +145,39 @@ pub fn capture_function_name(t: &CaptureTable) -> String {
     format!("outpost.\"capture_{}\"", t.oid)
 }
 
-/// Capture for a table, the writer's side of the pipeline. Plain tables use
-/// `outpost._capture()` (pg_ext/src/capture.rs): a row-level trigger in C that
-/// appends one `(table, key)` row per changed row to the queue, with no SQL on
-/// the writer's path; the tick does the fan-out later. Measured in `make
-/// bench` (CONTRIBUTING.md has the profile): transition tables spill whole
-/// rows to disk past `work_mem`, and the queue's `INSERT … SELECT` costs an
-/// executor round per row, which together made a bulk insert 1.5–1.9x slower.
-///
-/// Partitioned tables keep a statement-level PL/pgSQL function per table with
-/// transition tables (a row trigger on a partitioned table fires on each
-/// partition, under the partition's oid): it runs as the extension owner
-/// (SECURITY DEFINER, pinned search_path). Either way nobody else may write
-/// to `outpost.changes`, so the queue holds only keys of rows that a writer
+/// Capture for a table, the writer's side of the pipeline: statement-level
+/// AFTER triggers with transition tables calling `outpost._capture()`
+/// (pg_ext/src/capture.rs), one function in C for every table. It reads the
+/// changed rows' keys from the transition tables and appends `(table, key)`
+/// rows to the queue with one multi-row heap insert, with no SQL, no
+/// executor round per row and no user switch on the writer's path; the tick
+/// does the fan-out later. Nobody but that function writes to
+/// `outpost.changes`, so the queue holds only keys of rows that a writer
 /// really changed, and no role without write access to a synced table can
-/// queue anything or make a tick fail.
+/// queue anything or make a tick fail. Measured in `make bench`
+/// (CONTRIBUTING.md has the profile).
 ///
-/// For a plain table this returns a statement that drops a per-table function
-/// left from an older deploy (its triggers are replaced right after).
-pub fn capture_function_sql(t: &CaptureTable, row_level: bool) -> String {
-    if row_level {
-        return format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(t));
-    }
-    let new_keys = t.pk_json.clone();
-    format!(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-  now_ms bigint;
-BEGIN
-  -- TG_RELID, not a constant: a dump restored into another database (new
-  -- table oids) keeps capturing correctly.
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r;
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO outpost.changes (relid, pk, kind)
-      SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r
-      UNION SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
-  ELSE
-    INSERT INTO outpost.changes (relid, pk, kind) VALUES (TG_RELID, NULL, 't');
-  END IF;
-  -- NOTIFY serializes committing transactions (a cluster-wide lock held
-  -- through the commit's WAL flush), so writers wake the ticker at most once
-  -- per 5 ms. A wake-up lost to a rollback costs at most the ticker's
-  -- fallback interval.
-  now_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
-  IF now_ms - (SELECT last_value FROM outpost.notify_clock) >= 5 THEN
-    PERFORM setval('outpost.notify_clock', now_ms);
-    PERFORM pg_notify('outpost_changes', '');
-  END IF;
-  RETURN NULL;
-END
-$fn$",
-        name = capture_function_name(t),
-    )
+/// Older deploys created one PL/pgSQL function per table; this statement
+/// drops such a left-over (its triggers are replaced right after).
+pub fn capture_function_sql(t: &CaptureTable) -> String {
+    format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(t))
 }
 
-/// The capture triggers of a table (same names either way, so a redeploy or
-/// a drop finds them).
-pub fn capture_triggers_sql(t: &CaptureTable, row_level: bool) -> Vec<String> {
+/// The capture triggers of a table.
+pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
     let tbl = &t.qualified;
     // Dropped first: a restored dump brings these triggers along. The
-    // functions are closed to PUBLIC (a trigger fires without EXECUTE; only
-    // creating one needs it), so nobody can attach them to another table.
-    let mut v = vec![
+    // function is closed to PUBLIC (a trigger fires without EXECUTE; only
+    // creating one needs it), so nobody can attach it to another table.
+    let f = "outpost._capture()";
+    vec![
         format!("DROP TRIGGER IF EXISTS outpost_capture_ins ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_upd ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_del ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_trunc ON {tbl}"),
-    ];
-    if row_level {
-        let f = "outpost._capture()";
-        v.extend([
-            format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
-            format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
-            format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {f}"),
-            format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
-        ]);
-        return v;
-    }
-    let f = capture_function_name(t);
-    v.insert(0, format!("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC"));
-    v.extend([
-        format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-    ]);
-    v
+        format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+    ]
 }

@@ -70,10 +70,7 @@ WITH t AS (
        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'outpost', 'pg_toast')
        AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
 )
-SELECT pg_catalog.jsonb_build_object('tables', coalesce(pg_catalog.jsonb_object_agg(key, obj), '{}'::pg_catalog.jsonb),
-                                      'partitioned', (SELECT coalesce(pg_catalog.jsonb_agg(t.oid), '[]'::pg_catalog.jsonb)
-                                                        FROM t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid::pg_catalog.oid
-                                                       WHERE c.relkind OPERATOR(pg_catalog.=) 'p'))
+SELECT pg_catalog.jsonb_build_object('tables', coalesce(pg_catalog.jsonb_object_agg(key, obj), '{}'::pg_catalog.jsonb))
   FROM (SELECT schema || '.' || name AS key, pg_catalog.to_jsonb(t) - 'visible' AS obj FROM t
         UNION ALL
         SELECT name, pg_catalog.to_jsonb(t) - 'visible' FROM t WHERE visible) x

@@ -118,7 +118,7 @@ fn writers_need_nothing_in_outpost_and_their_writes_sync() {
         .get(0);
     let err = w
         .batch_execute(&format!(
-            "CREATE TRIGGER t AFTER INSERT ON mine FOR EACH ROW EXECUTE FUNCTION {f}"
+            "CREATE TRIGGER t AFTER INSERT ON mine FOR EACH STATEMENT EXECUTE FUNCTION {f}"
         ))
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("42501"), "{err}");

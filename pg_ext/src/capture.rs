@@ -124,9 +124,14 @@ struct Rows {
 impl Rows {
     unsafe fn open(rel: pg_sys::Relation, table: *mut pg_sys::Tuplestorestate) -> Rows {
         if table.is_null() {
-            return Rows { table, ptr: 0, slot: std::ptr::null_mut() };
+            return Rows {
+                table,
+                ptr: 0,
+                slot: std::ptr::null_mut(),
+            };
         }
-        let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsMinimalTuple);
+        let slot =
+            pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &raw const pg_sys::TTSOpsMinimalTuple);
         let ptr = pg_sys::tuplestore_alloc_read_pointer(table, 0);
         pg_sys::tuplestore_select_read_pointer(table, ptr);
         pg_sys::tuplestore_rescan(table);
@@ -180,7 +185,12 @@ struct Writer {
 impl Writer {
     unsafe fn new(queue: pg_sys::Relation) -> Writer {
         let slots = (0..BATCH)
-            .map(|_| pg_sys::MakeSingleTupleTableSlot((*queue).rd_att, &raw const pg_sys::TTSOpsHeapTuple))
+            .map(|_| {
+                pg_sys::MakeSingleTupleTableSlot(
+                    (*queue).rd_att,
+                    &raw const pg_sys::TTSOpsHeapTuple,
+                )
+            })
             .collect();
         Writer {
             queue,
@@ -214,7 +224,11 @@ impl Writer {
         ];
         let mut nulls = [false, false, false, true];
         let old = pg_sys::MemoryContextSwitchTo(self.cx);
-        let tup = pg_sys::heap_form_tuple((*self.queue).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let tup = pg_sys::heap_form_tuple(
+            (*self.queue).rd_att,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
         pg_sys::ExecStoreHeapTuple(tup, self.slots[self.used], false);
         pg_sys::MemoryContextSwitchTo(old);
         self.used += 1;
@@ -255,7 +269,8 @@ unsafe fn open_queue() -> pg_sys::Relation {
     if oid != pg_sys::InvalidOid {
         let rel = pg_sys::try_relation_open(oid, pg_sys::RowExclusiveLock as _);
         if !rel.is_null() {
-            if (*(*rel).rd_rel).relnamespace == nsp && name_is(&(*(*rel).rd_rel).relname, c"changes")
+            if (*(*rel).rd_rel).relnamespace == nsp
+                && name_is(&(*(*rel).rd_rel).relname, c"changes")
             {
                 return checked_queue(rel);
             }
@@ -287,7 +302,12 @@ fn name_is(name: &pg_sys::NameData, want: &CStr) -> bool {
 }
 
 /// Appends one queue row `(relid, pk, kind, NULL)`.
-unsafe fn enqueue(queue: pg_sys::Relation, relid: pg_sys::Oid, pk: Option<pg_sys::Datum>, kind: u8) {
+unsafe fn enqueue(
+    queue: pg_sys::Relation,
+    relid: pg_sys::Oid,
+    pk: Option<pg_sys::Datum>,
+    kind: u8,
+) {
     let mut values = [
         pg_sys::Datum::from(relid),
         pk.unwrap_or(pg_sys::Datum::from(0)),
@@ -320,7 +340,12 @@ unsafe fn pk_columns(rel: pg_sys::Relation) -> (Vec<i16>, Vec<pg_sys::Oid>) {
     let attrs = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
     let types = attnums
         .iter()
-        .map(|&a| attrs.get(a as usize - 1).expect("primary key columns exist").atttypid)
+        .map(|&a| {
+            attrs
+                .get(a as usize - 1)
+                .expect("primary key columns exist")
+                .atttypid
+        })
         .collect();
     (attnums, types)
 }
@@ -357,8 +382,8 @@ unsafe fn build_array(types: &[pg_sys::Oid], args: &[pg_sys::NullableDatum]) -> 
         b.push((types.to_vec(), f));
         f
     });
-    let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
-        + std::mem::size_of_val(args);
+    let size =
+        std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>() + std::mem::size_of_val(args);
     let fcinfo = pg_sys::palloc0(size).cast::<pg_sys::FunctionCallInfoBaseData>();
     (*fcinfo).flinfo = finfo;
     (*fcinfo).nargs = args.len() as _;
@@ -375,7 +400,10 @@ unsafe fn build_array(types: &[pg_sys::Oid], args: &[pg_sys::NullableDatum]) -> 
 }
 
 unsafe fn same_varlena(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
-    let (a, b) = (a.cast_mut_ptr::<pg_sys::varlena>(), b.cast_mut_ptr::<pg_sys::varlena>());
+    let (a, b) = (
+        a.cast_mut_ptr::<pg_sys::varlena>(),
+        b.cast_mut_ptr::<pg_sys::varlena>(),
+    );
     let (la, lb) = (pgrx::varsize_any(a), pgrx::varsize_any(b));
     la == lb
         && std::slice::from_raw_parts(a.cast::<u8>(), la)
@@ -423,13 +451,19 @@ unsafe fn wake(queue: pg_sys::Relation) {
     if last.is_none_or(|l| now_ms - l >= WAKE_EVERY_MS) {
         let _: Option<i64> = pgrx::direct_function_call(
             pg_sys::setval_oid,
-            &[Some(pg_sys::Datum::from(clock)), Some(pg_sys::Datum::from(now_ms))],
+            &[
+                Some(pg_sys::Datum::from(clock)),
+                Some(pg_sys::Datum::from(now_ms)),
+            ],
         );
         let channel = pg_sys::cstring_to_text(c"outpost_changes".as_ptr());
         let payload = pg_sys::cstring_to_text(c"".as_ptr());
         pgrx::direct_function_call_as_datum(
             pg_sys::pg_notify,
-            &[Some(pg_sys::Datum::from(channel)), Some(pg_sys::Datum::from(payload))],
+            &[
+                Some(pg_sys::Datum::from(channel)),
+                Some(pg_sys::Datum::from(payload)),
+            ],
         );
     }
     pg_sys::SetUserIdAndSecContext(user, sec);

@@ -70,9 +70,11 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
+    // The Makefile's PG (15 unless PG=16/18 picked a wheel cluster).
+    let pg = std::env::var("PG").unwrap_or_else(|_| "15".into());
     writeln!(
         md,
-        "\nMachine: {cores} cores, {machine}; Postgres 15 on 127.0.0.1."
+        "\nMachine: {cores} cores, {machine}; Postgres {pg} on 127.0.0.1."
     )?;
     std::fs::create_dir_all("bench-results")?;
     std::fs::write("bench-results/bench.md", &md)?;

@@ -184,17 +184,9 @@ struct Writer {
 
 impl Writer {
     unsafe fn new(queue: pg_sys::Relation) -> Writer {
-        let slots = (0..BATCH)
-            .map(|_| {
-                pg_sys::MakeSingleTupleTableSlot(
-                    (*queue).rd_att,
-                    &raw const pg_sys::TTSOpsHeapTuple,
-                )
-            })
-            .collect();
         Writer {
             queue,
-            slots,
+            slots: Vec::new(),
             used: 0,
             cid: pg_sys::GetCurrentCommandId(true),
             cx: pg_sys::AllocSetContextCreateExtended(
@@ -216,6 +208,13 @@ impl Writer {
     }
 
     unsafe fn push(&mut self, relid: pg_sys::Oid, key: pg_sys::Datum) {
+        // Slots are made as needed: a single-row statement needs one.
+        if self.used == self.slots.len() {
+            self.slots.push(pg_sys::MakeSingleTupleTableSlot(
+                (*self.queue).rd_att,
+                &raw const pg_sys::TTSOpsHeapTuple,
+            ));
+        }
         let mut values = [
             pg_sys::Datum::from(relid),
             key,

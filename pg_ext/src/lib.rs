@@ -4,6 +4,7 @@
 //! - this file: the few functions that need Rust (rules compilation and
 //!   validation, checksums, row fingerprints), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
+//! - `capture.rs`: the capture trigger on the writer's path (`outpost._capture()`);
 //! - `sql/extension/*.sql` (repository root): everything else — plain SQL and
 //!   PL/pgSQL, because it is set-based work Postgres plans best. One file per
 //!   concern, loaded in the order below (each `requires` the one before, so the
@@ -23,6 +24,8 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
+mod capture;
+
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!(
@@ -36,7 +39,8 @@ extension_sql_file!(
         _stream_sources,
         _empty_tick_sql,
         _op_checksum,
-        _fingerprint
+        _fingerprint,
+        _capture
     ]
 );
 extension_sql_file!(

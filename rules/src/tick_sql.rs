@@ -5,14 +5,19 @@
 //! spread over several statements could see a writer's changed rows without
 //! its queue entries (or the reverse) and publish half a transaction. All reads
 //! of user tables therefore happen in this single statement, whose
-//! data-modifying CTEs park the results in `outpost.work_*` tables. The rest of
-//! the tick only touches tables that the tick lock protects.
+//! data-modifying CTEs park the results in `outpost.work_*` tables: the keys
+//! (`work_keys`), the parameter lookups (`work_params`) and, diffed against
+//! `bucket_rows` in the same statement, the ops with their ids (`work_ops`).
+//! The rest of the tick only touches tables that the tick lock protects.
+//! The statement takes the last checkpoint as `$1` and returns the number of
+//! queue entries and of ops.
 //!
 //! Queue entries (`outpost.changes.kind`): `k` a row key changed, `t` the table
 //! was truncated (re-check every row it had), `f` re-evaluate the whole table
 //! for one bucket definition (`def`; a rules deploy). Keys queued by `f` carry
 //! their definition, so only that definition's queries and old rows take part.
 
+use crate::compile::sqlgen::KEYS_CTE;
 use crate::compile::{CaptureTable, CompiledRules, ParamQuery};
 
 pub fn tick_statement(rules: &CompiledRules) -> String {
@@ -24,17 +29,18 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
         for q in &b.data_queries {
             // Two queries of one bucket over one table can emit the same row.
             may_duplicate |= q.may_duplicate || !seen.insert((q.relid, q.object_type.clone()));
-            data.push(q.sql_keyed.clone());
+            data.push(only_with_keys(&q.sql_keyed, q.relid));
             data.push(q.sql_full.clone());
         }
         for q in &b.parameter_queries {
             if let ParamQuery::Table {
+                relid,
                 sql_keyed,
                 sql_full,
                 ..
             } = q
             {
-                params.push(sql_keyed.clone());
+                params.push(only_with_keys(sql_keyed, *relid));
                 params.push(sql_full.clone());
             }
         }
@@ -59,90 +65,119 @@ _wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client
 _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
   SELECT user_id, client_id, max(seq) FROM _wcr GROUP BY user_id, client_id)",
     );
-    if !data.is_empty() {
-        s.push_str(",\n_wr AS (INSERT INTO outpost.work_rows (bucket, object_type, object_id, subkey, relid, pk, data)\n  SELECT ");
+    // The rows the changed keys produce now, keyed for the diff.
+    s.push_str(",\n_n AS MATERIALIZED (\n  SELECT r.*, outpost._fingerprint(r.data) AS fp,\n         outpost._row_key(r.bucket, r.object_type, r.object_id, r.subkey) AS row_key\n    FROM (");
+    if data.is_empty() {
+        s.push_str("SELECT NULL::text AS bucket, NULL::text AS object_type, NULL::text AS object_id, NULL::text AS subkey, NULL::oid AS relid, NULL::jsonb AS pk, NULL::text AS data WHERE false");
+    } else {
+        s.push_str("SELECT ");
         if may_duplicate {
             s.push_str("DISTINCT ON (bucket, object_type, object_id, subkey) ");
         }
         s.push_str("bucket, object_type, object_id, subkey, relid, pk, data FROM (\n    ");
         s.push_str(&data.join("\n    UNION ALL "));
-        s.push_str("\n  ) _r)");
+        s.push_str("\n  ) _r");
     }
+    s.push_str(") r)");
+    s.push_str(DIFF_CTE);
     if !params.is_empty() {
         s.push_str(",\n_wp AS (INSERT INTO outpost.work_params (query_id, relid, pk, lookup, bucket)\n  SELECT DISTINCT query_id, relid, pk, lookup, bucket FROM (\n    ");
         s.push_str(&params.join("\n    UNION ALL "));
         s.push_str("\n  ) _p)");
     }
-    s.push_str("\nSELECT count(*) FROM _changes");
+    s.push_str("\nSELECT (SELECT count(*) FROM _changes), (SELECT count(*) FROM _wo)");
     s
 }
+
+/// A keyed query, evaluated only when some key of its table changed: the
+/// uncorrelated EXISTS becomes a one-time filter, so a table without changed
+/// keys costs one look at the key set instead of a semi join against it
+/// (which the planner, estimating the key set from an empty queue, ran as a
+/// rescan of every key per row of the table).
+fn only_with_keys(sql: &str, relid: u32) -> String {
+    format!(
+        "SELECT * FROM ({sql}) _q WHERE EXISTS (SELECT 1 FROM {KEYS_CTE} k WHERE k.relid = {relid} AND k.def IS NULL)"
+    )
+}
+
+/// The diff, inside the one-snapshot statement: the current rows of every
+/// changed key (one index probe per key into `bucket_rows`; OFFSET 0 keeps the
+/// planner from turning the probes into a scan of the whole op state) are
+/// matched with the rows those keys produce now in one hash full join. A new
+/// row whose fingerprint differs from its current one becomes a PUT, a
+/// current row that no longer comes out a REMOVE (for keys queued by a deploy,
+/// only in the redeployed definition's buckets); op ids follow `$1` (the
+/// last checkpoint; the caller holds the tick lock). Every current row a new
+/// row could replace belongs to a changed key (the row's subkey names its
+/// source row), so the join sees them all.
+const DIFF_CTE: &str = ",
+_old AS MATERIALIZED (
+  SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, b.relid, b.pk, b.op_id, b.fingerprint,
+         k.all_defs, k.defs
+    FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+            FROM _keys GROUP BY relid, pk) k
+   CROSS JOIN LATERAL (
+        SELECT * FROM outpost.bucket_rows b
+         WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+        OFFSET 0) b),
+_d AS (
+  SELECT coalesce(n.row_key, o.row_key) AS row_key, coalesce(n.bucket, o.bucket) AS bucket,
+         coalesce(n.object_type, o.object_type) AS object_type, coalesce(n.object_id, o.object_id) AS object_id,
+         coalesce(n.subkey, o.subkey) AS subkey, CASE WHEN n.bucket IS NULL THEN 'REMOVE' ELSE 'PUT' END AS op,
+         n.data, coalesce(n.relid, o.relid) AS relid, coalesce(n.pk, o.pk) AS pk, n.fp,
+         o.bucket IS NOT NULL AS existed, o.op_id AS old_op_id
+    FROM _n n FULL JOIN _old o
+      ON o.row_key = n.row_key AND o.bucket = n.bucket AND o.object_type = n.object_type
+     AND o.object_id = n.object_id AND o.subkey = n.subkey
+   WHERE CASE WHEN n.bucket IS NULL THEN o.all_defs OR split_part(o.bucket, '[', 1) = ANY (o.defs)
+              ELSE o.fingerprint IS DISTINCT FROM n.fp END),
+_wo AS (INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
+                                      checksum, relid, pk, fingerprint, existed, old_op_id)
+  SELECT $1 + row_number() OVER (),
+         d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
+         outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
+         d.relid, d.pk, d.fp, d.existed, d.old_op_id
+    FROM _d d
+  RETURNING 1)";
 
 /// Name of the capture trigger function for a table.
 pub fn capture_function_name(t: &CaptureTable) -> String {
     format!("outpost.\"capture_{}\"", t.oid)
 }
 
-/// One statement-level trigger function per table: it writes only
-/// (table, key) rows, set-based from the transition tables, so the writer's
-/// cost stays close to a plain write; the tick does the fan-out later. It runs
-/// as the extension owner (SECURITY DEFINER, pinned search_path): nobody else
-/// may write to `outpost.changes`, so the queue holds only keys of rows that
-/// a writer really changed, and no role without write access to a synced
-/// table can queue anything or make a tick fail. The user switch costs a few
-/// percent of a single-row insert (measured in `make bench`).
+/// Capture for a table, the writer's side of the pipeline: statement-level
+/// AFTER triggers with transition tables calling `outpost._capture()`
+/// (pg_ext/src/capture.rs), one function in C for every table. It reads the
+/// changed rows' keys from the transition tables and appends `(table, key)`
+/// rows to the queue with one multi-row heap insert, with no SQL, no
+/// executor round per row and no user switch on the writer's path; the tick
+/// does the fan-out later. Nobody but that function writes to
+/// `outpost.changes`, so the queue holds only keys of rows that a writer
+/// really changed, and no role without write access to a synced table can
+/// queue anything or make a tick fail. Measured in `make bench`
+/// (CONTRIBUTING.md has the profile).
+///
+/// Older deploys created one PL/pgSQL function per table; this statement
+/// drops such a left-over (its triggers are replaced right after).
 pub fn capture_function_sql(t: &CaptureTable) -> String {
-    let new_keys = t.pk_json.clone();
-    format!(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-  now_ms bigint;
-BEGIN
-  -- TG_RELID, not a constant: a dump restored into another database (new
-  -- table oids) keeps capturing correctly.
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r;
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO outpost.changes (relid, pk, kind)
-      SELECT TG_RELID, {new_keys}, 'k' FROM outpost_new r
-      UNION SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO outpost.changes (relid, pk, kind) SELECT TG_RELID, {new_keys}, 'k' FROM outpost_old r;
-  ELSE
-    INSERT INTO outpost.changes (relid, pk, kind) VALUES (TG_RELID, NULL, 't');
-  END IF;
-  -- NOTIFY serializes committing transactions (a cluster-wide lock held
-  -- through the commit's WAL flush), so writers wake the ticker at most once
-  -- per 5 ms. A wake-up lost to a rollback costs at most the ticker's
-  -- fallback interval.
-  now_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
-  IF now_ms - (SELECT last_value FROM outpost.notify_clock) >= 5 THEN
-    PERFORM setval('outpost.notify_clock', now_ms);
-    PERFORM pg_notify('outpost_changes', '');
-  END IF;
-  RETURN NULL;
-END
-$fn$",
-        name = capture_function_name(t),
-    )
+    format!("DROP FUNCTION IF EXISTS {}()", capture_function_name(t))
 }
 
-/// The triggers that call [`capture_function_sql`] on a table.
+/// The capture triggers of a table.
 pub fn capture_triggers_sql(t: &CaptureTable) -> Vec<String> {
-    let f = capture_function_name(t);
     let tbl = &t.qualified;
     // Dropped first: a restored dump brings these triggers along. The
     // function is closed to PUBLIC (a trigger fires without EXECUTE; only
     // creating one needs it), so nobody can attach it to another table.
+    let f = "outpost._capture()";
     vec![
-        format!("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_ins ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_upd ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_del ON {tbl}"),
         format!("DROP TRIGGER IF EXISTS outpost_capture_trunc ON {tbl}"),
-        format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
-        format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}()"),
+        format!("CREATE TRIGGER outpost_capture_ins AFTER INSERT ON {tbl} REFERENCING NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_upd AFTER UPDATE ON {tbl} REFERENCING OLD TABLE AS outpost_old NEW TABLE AS outpost_new FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_del AFTER DELETE ON {tbl} REFERENCING OLD TABLE AS outpost_old FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
+        format!("CREATE TRIGGER outpost_capture_trunc AFTER TRUNCATE ON {tbl} FOR EACH STATEMENT EXECUTE FUNCTION {f}"),
     ]
 }

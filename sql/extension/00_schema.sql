@@ -5,9 +5,9 @@
 --
 -- Pipeline: capture triggers append (table, key) to outpost.changes →
 -- outpost.tick() reads committed changes and the rows they point at in ONE
--- statement (one snapshot; generated from the rules by the Rust compiler),
--- diffs the result against outpost.bucket_rows, and appends PUT/REMOVE ops
--- with consecutive op ids to outpost.ops → publishes checkpoint N (the last op
+-- statement (one snapshot; generated from the rules by the Rust compiler)
+-- that also diffs them against outpost.bucket_rows, and appends PUT/REMOVE
+-- ops with consecutive op ids to outpost.ops → publishes checkpoint N (the last op
 -- id) and NOTIFYs outpost_checkpoint.
 --
 -- Invariant: checkpoint N contains every op with op_id <= N, forever. Ticks
@@ -49,6 +49,8 @@ CREATE TABLE outpost.captured_tables (
 
 -- kind: 'k' a row key changed, 't' table truncated, 'f' re-evaluate the whole
 -- table for bucket definition `def` (a deploy).
+-- Written by the capture trigger with simple_heap_insert (pg_ext/src/capture.rs):
+-- it must keep these four columns in this order and have no index or trigger.
 CREATE TABLE outpost.changes (
     relid oid NOT NULL,
     pk    jsonb,
@@ -179,9 +181,6 @@ CREATE INDEX write_checkpoints_checkpoint ON outpost.write_checkpoints (checkpoi
 -- before it commits). Unlogged: its content never outlives a transaction.
 -- def: NULL when every definition re-evaluates the key, else the one that does.
 CREATE UNLOGGED TABLE outpost.work_keys (relid oid NOT NULL, pk jsonb NOT NULL, def text);
-CREATE UNLOGGED TABLE outpost.work_rows (
-    bucket text, object_type text, object_id text, subkey text, relid oid, pk jsonb, data text
-);
 CREATE UNLOGGED TABLE outpost.work_params (
     query_id text, relid oid, pk jsonb, lookup jsonb, bucket text
 );

@@ -1,6 +1,7 @@
--- 02_tick.sql — the tick: runs the compiled one-snapshot statement, diffs its
--- result against bucket_rows, allocates op ids, appends ops, updates running
--- totals and parameter lookups, publishes a checkpoint and NOTIFYs it.
+-- 02_tick.sql — the tick: runs the compiled one-snapshot statement (which
+-- also diffs its rows against bucket_rows and allocates op ids), appends ops,
+-- updates running totals and parameter lookups, publishes a checkpoint and
+-- NOTIFYs it.
 
 -- The one place op ids are allocated from. Every allocator (the tick, rules
 -- activation — deploy_rules, define_bucket, drop_bucket, redeploy, ALTER
@@ -150,10 +151,14 @@ BEGIN
     IF stmt IS NULL THEN
         stmt := outpost._empty_tick_sql();
     END IF;
-    -- One statement, one snapshot: every read of user tables happens here.
-    -- When it fails, keys nobody can read are set aside and it runs once more.
+    -- The caller holds the tick lock, so nothing allocates op ids meanwhile.
+    last_cp := outpost._op_id_base();
+    -- One statement, one snapshot: every read of user tables happens here,
+    -- and so does the diff against bucket_rows (ops land in work_ops with
+    -- their ids). When it fails, keys nobody can read are set aside and it
+    -- runs once more.
     BEGIN
-        EXECUTE stmt INTO n_changes;
+        EXECUTE stmt INTO n_changes, n_ops USING last_cp;
     EXCEPTION WHEN OTHERS THEN
         IF outpost._quarantine_keys() = 0 THEN
             PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
@@ -162,56 +167,16 @@ BEGIN
     END;
     IF retry THEN
         BEGIN
-            EXECUTE stmt INTO n_changes;
+            EXECUTE stmt INTO n_changes, n_ops USING last_cp;
         EXCEPTION WHEN OTHERS THEN
             PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
         END;
     END IF;
 
-    last_cp := outpost._op_id_base();
-
     -- Big ticks get real statistics so the joins below plan as hash joins.
     IF n_changes > 5000 THEN
-        ANALYZE outpost.work_keys, outpost.work_rows, outpost.work_params;
+        ANALYZE outpost.work_keys, outpost.work_params;
     END IF;
-
-    -- Diff against the current rows. Lookups into the big tables are driven by
-    -- the (small) work tables through index scans; OFFSET 0 keeps the planner
-    -- from turning them into scans of the whole op state.
-    INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
-                                  checksum, relid, pk, fingerprint, existed, old_op_id)
-    SELECT last_cp + row_number() OVER (),
-           d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
-           outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data),
-           d.relid, d.pk, d.fp, d.existed, d.old_op_id
-      FROM (
-        SELECT n.row_key, n.bucket, n.object_type, n.object_id, n.subkey, 'PUT' AS op, n.data,
-               n.relid, n.pk, n.fp, o.fingerprint IS NOT NULL AS existed, o.op_id AS old_op_id
-          FROM (SELECT w.*, outpost._fingerprint(w.data) AS fp,
-                       outpost._row_key(w.bucket, w.object_type, w.object_id, w.subkey) AS row_key
-                  FROM outpost.work_rows w) n
-          LEFT JOIN LATERAL (
-              SELECT b.fingerprint, b.op_id FROM outpost.bucket_rows b
-               WHERE b.row_key = n.row_key AND b.bucket = n.bucket AND b.object_type = n.object_type
-                 AND b.object_id = n.object_id AND b.subkey = n.subkey
-              OFFSET 0) o ON true
-         WHERE o.fingerprint IS DISTINCT FROM n.fp
-        UNION ALL
-        SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, 'REMOVE', NULL, b.relid, b.pk,
-               NULL, true, b.op_id
-          FROM (SELECT relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
-                  FROM outpost.work_keys GROUP BY relid, pk) k
-         CROSS JOIN LATERAL (
-              SELECT * FROM outpost.bucket_rows b
-               WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
-              OFFSET 0) b
-         WHERE (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
-           AND NOT EXISTS (
-              SELECT 1 FROM outpost.work_rows n
-               WHERE n.bucket = b.bucket AND n.object_type = b.object_type
-                 AND n.object_id = b.object_id AND n.subkey = b.subkey)
-      ) d;
-    GET DIAGNOSTICS n_ops = ROW_COUNT;
 
     IF n_ops > 0 THEN
         PERFORM outpost._apply_work_ops(n_ops);
@@ -262,11 +227,10 @@ BEGIN
     -- TRUNCATE leaves no dead rows to scan but rewrites catalog entries, so
     -- it is reserved for big ticks.
     IF n_changes > 5000 OR n_ops > 5000 THEN
-        TRUNCATE outpost.work_keys, outpost.work_rows, outpost.work_params,
+        TRUNCATE outpost.work_keys, outpost.work_params,
                  outpost.work_write_checkpoints, outpost.work_ops, outpost.work_old_params;
     ELSE
         DELETE FROM outpost.work_keys;
-        DELETE FROM outpost.work_rows;
         DELETE FROM outpost.work_params;
         DELETE FROM outpost.work_write_checkpoints;
         DELETE FROM outpost.work_ops;

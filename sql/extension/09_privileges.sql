@@ -4,17 +4,17 @@
 -- Deny by default: the extension shares its database with roles the
 -- operator does not trust, so PUBLIC may do nothing here — not even look
 -- up names in the schema. Each role then gets exactly what it needs:
--- - writers of synced tables: nothing. Capture triggers run as the extension
---   owner (SECURITY DEFINER, pinned search_path) and queue only keys of rows
---   the writer really changed; nobody else can write to outpost.changes.
+-- - writers of synced tables: nothing. The capture trigger (outpost._capture,
+--   in C) inserts the queue's heap tuples itself, without SQL or privilege
+--   checks, and queues only keys of rows the writer really changed; nobody
+--   else can write to outpost.changes.
 -- - table owners running ALTER/DROP TABLE: nothing. The event triggers run
 --   as the extension owner with a pinned search_path; the caller's schema
 --   list is passed as data only.
 -- - the relay's role: `SELECT outpost.grant_relay('role')`.
 -- - the `/crud` write role: `SELECT outpost.grant_crud('role')`.
--- Functions created later (one capture function per synced table) are closed
--- when they are created (rules/src/tick_sql.rs). tests/tests/security.rs
--- checks every object against one allow-list.
+-- outpost._capture is closed by the REVOKE below like every other routine.
+-- tests/tests/security.rs checks every object against one allow-list.
 REVOKE ALL ON SCHEMA outpost FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA outpost FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA outpost FROM PUBLIC;

@@ -110,8 +110,8 @@ fn writers_need_nothing_in_outpost_and_their_writes_sync() {
         .unwrap();
     let f: String = c
         .query_one(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p
-              WHERE p.pronamespace = 'outpost'::regnamespace AND p.proname LIKE 'capture\\_%'",
+            "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t
+              WHERE t.tgrelid = 'todos'::regclass AND t.tgname = 'outpost_capture_ins'",
             &[],
         )
         .unwrap()

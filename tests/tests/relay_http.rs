@@ -324,8 +324,18 @@ fn connections_over_the_cap_get_503_and_are_closed() {
     let (db, _c) = setup("http_cap");
     let relay = Relay::start_with(&db, |a| a.max_connections = 1);
     let token = relay.token("u1", 300);
-    // The one slot: an open stream.
-    let mut s = relay.stream(&token, &json!({"raw_data": true}));
+    // The one slot: an open stream. The start-up health check's connection
+    // holds the slot until the relay has seen it close, so the first tries
+    // may still be refused.
+    let body = json!({"raw_data": true}).to_string();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut s = loop {
+        let res = relay.send(relay.build("POST", "/sync/stream", Some(&token), Some(&body)));
+        if res.status() != 503 || std::time::Instant::now() > deadline {
+            break outpost_tests::relay::SyncStream::open(res);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     s.until("checkpoint_complete");
     let r = relay.request("GET", "/health", None, None);
     assert_eq!(r.status, 503, "{}", r.body);

@@ -139,7 +139,15 @@ fn https_with_h1_and_h2_by_alpn_and_certificates_reloaded_on_sighup() {
 
     for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
         let client = client(&first.ca, version);
-        let res = get(&client, &format!("{base}/health"), None).unwrap();
+        // /health is 503 until the relay's first tick: wait for it (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let res = loop {
+            let res = get(&client, &format!("{base}/health"), None).unwrap();
+            if res.status() == 200 || std::time::Instant::now() > deadline {
+                break res;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert_eq!(res.status(), 200);
         assert_eq!(res.version(), version, "negotiated by ALPN");
         // The sync stream over TLS, in this HTTP version.

@@ -143,7 +143,7 @@ info "tick → checkpoint $cp1 (last op id $last_op_15)"
 
 # ------------------------------------------------------ relay and clients --
 step "Relay and clients on the $OLD_MAJOR cluster"
-SECRET=pg-upgrade-test-secret
+SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 ENDPOINT=http://127.0.0.1:$RELAY_PORT
 OUTPOST_DATABASE_URL="host=127.0.0.1 port=$PORT user=postgres dbname=$DB" OUTPOST_LISTEN=127.0.0.1:$RELAY_PORT \
   OUTPOST_JWT_SECRET=$SECRET "$RELAY" serve >"$WORK/relay.log" 2>&1 &

@@ -45,6 +45,30 @@ pub fn wait_status(
     }
 }
 
+/// Waits up to `timeout` until `db` has applied checkpoint `cp` or a later
+/// one; `false` if it has not by then.
+pub fn reached_checkpoint(
+    rt: &tokio::runtime::Runtime,
+    db: &Database,
+    cp: i64,
+    timeout: std::time::Duration,
+) -> bool {
+    let mut rx = db.status();
+    rt.block_on(async {
+        tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| {
+                s.last_checkpoint
+                    .as_deref()
+                    .and_then(|x| x.parse::<i64>().ok())
+                    .is_some_and(|x| x >= cp)
+            }),
+        )
+        .await
+        .is_ok()
+    })
+}
+
 /// Runs `sql` as a live query until `pred` holds for its rows; returns them.
 pub fn wait_rows(
     rt: &tokio::runtime::Runtime,

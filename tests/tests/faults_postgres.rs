@@ -18,6 +18,7 @@ mod faults_support;
 use faults_support::{try_get, wait_for};
 use outpost_client::net::connector::open_with_relay_schema;
 use outpost_client::{Credentials, Http, StaticConnector, SyncClient, SyncOptions};
+use outpost_tests::client::reached_checkpoint;
 use outpost_tests::relay::Relay;
 use outpost_tests::{fold_bucket, ops, tick, TestDb};
 use std::process::Command;
@@ -176,20 +177,7 @@ bucket_definitions:
     });
     let converge = |c: &mut postgres::Client, what: &str| {
         let cp = tick(c);
-        let mut rx = client.status();
-        let ok = rt.block_on(async {
-            tokio::time::timeout(
-                WAIT,
-                rx.wait_for(|s| {
-                    s.last_checkpoint
-                        .as_deref()
-                        .and_then(|x| x.parse::<i64>().ok())
-                        .is_some_and(|x| x >= cp)
-                }),
-            )
-            .await
-            .is_ok()
-        });
+        let ok = reached_checkpoint(&rt, &client, cp, WAIT);
         assert!(
             ok,
             "{what}: client never reached checkpoint {cp}; status {:?}",

@@ -2,6 +2,7 @@
 
 use outpost_client::net::connector::open_with_relay_schema;
 use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions};
+use outpost_tests::client::reached_checkpoint;
 use outpost_tests::relay::Relay;
 use outpost_tests::replication::Node;
 use postgres::Client;
@@ -97,20 +98,7 @@ pub fn converge(
         .unwrap()
         .get(0);
     for c in clients {
-        let mut rx = c.db.status();
-        let ok = rt.block_on(async {
-            tokio::time::timeout(
-                WAIT,
-                rx.wait_for(|s| {
-                    s.last_checkpoint
-                        .as_deref()
-                        .and_then(|x| x.parse::<i64>().ok())
-                        .is_some_and(|x| x >= cp)
-                }),
-            )
-            .await
-            .is_ok()
-        });
+        let ok = reached_checkpoint(rt, &c.db, cp, WAIT);
         assert!(
             ok,
             "{what}: {} never reached checkpoint {cp}; status {:?}, task finished: {}",

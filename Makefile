@@ -26,6 +26,11 @@ endif
 export PG
 export OUTPOST_TEST_DATABASE_URL ?= host=127.0.0.1 port=$(PG_PORT) user=postgres dbname=postgres
 export OUTPOST_DEMO_PG ?= host=127.0.0.1 port=$(PG_PORT) user=postgres
+# Every cargo command of the test tiers selects the whole workspace (less the
+# pgrx crate) so that dependencies resolve to one feature set: `-p one-crate`
+# unifies features differently and rebuilds (and stores) every dependency again.
+WORKSPACE := --workspace --exclude outpost
+INTEGRATION_TESTS := $(patsubst tests/tests/%.rs,--test %,$(wildcard tests/tests/*.rs))
 ifeq ($(PG),15)
 TEST_PATH := $(PATH)
 else
@@ -41,12 +46,12 @@ install-ext: setup
 
 ## make test: every test tier (unit, integration on real Postgres).
 test: setup lint
-	PATH="$(TEST_PATH)" $(CARGO) test --workspace --exclude outpost --no-fail-fast
+	PATH="$(TEST_PATH)" $(CARGO) test $(WORKSPACE) --no-fail-fast
 
 ## Tier 2 only: the integration tests on real Postgres (tests/tests/*).
 ## TEST_ARGS are passed to the test binaries (e.g. TEST_ARGS="--skip client_killed").
 test-integration: setup
-	PATH="$(TEST_PATH)" $(CARGO) test -p outpost-tests --no-fail-fast $(if $(TEST_ARGS),-- $(TEST_ARGS))
+	PATH="$(TEST_PATH)" $(CARGO) test $(WORKSPACE) $(INTEGRATION_TESTS) --no-fail-fast $(if $(TEST_ARGS),-- $(TEST_ARGS))
 
 ## make test-faults: Postgres restarted under a running relay and client, on a
 ## dedicated cluster (15/faults on 127.0.0.1:5434, created if needed, stopped after);

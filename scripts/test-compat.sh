@@ -5,7 +5,7 @@
 #
 #   1. `npm ci` in compat/powersync-node/ when node_modules is missing or stale
 #      (better-sqlite3 compiles from source the first time, ~1 min);
-#   2. builds outpost-relay (debug, cargo build -p outpost-relay);
+#   2. builds outpost-relay (debug, with the workspace's test feature set);
 #   3. drops and recreates database outpost_compat: lists/todos with owner_id,
 #      RLS write policies for role outpost_compat_writer keyed on the JWT sub,
 #      rows for users alice and bob, and rules with a per-user bucket
@@ -93,7 +93,9 @@ echo "    @powersync/node $(node -p "require('./$PKG/node_modules/@powersync/nod
 
 # ------------------------------------------------------------ 2. the relay --
 step "Building outpost-relay (debug)"
-"$CARGO" build -q -p outpost-relay
+# All targets of the workspace: the feature set of `make test`, so nothing is
+# rebuilt after it (`-p outpost-relay` alone would rebuild every dependency).
+"$CARGO" build -q --workspace --exclude outpost --all-targets
 RELAY=${CARGO_TARGET_DIR:-$ROOT/target}/debug/outpost-relay
 [ -x "$RELAY" ] || die "$RELAY not found"
 

@@ -65,4 +65,5 @@ pg_isready -q -h 127.0.0.1 -p "$PORT" || die "cluster $PG_MAJOR/$CLUSTER is not 
 export OUTPOST_TEST_DATABASE_URL="host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 export OUTPOST_FAULTS_CLUSTER="$PG_MAJOR/$CLUSTER"
 log "running tests/tests/faults_postgres.rs against $OUTPOST_TEST_DATABASE_URL"
-${CARGO:-cargo} test -p outpost-tests --test faults_postgres -- --ignored --nocapture --test-threads=1
+# The workspace selection keeps the feature set of `make test` (no rebuild).
+${CARGO:-cargo} test --workspace --exclude outpost --test faults_postgres -- --ignored --nocapture --test-threads=1

@@ -106,7 +106,8 @@ start_cluster() { # start_cluster BIN DATA
 
 # ------------------------------------------------------------- binaries --
 step "Building outpost-relay and outpost (debug)"
-"$CARGO" build -q -p outpost-relay -p outpost-client || die "cargo build failed"
+# All targets of the workspace: the feature set of `make test` (no rebuild).
+"$CARGO" build -q --workspace --exclude outpost --all-targets || die "cargo build failed"
 RELAY=$TARGET_DIR/debug/outpost-relay
 CLIENT=$TARGET_DIR/debug/outpost
 

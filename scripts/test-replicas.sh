@@ -39,5 +39,6 @@ T0=$(date +%s)
 export OUTPOST_REPLICA_PG_BINDIR=$BINDIR
 export OUTPOST_REPLICA_PORTS=$PORTS
 log "Postgres $("$BINDIR/pg_ctl" --version | awk '{print $3}') from $BINDIR, ports $PORTS"
-${CARGO:-cargo} test -p outpost-tests --test faults_replica -- --ignored --nocapture --test-threads=1
+# The workspace selection keeps the feature set of `make test` (no rebuild).
+${CARGO:-cargo} test --workspace --exclude outpost --test faults_replica -- --ignored --nocapture --test-threads=1
 log "PASS in $(($(date +%s) - T0)) s"

@@ -56,6 +56,27 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
   cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
 fi
+# pgrx runs every pg_config its config.toml names whenever it builds, for any
+# major: an entry left by another checkout (or an older path) whose pg_config
+# is gone breaks every build, so such entries are dropped first.
+prune_pgrx_config() {
+  local cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml tmp line dropped=()
+  [ -f "$cfg" ] || return 0
+  tmp=$(mktemp)
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [[ $line =~ ^pg[0-9]+[[:space:]]*=[[:space:]]*\"([^\"]*)\" ]] && [ ! -x "${BASH_REMATCH[1]}" ]; then
+      dropped+=("${line%%[ =]*}")
+      continue
+    fi
+    printf '%s\n' "$line" >>"$tmp"
+  done <"$cfg"
+  if [ ${#dropped[@]} -gt 0 ]; then
+    log "pgrx config: dropping ${dropped[*]} (their pg_config no longer exists)"
+    cat "$tmp" >"$cfg"
+  fi
+  rm -f "$tmp"
+}
+prune_pgrx_config
 if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
   cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null

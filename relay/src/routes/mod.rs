@@ -6,6 +6,7 @@
 pub mod cors;
 mod crud;
 mod health;
+mod request_body;
 mod schema;
 mod stream_body;
 mod sync_stream;
@@ -20,7 +21,7 @@ use crate::Error;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt};
+use http_body_util::combinators::BoxBody;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +29,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
 use tower_http::cors::{Cors, CorsLayer};
+
+use request_body::{check_content_length, read_json, read_json_streamed};
 
 pub type ResBody = BoxBody<Bytes, Infallible>;
 
@@ -246,61 +249,6 @@ fn authenticate<'a, B>(
         })
         .transpose();
     async move { state.verifier.verify_header(header?.as_deref()).await }
-}
-
-/// Reads a JSON body of at most `limit` bytes within `timeout` (413 beyond the
-/// size, 408 beyond the time: a client trickling its body must not hold a
-/// connection and a task forever; 400 if malformed).
-async fn read_json<B, T>(body: B, limit: usize, timeout: Duration) -> Result<T, Error>
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T: serde::de::DeserializeOwned,
-{
-    let bytes = tokio::time::timeout(timeout, read_body(body, limit))
-        .await
-        .map_err(|_| Error::RequestTimeout)??;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
-}
-
-/// The body in one buffer, sized from its declared length: each frame is
-/// copied in and dropped as it arrives, so a large body (a resume listing
-/// 100,000 buckets) is held once, not as frames plus their concatenation.
-async fn read_body<B>(body: B, limit: usize) -> Result<Vec<u8>, Error>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
-    let mut buf = Vec::with_capacity(hint.min(limit));
-    let mut body = std::pin::pin!(body);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-            Error::BadRequest(format!("cannot read request body: {e}"))
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(Error::PayloadTooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf)
-}
-
-/// A declared length over the limit is refused before reading anything.
-fn check_content_length<B>(req: &Request<B>, limit: usize) -> Result<(), Error> {
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit as u64 => Err(Error::PayloadTooLarge),
-        _ => Ok(()),
-    }
 }
 
 fn ok_json<T: serde::Serialize>(value: &T) -> Response<ResBody> {

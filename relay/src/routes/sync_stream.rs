@@ -7,7 +7,9 @@
 //! and nothing more is read from the database for it, which bounds memory.
 
 use super::stream_body::StreamBody;
-use super::{authenticate, check_content_length, read_json, AppState, CloseConnection, ResBody};
+use super::{
+    authenticate, check_content_length, read_json_streamed, AppState, CloseConnection, ResBody,
+};
 use crate::auth::{now_secs, Claims};
 use crate::compress::Encoding;
 use crate::listener::Announced;
@@ -46,7 +48,7 @@ where
     } else {
         Encoding::Identity
     };
-    let request: SyncRequest = read_json(
+    let request: SyncRequest = read_json_streamed(
         req.into_body(),
         state.limits.max_sync_body_bytes,
         state.limits.read_timeout,

@@ -76,9 +76,7 @@ fn a_table_query_may_output_request_values() {
     ));
     let (full, lookup, bucket) = table_query(&d);
     // The lookup row holds the row outputs (none here); the request adds its own.
-    assert!(has(full, "(jsonb_build_array())::text AS bucket"),
-        "{full}"
-    );
+    assert!(has(full, "(jsonb_build_array())::text AS bucket"), "{full}");
     assert!(has(full, "\"users\".\"is_admin\""), "{full}");
     assert!(has(lookup, "$1 ->> 'sub'"), "{lookup}");
     let bucket = bucket.expect("bucket_sql");
@@ -106,10 +104,18 @@ fn row_and_request_outputs_keep_the_parameter_order() {
     ));
     assert_eq!(d.buckets[0].param_names, vec!["region", "org"]);
     let (full, _, bucket) = table_query(&d);
-    assert!(has(full, "(jsonb_build_array(to_jsonb(\"users\".\"org_id\")))::text AS bucket"),
+    assert!(
+        has(
+            full,
+            "(jsonb_build_array(to_jsonb(\"users\".\"org_id\")))::text AS bucket"
+        ),
         "{full}"
     );
-    assert!(has(full, "nullif(to_jsonb(\"users\".\"org_id\"), 'null'::jsonb) IS NOT NULL"),
+    assert!(
+        has(
+            full,
+            "nullif(to_jsonb(\"users\".\"org_id\"), 'null'::jsonb) IS NOT NULL"
+        ),
         "{full}"
     );
     let bucket = bucket.unwrap();
@@ -126,7 +132,9 @@ fn row_and_request_outputs_keep_the_parameter_order() {
     };
     let b = bucket_sql.as_deref().unwrap();
     assert!(
-        b.find("$1 #> ARRAY['region']").or(b.find("'region'")).unwrap()
+        b.find("$1 #> ARRAY['region']")
+            .or(b.find("'region'"))
+            .unwrap()
             < b.find("(p.bucket)::jsonb -> 0").unwrap(),
         "{b}"
     );
@@ -275,11 +283,20 @@ fn data_sql(yaml_data: &str) -> String {
 fn json_text_is_written_as_sqlite_writes_it() {
     // `->` as an output: JSON text without spaces.
     let s = data_sql("SELECT id, j -> 'a' AS a FROM docs");
-    assert!(has(&s, "outpost._json_min(((\"docs\".\"j\")::jsonb #> ARRAY['a']::text[])::text)"), "{s}");
+    assert!(
+        has(
+            &s,
+            "outpost._json_min(((\"docs\".\"j\")::jsonb #> ARRAY['a']::text[])::text)"
+        ),
+        "{s}"
+    );
     // A json column (and text) is read as json, keeping its key order.
     let s = data_sql("SELECT id, js -> 'a' AS a, js ->> 'a' AS b, t -> '$.a' AS c FROM docs");
     assert!(has(&s, "(\"docs\".\"js\")::json #> ARRAY['a']"), "{s}");
-    assert!(has(&s, "outpost._sqlite_json((\"docs\".\"js\")::json #>"), "{s}");
+    assert!(
+        has(&s, "outpost._sqlite_json((\"docs\".\"js\")::json #>"),
+        "{s}"
+    );
     assert!(has(&s, "_t::json END"), "{s}");
     // Legacy `->` of a JSON null is NULL.
     assert!(has(&s, "nullif(outpost._json_min("), "{s}");
@@ -313,4 +330,22 @@ fn a_table_query_without_a_request_match_gives_every_request_its_rows() {
         "SELECT id FROM docs WHERE org_id = bucket.org",
     ));
     assert_eq!(w.len(), 1, "{w:?}");
+}
+
+#[test]
+fn arrow_as_a_bucket_parameter_is_json_text() {
+    let d = deploy(&one_bucket(
+        "SELECT request.jwt() -> 'org' AS org",
+        "SELECT id FROM docs WHERE org_id = bucket.org",
+    ));
+    let ParamQuery::Static { sql, .. } = &d.buckets[0].parameter_queries[0] else {
+        panic!()
+    };
+    assert!(
+        has(
+            sql,
+            "to_jsonb(nullif(outpost._json_min($1::jsonb #> ARRAY['org']::text[]::text"
+        ),
+        "{sql}"
+    );
 }

@@ -144,10 +144,7 @@ fn json_each_key_is_an_index_or_a_member_name() {
             json!(["a", "b"]),
             vec!["by_slot[0,\"a\"]", "by_slot[1,\"b\"]"],
         ),
-        (
-            json!({"x": "a", "skip": "b"}),
-            vec!["by_slot[\"x\",\"a\"]"],
-        ),
+        (json!({"x": "a", "skip": "b"}), vec!["by_slot[\"x\",\"a\"]"]),
         (json!("[\"a\"]"), vec!["by_slot[0,\"a\"]"]),
         // A scalar's key is NULL, which is no parameter value.
         (json!(5), vec![]),
@@ -229,6 +226,16 @@ fn json_text_comes_out_as_sqlite_writes_it() {
   g:
     data: SELECT id, j -> 'a' AS ja, j -> '$.a.z' AS jz, j ->> 'a' AS jt, j -> 0 AS j0, j -> 's' AS js_, j -> 'n' AS jn, js -> 'a' AS sa, js ->> 'a' AS st, js -> 0 AS s0, t -> 'a' AS ta, t ->> '$.a.b' AS tb, length(j -> 'a') AS len, CAST(j -> 'a' AS text) AS txt FROM v
 "#,
+    );
+    // As a bucket parameter, `->` is JSON text too (`->>` the value).
+    c.query_one(
+        "SELECT outpost.define_bucket('p', ARRAY['SELECT request.jwt() -> ''org'' AS o, request.jwt() ->> ''org'' AS v'], ARRAY['SELECT id FROM v WHERE t = bucket.o AND t = bucket.v'])",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        buckets(&mut c, json!({"sub": "u", "org": "o1"}), json!({})),
+        vec!["g[]", "p[\"\\\"o1\\\"\",\"o1\"]"]
     );
     let mut got = rows(&mut c, "g[]");
     got.sort_by_key(|r| r["id"].as_i64());

@@ -145,4 +145,3 @@ pub fn overlap(l: &Arg, r: &Arg) -> String {
         r.to_jsonb()
     )
 }
-

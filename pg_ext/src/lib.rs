@@ -37,6 +37,7 @@ extension_sql_file!(
         _validate_yaml,
         _to_yaml,
         _stream_sources,
+        _sql_bucket,
         _empty_tick_sql,
         _op_checksum,
         _fingerprint,
@@ -160,6 +161,29 @@ fn _stream_sources(
     let queries: Vec<String> = queries.into_iter().flatten().collect();
     match outpost_rules::stream::define(name, queries, auto_subscribe, priority) {
         Ok(sources) => JsonB(serde_json::to_value(sources).expect("sources serialize")),
+        Err(e) => rules_error(e.to_string()),
+    }
+}
+
+/// `define_bucket(name, parameters, data, priority)` → its bucket source,
+/// checked like YAML, with the `config:` of the `active` sources.
+#[pg_extern(immutable, parallel_safe)]
+fn _sql_bucket(
+    name: &str,
+    parameters: Vec<Option<String>>,
+    data: Vec<Option<String>>,
+    priority: i32,
+    active: JsonB,
+) -> JsonB {
+    let active = sources_from(active);
+    match outpost_rules::yaml::sql_bucket(
+        name.to_string(),
+        parameters.into_iter().flatten().collect(),
+        data.into_iter().flatten().collect(),
+        priority,
+        &active,
+    ) {
+        Ok(s) => JsonB(serde_json::to_value(s).expect("sources serialize")),
         Err(e) => rules_error(e.to_string()),
     }
 }

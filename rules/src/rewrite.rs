@@ -92,34 +92,46 @@ pub fn rewrite(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
 }
 
 /// Like [`rewrite`], for an expression whose value is output (a data column
-/// or a bucket parameter): a JSON extraction at the top keeps its JSON type.
+/// or a bucket parameter): a `->>` / `json_extract` at the top keeps its
+/// JSON type, a `->` at the top is JSON text as SQLite writes it.
 pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
+    // (json, path, path must start with `$`, `->>`)
     let top = match unnest(expr) {
         Expr::BinaryOp {
             left,
-            op: BinaryOperator::LongArrow,
+            op: op @ (BinaryOperator::LongArrow | BinaryOperator::Arrow),
             right,
-        } => Some((left.as_ref().clone(), right.as_ref().clone(), false)),
+        } => Some((
+            left.as_ref().clone(),
+            right.as_ref().clone(),
+            false,
+            *op == BinaryOperator::LongArrow,
+        )),
         Expr::Function(f)
             if function_name(f).len() == 1
                 && function_name(f)[0].eq_ignore_ascii_case("json_extract") =>
         {
             match call_args(f)?.as_slice() {
-                [j, p] => Some((j.clone(), p.clone(), true)),
+                [j, p] => Some((j.clone(), p.clone(), true, true)),
                 _ => None,
             }
         }
         _ => None,
     };
-    if let Some((mut l, mut r, dollar)) = top {
+    if let Some((mut l, mut r, dollar, text)) = top {
         let mut refs = rewrite(&mut l, scope)?;
         refs.merge(rewrite(&mut r, scope)?);
         let (la, ra) = (arg_of(&l, &scope), arg_of(&r, &scope));
         if dollar {
             dialect::json_path(&ra, scope.options, true)?;
         }
-        let sql = dialect::json_get(&la, &ra, true, dialect::Use::Output, scope.options)?;
-        *expr = Expr::Nested(Box::new(compiled(sql, dialect::Kind::Json)?));
+        let sql = dialect::json_get(&la, &ra, text, dialect::Use::Output, scope.options)?;
+        let kind = if text {
+            dialect::Kind::Json
+        } else {
+            dialect::Kind::Other
+        };
+        *expr = Expr::Nested(Box::new(compiled(sql, kind)?));
         return Ok(refs);
     }
     if let Some((k, source, client)) = request_parameter_call(unnest(expr), streams(&scope)) {
@@ -132,17 +144,17 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
             ..Refs::default()
         });
     }
-    let is_value = |e: &Expr| match e {
-        Expr::Identifier(i) => i.value == "value",
-        Expr::CompoundIdentifier(ids) => {
-            ids.len() == 2
-                && Some(ids[0].value.as_str()) == scope.json_each
-                && ids[1].value == "value"
+    let column = match unnest(expr) {
+        Expr::Identifier(i) => json_each_column(&i.value),
+        Expr::CompoundIdentifier(ids)
+            if ids.len() == 2 && Some(ids[0].value.as_str()) == scope.json_each =>
+        {
+            json_each_column(&ids[1].value)
         }
-        _ => false,
+        _ => None,
     };
-    if scope.json_each.is_some() && is_value(unnest(expr)) {
-        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.v"))?));
+    if let (Some(c), Some(_)) = (column, scope.json_each) {
+        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.{c}"))?));
         return Ok(Refs {
             json_each: true,
             ..Refs::default()
@@ -199,9 +211,21 @@ fn streams(scope: &Scope) -> bool {
     scope.options.streams
 }
 
-fn json_each_value(refs: &mut Refs) -> Result<Option<Expr>, String> {
+/// The SQL column of a `json_each` row's `value` (`v`) or `key` (`k`): both
+/// jsonb, a key being an array's 0-based index or an object's member name
+/// (NULL for a scalar), as SQLite's json_each has them.
+fn json_each_column(name: &str) -> Option<&'static str> {
+    match name {
+        "value" => Some("v"),
+        "key" => Some("k"),
+        _ => None,
+    }
+}
+
+/// `value` / `key` inside an expression: the SQL value (text, as `->>`).
+fn json_each_value(refs: &mut Refs, column: &str) -> Result<Option<Expr>, String> {
     refs.json_each = true;
-    parse_expr(&format!("({JSON_EACH_SQL}.v #>> '{{}}')")).map(Some)
+    parse_expr(&format!("({JSON_EACH_SQL}.{column} #>> '{{}}')")).map(Some)
 }
 
 /// One node of [`rewrite`], its children already rewritten.
@@ -377,10 +401,12 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 Some((t, _)) => {
                     return Err(format!("unknown column \"{name}\" in table \"{}\"", t.name))
                 }
-                None if scope.json_each.is_some() && name == "value" => json_each_value(refs)?,
+                None if scope.json_each.is_some() && json_each_column(&name).is_some() => {
+                    json_each_value(refs, json_each_column(&name).expect("checked"))?
+                }
                 None if scope.json_each.is_some() => {
                     return Err(format!(
-                        "unknown name \"{name}\": json_each(...) rows have a `value`"
+                        "unknown name \"{name}\": json_each(...) rows have a `key` and a `value`"
                     ))
                 }
                 None => {
@@ -400,11 +426,14 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 refs.client_params |= client;
                 refs.token_params |= !client;
                 Some(parse_expr(&sql)?)
-            } else if parts.len() == 2
-                && scope.json_each == Some(parts[0].as_str())
-                && parts[1] == "value"
-            {
-                json_each_value(refs)?
+            } else if let (2, Some(c)) = (
+                parts.len(),
+                parts
+                    .get(1)
+                    .and_then(|n| json_each_column(n))
+                    .filter(|_| scope.json_each == Some(parts[0].as_str())),
+            ) {
+                json_each_value(refs, c)?
             } else if let (Some((t, alias)), 2) = (table, parts.len()) {
                 if parts[0] != alias && parts[0] != t.name {
                     return Err(format!(

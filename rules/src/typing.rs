@@ -92,7 +92,7 @@ pub fn kind_of(e: &Expr, scope: &Scope) -> (dialect::Kind, Option<String>) {
 }
 
 pub fn arg_of(e: &Expr, scope: &Scope) -> dialect::Arg {
-    let (kind, _) = kind_of(e, scope);
+    let (kind, pg_type) = kind_of(e, scope);
     let (literal, index) = match unnest(e) {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) => (Some(s.clone()), None),
@@ -106,6 +106,7 @@ pub fn arg_of(e: &Expr, scope: &Scope) -> dialect::Arg {
         kind,
         literal,
         index,
+        pg_type,
     }
 }
 

@@ -218,9 +218,9 @@ struct BucketOut<'a> {
 
 /// The bucket definitions and streams as PowerSync YAML (what
 /// `outpost.rules_yaml()` returns). The `config:` block is the first
-/// definition's (buckets defined one at a time through SQL use the legacy
-/// defaults, streams PowerSync's current edition); with streams and buckets
-/// in one document it says edition 2, which accepts both.
+/// definition's (buckets defined one at a time through SQL take the active
+/// document's, [`sql_bucket`]; streams PowerSync's current edition); with
+/// streams and buckets in one document it says edition 2, which accepts both.
 pub fn to_yaml(sources: &[BucketSource]) -> String {
     let legacy: Vec<&BucketSource> = sources.iter().filter(|s| s.stream.is_none()).collect();
     let streams: Vec<(&BucketSource, &StreamMeta)> = sources
@@ -228,24 +228,7 @@ pub fn to_yaml(sources: &[BucketSource]) -> String {
         .filter_map(|s| s.stream.as_ref().map(|m| (s, m)))
         .filter(|(_, m)| m.variant == 0)
         .collect();
-    let mut config = sources
-        .first()
-        .filter(|s| !s.options.is_legacy() || s.stream.is_some())
-        .map(|s| {
-            let mut o = s.options.clone();
-            o.streams = false;
-            o.to_config()
-        });
-    if !streams.is_empty() && !legacy.is_empty() {
-        if let Some(serde_json::Value::Object(m)) = &mut config {
-            if m.get("edition").and_then(|e| e.as_i64()) != Some(2) {
-                m.insert("edition".into(), 2.into());
-            }
-        }
-    }
-    if !streams.is_empty() && config.is_none() {
-        config = Some(serde_json::json!({"edition": 2}));
-    }
+    let config = document_config(sources, !legacy.is_empty());
     let doc = YamlOut {
         config,
         bucket_definitions: legacy
@@ -269,6 +252,67 @@ pub fn to_yaml(sources: &[BucketSource]) -> String {
             .collect(),
     };
     serde_saphyr::to_string(&doc).expect("rules serialize to YAML")
+}
+
+/// The `config:` block of a document holding `sources` (and bucket
+/// definitions, when `buckets`): the first definition's options, edition 2
+/// when streams and buckets are mixed; `None` for the legacy defaults.
+fn document_config(sources: &[BucketSource], buckets: bool) -> Option<serde_json::Value> {
+    let streams = sources.iter().any(|s| s.stream.is_some());
+    let mut config = sources
+        .first()
+        .filter(|s| !s.options.is_legacy() || s.stream.is_some())
+        .map(|s| {
+            let mut o = s.options.clone();
+            o.streams = false;
+            o.to_config()
+        });
+    if streams && buckets {
+        if let Some(serde_json::Value::Object(m)) = &mut config {
+            if m.get("edition").and_then(|e| e.as_i64()) != Some(2) {
+                m.insert("edition".into(), 2.into());
+            }
+        }
+    }
+    if streams && config.is_none() {
+        config = Some(serde_json::json!({"edition": 2}));
+    }
+    config
+}
+
+/// A bucket defined through SQL (`outpost.define_bucket`) next to the
+/// `active` definitions: checked like a YAML bucket, and compiled with the
+/// active document's `config:` (its edition's defaults and options), the
+/// one `rules_yaml()` writes, so that deploying `rules_yaml()` gives the
+/// same definitions back. With nothing deployed that is edition 1, as a
+/// document without `config:`.
+pub fn sql_bucket(
+    name: String,
+    parameters: Vec<String>,
+    data: Vec<String>,
+    priority: i32,
+    active: &[BucketSource],
+) -> Result<BucketSource, RuleError> {
+    let options = match document_config(active, true) {
+        None => Options::legacy(),
+        Some(c) => {
+            let c: ConfigYaml = serde_json::from_value(c)
+                .map_err(|e| RuleError::document(format!("config: {e}")))?;
+            Options::from_config(&c)?
+        }
+    };
+    let source = BucketSource {
+        name,
+        parameters,
+        data,
+        priority,
+        options,
+        accept_potentially_dangerous_queries: false,
+        lookups: Vec::new(),
+        stream: None,
+    };
+    check_source(&source)?;
+    Ok(source)
 }
 
 /// Bucket names become part of bucket ids and of generated SQL literals, so

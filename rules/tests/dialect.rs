@@ -171,10 +171,24 @@ fn json_each_parameter_queries() {
     deploy(
         "bucket_definitions:\n  by_tag:\n    parameters: SELECT t.value AS tag FROM json_each(request.parameters() -> 'tags') AS t\n    accept_potentially_dangerous_queries: true\n    data: SELECT id FROM assets WHERE category = bucket.tag\n",
     );
-    let e = refused(
-        "bucket_definitions:\n  b:\n    parameters: SELECT key AS k FROM json_each(request.jwt() -> 'tags')\n    data: SELECT id FROM assets WHERE category = bucket.k\n",
+    // `key`, as SQLite has it: an array's index, an object member's name.
+    let d = deploy(
+        "bucket_definitions:\n  b:\n    parameters: SELECT key AS k, e.value AS v FROM json_each(request.jwt() -> 'tags') AS e WHERE e.key <> 'skip'\n    data: SELECT id FROM assets WHERE category = bucket.k AND org_id = bucket.v\n",
     );
-    assert!(e.contains("json_each(...) rows have a `value`"), "{e}");
+    let ParamQuery::Static { sql, .. } = &d.buckets[0].parameter_queries[0] else {
+        panic!()
+    };
+    assert!(sql.contains("_outpost_je(k, v)"), "{sql}");
+    assert!(sql.contains("to_jsonb((_outpost_je.k))"), "{sql}");
+    assert!(sql.contains("_outpost_je.k #>> '{}'"), "{sql}");
+    assert!(sql.contains("WITH ORDINALITY"), "array indexes: {sql}");
+    let e = refused(
+        "bucket_definitions:\n  b:\n    parameters: SELECT atom AS k FROM json_each(request.jwt() -> 'tags')\n    data: SELECT id FROM assets WHERE category = bucket.k\n",
+    );
+    assert!(
+        e.contains("json_each(...) rows have a `key` and a `value`"),
+        "{e}"
+    );
     let e = refused(&global("SELECT value AS id FROM json_each('[1]')"));
     assert!(e.contains("json_each(...) is for parameter queries"), "{e}");
 }
@@ -259,14 +273,19 @@ fn functions_compile_to_postgres() {
         ("ifnull(category, 'x')", "coalesce("),
         ("iif(archived, 'a', 'b')", "CASE WHEN"),
         ("instr(category, 'x')", "strpos("),
+        // Text and json columns are read as json (key order kept).
         (
             "json_extract(meta, '$.a.b')",
-            "outpost._json((\"assets\".\"meta\")::text) #> ARRAY['a', 'b']::text[]",
+            "outpost._sqlite_json((SELECT CASE WHEN outpost._json(_t) IS NOT NULL THEN _t::json END FROM (SELECT (\"assets\".\"meta\")::text AS _t) _o) #> ARRAY['a', 'b']::text[])",
         ),
         ("meta ->> '$.a[0]'", "ARRAY['a', '0']::text[]"),
         (
             "doc -> 'a'",
-            "((\"assets\".\"doc\")::jsonb #> ARRAY['a']::text[])",
+            "outpost._json_min(((\"assets\".\"doc\")::json #> ARRAY['a']::text[])::text)",
+        ),
+        (
+            "tags -> 'a'",
+            "outpost._json_min((((\"assets\".\"tags\")::jsonb #> ARRAY['a']::text[]))::text)",
         ),
         ("json_array_length(tags)", "jsonb_array_length(_v)"),
         ("json_valid(meta)", "outpost._json("),

@@ -3,15 +3,31 @@
 -- bucket_rows, the tick lock's key, settings, and the catalog snapshot the
 -- rules compiler validates against.
 
--- A value of unknown type as a SQLite client stores it (see compile.rs).
+-- JSON text as SQLite writes it (json(), `->`): no whitespace outside
+-- strings. Postgres puts a space after each ':' and ','.
+CREATE FUNCTION outpost._json_min(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT regexp_replace(t, '("(?:[^"\\]|\\.)*")|[ \t\n\r]+', '\1', 'g')
+$$;
+
+-- A value of unknown type as a SQLite client stores it (see
+-- rules/src/compile/values.rs): objects and arrays as SQLite's JSON text.
 CREATE FUNCTION outpost._sqlite_value(v jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE jsonb_typeof(v)
                WHEN 'boolean' THEN to_jsonb((v #>> '{}')::boolean::int)
-               WHEN 'object' THEN to_jsonb(v::text)
-               WHEN 'array' THEN to_jsonb(v::text)
+               WHEN 'object' THEN to_jsonb(outpost._json_min(v::text))
+               WHEN 'array' THEN to_jsonb(outpost._json_min(v::text))
                ELSE v
            END
+$$;
+
+-- `_sqlite_value` of a `json` value (a `->>` on a json column or text):
+-- an object or array keeps the key order it was written in.
+CREATE FUNCTION outpost._sqlite_json(v json) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN json_typeof(v) IN ('object', 'array') THEN to_jsonb(outpost._json_min(v::text))
+                ELSE outpost._sqlite_value(v::jsonb) END
 $$;
 
 -- Elements of an array value for `IN`: a JSON array, a JSON array stored as

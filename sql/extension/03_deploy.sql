@@ -188,6 +188,8 @@ LANGUAGE sql AS $$
     SELECT * FROM outpost._validate(rules, pg_catalog.current_schemas(true))
 $$;
 
+-- The new bucket takes the active rules' `config:` (edition and options),
+-- the one rules_yaml() writes, as if it had been in the deployed document.
 CREATE FUNCTION outpost._define_bucket(name text, parameters text[], data text[], priority int, schemas name[])
 RETURNS bigint
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
@@ -195,11 +197,13 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         (SELECT coalesce(jsonb_agg(x.s ORDER BY x.s ->> 'name'), '[]'::jsonb)
            FROM (SELECT d.source AS s FROM outpost.bucket_defs d WHERE d.name <> _define_bucket.name
                  UNION ALL
-                 SELECT jsonb_build_object(
-                            'name', _define_bucket.name,
-                            'parameters', to_jsonb(coalesce(_define_bucket.parameters, '{}'::text[])),
-                            'data', to_jsonb(coalesce(_define_bucket.data, '{}'::text[])),
-                            'priority', _define_bucket.priority)) x),
+                 SELECT outpost._sql_bucket(
+                            _define_bucket.name,
+                            coalesce(_define_bucket.parameters, '{}'::text[]),
+                            coalesce(_define_bucket.data, '{}'::text[]),
+                            _define_bucket.priority,
+                            (SELECT coalesce(jsonb_agg(d.source ORDER BY d.name), '[]'::jsonb)
+                               FROM outpost.bucket_defs d))) x),
         outpost._catalog(schemas))
 $$;
 

@@ -24,7 +24,9 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The buckets a request may read: static parameter queries evaluate request
--- values; table ones look them up in the lookups the ticks materialized.
+-- values; table ones look them up in the lookups the ticks materialized
+-- (`bucket_sql`, when some bucket parameters are request values, adds them
+-- to the lookup row's; NULL is no bucket).
 CREATE FUNCTION outpost.user_buckets(claims jsonb, params jsonb)
 RETURNS TABLE (bucket text, priority int)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -47,9 +49,10 @@ BEGIN
                 RETURN QUERY EXECUTE format('SELECT s.bucket::text, %s::int FROM (%s) s', q.prio, q.pq ->> 'sql')
                     USING claims, coalesce(params, '{}'::jsonb), '{}'::jsonb;
             ELSE
-                RETURN QUERY EXECUTE
-                    'SELECT DISTINCT p.bucket, $4::int FROM outpost.param_rows p WHERE p.query_id = $5 AND p.lookup IN ('
-                    || (q.pq ->> 'lookup_sql') || ')'
+                RETURN QUERY EXECUTE format(
+                    'SELECT DISTINCT b.bucket, $4::int FROM (SELECT %s AS bucket FROM outpost.param_rows p '
+                    'WHERE p.query_id = $5 AND p.lookup IN (%s)) b WHERE b.bucket IS NOT NULL',
+                    coalesce(q.pq ->> 'bucket_sql', 'p.bucket'), q.pq ->> 'lookup_sql')
                     USING claims, coalesce(params, '{}'::jsonb), '{}'::jsonb, q.prio, q.pq ->> 'id';
             END IF;
         EXCEPTION WHEN data_exception THEN
@@ -72,15 +75,15 @@ BEGIN
     parts := ARRAY(
         SELECT CASE WHEN pq ->> 'kind' = 'static'
                     THEN format('SELECT s.bucket::text FROM (%s) s', pq ->> 'sql')
-                    ELSE format('SELECT p.bucket FROM outpost.param_rows p WHERE p.query_id = %L AND p.lookup IN (%s)',
-                                pq ->> 'id', pq ->> 'lookup_sql') END
+                    ELSE format('SELECT %s FROM outpost.param_rows p WHERE p.query_id = %L AND p.lookup IN (%s)',
+                                coalesce(pq ->> 'bucket_sql', 'p.bucket'), pq ->> 'id', pq ->> 'lookup_sql') END
           FROM outpost.bucket_defs d, jsonb_array_elements(d.compiled -> 'parameter_queries') pq
          WHERE d.name = def AND NOT coalesce((pq ->> 'lookup_only')::boolean, false));
     IF cardinality(parts) = 0 THEN
         RETURN;
     END IF;
     -- One statement, each bucket once (several parameter queries may give it).
-    RETURN QUERY EXECUTE 'SELECT DISTINCT b FROM (' || array_to_string(parts, ' UNION ALL ') || ') x(b)'
+    RETURN QUERY EXECUTE 'SELECT DISTINCT b FROM (' || array_to_string(parts, ' UNION ALL ') || ') x(b) WHERE b IS NOT NULL'
         USING claims, params, sub;
 END
 $$;

@@ -65,6 +65,13 @@ pub enum ParamQuery {
         /// definition reads, not to buckets.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lookup_only: bool,
+        /// Set when some bucket parameters are request values (`SELECT
+        /// request.user_id() AS u FROM users WHERE …`): the lookup rows then
+        /// hold the row outputs as a JSON array in `bucket`, and this
+        /// expression over `p` (the `outpost.param_rows` row) and `$1`/`$2`
+        /// gives the bucket id (NULL: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bucket_sql: Option<String>,
     },
 }
 
@@ -96,6 +103,7 @@ impl CompiledRules {
                     ParamQuery::Table {
                         sql_full,
                         lookup_sql,
+                        bucket_sql,
                         ..
                     } => {
                         out.push((
@@ -103,7 +111,20 @@ impl CompiledRules {
                             r.clone(),
                             sqlgen::check_sql(sql_full),
                         ));
-                        out.push((b.source.name.clone(), r, sqlgen::check_sql(lookup_sql)));
+                        out.push((
+                            b.source.name.clone(),
+                            r.clone(),
+                            sqlgen::check_sql(lookup_sql),
+                        ));
+                        if let Some(e) = bucket_sql {
+                            out.push((
+                                b.source.name.clone(),
+                                r,
+                                sqlgen::check_sql(&format!(
+                                    "SELECT {e} AS bucket FROM outpost.param_rows p"
+                                )),
+                            ));
+                        }
                     }
                 }
             }

@@ -64,7 +64,7 @@ pub fn compile_param_query(
         json_each: json_each.as_ref().map(|(_, a)| a.as_str()),
         options: &src.options,
     };
-    let mut outputs: Vec<(String, Expr)> = Vec::new();
+    let mut outputs: Vec<(String, Expr, bool)> = Vec::new();
     let mut priority = None;
     let mut output_refs = Refs::default();
     for item in &sel.projection {
@@ -85,27 +85,36 @@ pub fn compile_param_query(
         if !refs.bucket_params.is_empty() {
             return Err("`bucket.` parameters cannot be used in a parameter query".into());
         }
-        if table.is_some() && refs.request {
+        // A table query's output is either the row's (materialized with the
+        // lookup) or the request's (evaluated when a request reads the
+        // lookup), as PowerSync splits them; one expression cannot be both.
+        let from_request = table.is_some() && refs.request;
+        if from_request && !refs.columns.is_empty() {
             return Err(format!(
-                "parameter `{name}` mixes request values into a table query; output columns of the table only"
+                "parameter `{name}` mixes request values and columns in one expression; output either a column expression or a request value"
             ));
         }
-        if outputs.iter().any(|(n, _)| *n == name) {
+        if from_request && lookup {
+            return Err(format!(
+                "parameter `{name}`: a nested subquery outputs columns of its table only"
+            ));
+        }
+        if outputs.iter().any(|(n, _, _)| *n == name) {
             return Err(format!("parameter `{name}` is defined twice"));
         }
         output_refs.merge(refs);
-        outputs.push((name, e));
+        outputs.push((name, e, from_request));
     }
     if outputs.is_empty() && !(src.options.streams && table.is_none()) {
         return Err("a parameter query must output at least one parameter".into());
     }
-    let mut names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+    let mut names: Vec<String> = outputs.iter().map(|(n, _, _)| n.clone()).collect();
     if let Some(order) = order {
         let mut reordered = Vec::new();
         for n in order {
             let pos = outputs
                 .iter()
-                .position(|(m, _)| m == n)
+                .position(|(m, _, _)| m == n)
                 .expect("same parameter set");
             reordered.push(outputs[pos].clone());
         }
@@ -114,13 +123,13 @@ pub fn compile_param_query(
     }
     let values: Vec<String> = outputs
         .iter()
-        .map(|(_, e)| jsonb_text(&format!("({e})")))
+        .map(|(_, e, _)| jsonb_text(&format!("({e})")))
         .collect();
     // A JSON null (e.g. a claim set to null) is no parameter value either.
-    let not_null: Vec<String> = outputs
-        .iter()
-        .map(|(_, e)| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL"))
-        .collect();
+    let not_null = |e: &Expr| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL");
+    let request_outputs = outputs.iter().any(|(_, _, r)| *r);
+    let (row_outputs, req_outputs): (Vec<_>, Vec<_>) = outputs.iter().partition(|(_, _, r)| !*r);
+    let not_null_row: Vec<String> = row_outputs.iter().map(|(_, e, _)| not_null(e)).collect();
 
     match &table {
         None => {
@@ -138,7 +147,7 @@ pub fn compile_param_query(
                 client |= refs.client_params;
                 filters.push(format!("({c})"));
             }
-            filters.extend(not_null);
+            filters.extend(not_null_row);
             let mut from = String::new();
             if let Some((arg, _)) = &json_each {
                 let mut arg = arg.as_ref().clone();
@@ -191,7 +200,7 @@ pub fn compile_param_query(
                 let row_lookup: Vec<String> = tag.iter().cloned().chain(b.row_lookup).collect();
                 let req_lookup: Vec<String> = tag.into_iter().chain(b.req_lookup).collect();
                 let mut conds = b.row_filters;
-                conds.extend(not_null.iter().cloned());
+                conds.extend(not_null_row.iter().cloned());
                 let select_from = format!(
                     "SELECT {id_lit} AS query_id, {oid}::oid AS relid, {pk_json} AS pk, jsonb_build_array({lookup}) AS lookup, {bucket} AS bucket FROM {tbl} AS {alias_q} {laterals}",
                     id_lit = quote_literal(&id),
@@ -199,6 +208,8 @@ pub fn compile_param_query(
                     lookup = row_lookup.join(", "),
                     bucket = if lookup {
                         values[0].clone()
+                    } else if request_outputs {
+                        row_values_sql(&row_outputs)
                     } else {
                         bucket_id_sql(&src.name, &values)
                     },
@@ -235,25 +246,73 @@ pub fn compile_param_query(
                     sql_full: full.join(" UNION ALL "),
                     lookup_sql: lookups.join(" UNION ALL "),
                     lookup_only: lookup,
+                    bucket_sql: request_outputs
+                        .then(|| request_bucket_sql(&src.name, &outputs, &req_outputs)),
                 },
                 priority,
-                // Safe when some lookup compares a column with a token value.
-                dangerous: client && !authenticated,
+                // Safe when some lookup compares a column with a token value,
+                // or a bucket parameter comes from the token (PowerSync's rule).
+                dangerous: (client || output_refs.client_params)
+                    && !authenticated
+                    && !output_refs.token_params,
             })
         }
     }
 }
 
+/// What a lookup row of a query with request outputs stores in `bucket`:
+/// its row outputs as a JSON array (text), in parameter order.
+fn row_values_sql(row_outputs: &[&(String, Expr, bool)]) -> String {
+    let items: Vec<String> = row_outputs
+        .iter()
+        .map(|(_, e, _)| format!("to_jsonb({e})"))
+        .collect();
+    format!("(jsonb_build_array({}))::text", items.join(", "))
+}
+
+/// The bucket id of a lookup row (`p` of `outpost.param_rows`, whose
+/// `bucket` holds the row outputs, [`row_values_sql`]) for a request
+/// (`$1`, `$2`): the row outputs and the request outputs in parameter
+/// order; NULL (no bucket) when a request output is NULL.
+fn request_bucket_sql(
+    name: &str,
+    outputs: &[(String, Expr, bool)],
+    req_outputs: &[&(String, Expr, bool)],
+) -> String {
+    let mut k = 0;
+    let values: Vec<String> = outputs
+        .iter()
+        .map(|(_, e, from_request)| {
+            if *from_request {
+                jsonb_text(&format!("({e})"))
+            } else {
+                k += 1;
+                format!("((p.bucket)::jsonb -> {})::text", k - 1)
+            }
+        })
+        .collect();
+    let conds: Vec<String> = req_outputs
+        .iter()
+        .map(|(_, e, _)| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL"))
+        .collect();
+    format!(
+        "(CASE WHEN {} THEN {} END)",
+        conds.join(" AND "),
+        bucket_id_sql(name, &values)
+    )
+}
+
 /// The rows of `json_each(arg)`, as PowerSync makes them: an array's
-/// elements, an object's values, a scalar itself; text is parsed as JSON
-/// first (text that is not JSON gives no rows).
+/// elements (`key` their index), an object's members (`key` the name), a
+/// scalar itself (`key` NULL); text is parsed as JSON first (text that is
+/// not JSON gives no rows).
 fn json_each_sql(arg: &str) -> String {
     format!(
         "(SELECT CASE WHEN jsonb_typeof(_r) = 'string' THEN outpost._json(_r #>> '{{}}') ELSE _r END AS _j \
          FROM (SELECT to_jsonb({arg}) AS _r) _r0) _src \
-         CROSS JOIN LATERAL (SELECT _e.value FROM jsonb_each(CASE WHEN jsonb_typeof(_src._j) = 'object' THEN _src._j END) _e \
-         UNION ALL SELECT _x.v FROM jsonb_array_elements(CASE WHEN jsonb_typeof(_src._j) = 'array' THEN _src._j END) _x(v) \
-         UNION ALL SELECT _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object', 'null')) AS {JSON_EACH_SQL}(v)"
+         CROSS JOIN LATERAL (SELECT to_jsonb(_e.key), _e.value FROM jsonb_each(CASE WHEN jsonb_typeof(_src._j) = 'object' THEN _src._j END) _e \
+         UNION ALL SELECT to_jsonb(_x.n - 1), _x.v FROM jsonb_array_elements(CASE WHEN jsonb_typeof(_src._j) = 'array' THEN _src._j END) WITH ORDINALITY _x(v, n) \
+         UNION ALL SELECT NULL::jsonb, _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object', 'null')) AS {JSON_EACH_SQL}(k, v)"
     )
 }
 
@@ -370,8 +429,8 @@ fn compile_branch(conds: Vec<Expr>, scope: Scope) -> Result<Branch, String> {
             }
         }
     }
-    if b.row_lookup.is_empty() {
-        return Err("a parameter query that reads a table must compare a column with a request value (e.g. `WHERE owner_id = request.user_id()`)".into());
-    }
+    // No column compared with a request value (`SELECT id AS c FROM
+    // categories [WHERE <row or request filters>]`): every request reads the
+    // rows' buckets, as in PowerSync; the lookup is the empty array.
     Ok(b)
 }

@@ -8,8 +8,11 @@
 //! `outpost._json(text)` and `outpost._timestamp_utc(text)`, defined in
 //! `sql/extension/01_helpers.sql`. Functions not in PowerSync's table are left to Postgres.
 
+mod json;
+
+pub use json::{json_get, json_path, membership, overlap, Use};
+
 use crate::config::Options;
-use crate::quote_literal;
 
 /// What the compiler knows about an argument's Postgres type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +72,24 @@ pub struct Arg {
     pub literal: Option<String>,
     /// The value of an integer literal argument (a `-> 0` array index).
     pub index: Option<i64>,
+    /// The column's Postgres type, when the argument is a column.
+    pub pg_type: Option<String>,
 }
 
 impl Arg {
-    /// The argument as SQLite's text: booleans are `1`/`0`.
-    fn text(&self) -> String {
+    /// The argument as SQLite's text: booleans are `1`/`0`; JSON that is
+    /// not a column's value (a `->` result, a request value) is written as
+    /// SQLite writes JSON, without spaces (a column's text is what
+    /// PowerSync replicates: the stored `json`, Postgres' `jsonb` text).
+    pub(crate) fn text(&self) -> String {
         match self.kind {
             Kind::Bool => format!(
                 "(CASE WHEN {x} THEN '1' WHEN NOT {x} THEN '0' END)",
                 x = self.sql
             ),
+            Kind::Json if self.pg_type.is_none() => {
+                format!("outpost._json_min(({})::text)", self.sql)
+            }
             _ => format!("({})::text", self.sql),
         }
     }
@@ -115,111 +126,6 @@ impl Arg {
             ),
         }
     }
-}
-
-/// How a JSON extraction's result is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Use {
-    /// Inside an expression: `->>` yields text, `->` jsonb.
-    Inner,
-    /// As an output column: `->>` keeps the JSON type (numbers stay numbers,
-    /// `true` becomes 1 on the way out), `->` yields JSON text.
-    Output,
-}
-
-/// A JSON path as Postgres' `text[]` for `#>`/`#>>`. `$` is the root, `$.a.b`
-/// and `$.a[0]` are paths; a plain string is one key (legacy rules split it
-/// on dots unless `fixed_json_extract`); an integer is an array index.
-pub fn json_path(arg: &Arg, options: &Options, require_dollar: bool) -> Result<String, String> {
-    if let Some(i) = arg.index {
-        return Ok(format!("ARRAY[{}]::text[]", quote_literal(&i.to_string())));
-    }
-    let Some(p) = &arg.literal else {
-        return Ok(format!("ARRAY[({})::text]", arg.sql));
-    };
-    let parts: Vec<String> = if p == "$" {
-        vec![]
-    } else if let Some(rest) = p.strip_prefix('$') {
-        parse_dollar_path(rest).ok_or_else(|| format!("invalid JSON path `{p}`"))?
-    } else if require_dollar {
-        return Err(format!("invalid JSON path `{p}`: a path starts with `$`"));
-    } else if options.fixed_json_extract {
-        vec![p.clone()]
-    } else {
-        p.split('.').map(str::to_string).collect()
-    };
-    let items: Vec<String> = parts.iter().map(|k| quote_literal(k)).collect();
-    Ok(format!("ARRAY[{}]::text[]", items.join(", ")))
-}
-
-/// `.a.b[0]."c d"` → `[a, b, 0, c d]`.
-fn parse_dollar_path(mut s: &str) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    while !s.is_empty() {
-        if let Some(rest) = s.strip_prefix('.') {
-            if let Some(q) = rest.strip_prefix('"') {
-                let end = q.find('"')?;
-                out.push(q[..end].to_string());
-                s = &q[end + 1..];
-            } else {
-                let end = rest.find(['.', '[']).unwrap_or(rest.len());
-                if end == 0 {
-                    return None;
-                }
-                out.push(rest[..end].to_string());
-                s = &rest[end..];
-            }
-        } else if let Some(rest) = s.strip_prefix('[') {
-            let end = rest.find(']')?;
-            let idx = &rest[..end];
-            if idx.is_empty() || !idx.chars().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            out.push(idx.to_string());
-            s = &rest[end + 1..];
-        } else {
-            return None;
-        }
-    }
-    Some(out)
-}
-
-/// `left -> right` / `left ->> right`.
-pub fn json_get(
-    left: &Arg,
-    right: &Arg,
-    text: bool,
-    use_: Use,
-    options: &Options,
-) -> Result<String, String> {
-    let path = json_path(right, options, false)?;
-    let j = left.json();
-    Ok(match (text, use_) {
-        (true, Use::Inner) => format!("({j} #>> {path})"),
-        (true, Use::Output) => format!("({j} #> {path})"),
-        (false, Use::Inner) => format!("({j} #> {path})"),
-        (false, Use::Output) => format!("(({j} #> {path}))::text"),
-    })
-}
-
-/// `l IN r` where `r` is one value: a JSON array (or text holding one), a
-/// Postgres array, or a scalar. NULL on the left gives NULL, as in SQLite.
-pub fn membership(l: &Arg, r: &Arg) -> String {
-    format!(
-        "(CASE WHEN ({l}) IS NULL THEN NULL ELSE EXISTS (SELECT 1 FROM outpost._elements({r}) AS _m(v) WHERE _m.v = {lj}) END)",
-        l = l.sql,
-        r = r.to_jsonb(),
-        lj = l.to_jsonb(),
-    )
-}
-
-/// `l && r`: the two arrays share an element.
-pub fn overlap(l: &Arg, r: &Arg) -> String {
-    format!(
-        "EXISTS (SELECT 1 FROM outpost._elements({}) AS _a(v) JOIN outpost._elements({}) AS _b(v) ON _a.v = _b.v)",
-        l.to_jsonb(),
-        r.to_jsonb()
-    )
 }
 
 /// The numeric prefix SQLite's CAST reads from text (`'12abc'` → 12), as numeric.

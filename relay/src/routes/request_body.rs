@@ -173,12 +173,10 @@ mod tests {
     use serde_json::Value;
 
     type Chunks = Vec<Result<Frame<Bytes>, std::io::Error>>;
+    type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>;
 
     /// A body of unknown length (chunked), in frames of `frame` bytes.
-    fn chunked(
-        text: &str,
-        frame: usize,
-    ) -> StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>> {
+    fn chunked(text: &str, frame: usize) -> StreamBody<Frames> {
         let frames: Chunks = text
             .as_bytes()
             .chunks(frame)

@@ -137,6 +137,8 @@ fn subscribe_unsubscribe_with_ttls_and_resubscribe() {
     wait_rows(&rt, &db, "SELECT id FROM lists", "my lists", |r| {
         r.len() == 2
     });
+    let sent = || relay.metric("outpost_relay_ops_sent_total");
+    assert_eq!(sent(), 2.0);
 
     let l1 = db
         .sync_stream("list_todos", json!({"list_id": "l1"}))
@@ -144,6 +146,8 @@ fn subscribe_unsubscribe_with_ttls_and_resubscribe() {
         .unwrap();
     first_sync(&rt, &l1);
     wait_todos(&rt, &db, "l1's todos", &["l1"], 3);
+    // Reconnected with the subscription: my_lists' bucket resumed, not sent again.
+    assert_eq!(sent(), 5.0);
     let st = l1.status().unwrap();
     assert!(
         st.has_synced && st.held && st.explicit && st.errors.is_empty(),
@@ -165,6 +169,11 @@ fn subscribe_unsubscribe_with_ttls_and_resubscribe() {
         .unwrap();
     first_sync(&rt, &l3);
     wait_todos(&rt, &db, "l1's and l3's todos", &["l1", "l3"], 6);
+    assert_eq!(
+        sent(),
+        8.0,
+        "buckets both sets share are not downloaded twice"
+    );
 
     // TTL 0: the rows leave at once.
     l1.unsubscribe();

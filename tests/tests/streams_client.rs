@@ -20,7 +20,7 @@ use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,13 +60,13 @@ fn db_path(label: &str) -> PathBuf {
     p
 }
 
-fn remove(p: &PathBuf) {
+fn remove(p: &Path) {
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
     }
 }
 
-fn open(path: &PathBuf) -> Database {
+fn open(path: &Path) -> Database {
     Database::open(
         path,
         SchemaMode::Fixed(Schema::from_json(APP_SCHEMA).unwrap()),

@@ -234,4 +234,24 @@ mod tests {
         assert_eq!(store.bucket_positions().unwrap()[0].last_op, OpId(7));
         assert_eq!(store.crud_batch(10).unwrap()[0].entry.tx_id, None);
     }
+
+    #[test]
+    fn a_layout_4_database_gains_stream_subscriptions() {
+        use crate::streams::{StreamKey, SubscribeOptions};
+        let conn = Connection::open_in_memory().unwrap();
+        migrate_to(&conn, 4).unwrap();
+        conn.execute(
+            "INSERT INTO ps_buckets(name, last_op) VALUES ('b[]', 7)",
+            [],
+        )
+        .unwrap();
+        let mut store = Store::with_connection(conn, SchemaMode::Existing).unwrap();
+        let key = StreamKey::new("s", Some(&serde_json::json!({"k": 1})));
+        store
+            .subscribe_stream(&key, &SubscribeOptions::default(), 0)
+            .unwrap();
+        let subs = store.requested_streams(&Default::default(), 1).unwrap();
+        assert_eq!(subs[0].stream, "s");
+        assert_eq!(store.bucket_positions().unwrap()[0].last_op, OpId(7));
+    }
 }

@@ -7,8 +7,16 @@
 //! one per synced type, one column per JSON key seen (refreshed after every
 //! applied checkpoint).
 //!
-//! `sync --once` prints `{"checkpoint": "<op id>", "tables": {"<table>": <rows>, …}}`. `query` and
+//! `sync --once` prints `{"checkpoint": "<op id>", "tables": {"<table>": <rows>, …}}`, plus
+//! `"streams": [...]` (each subscription's status) when there are any. `query` and
 //! `exec` use whatever views the database has.
+//!
+//! `sync --stream NAME:{json}` subscribes like `Database::sync_stream(..).subscribe()`:
+//! the subscription is stored and held while `sync` runs, and lingers for
+//! `--stream-ttl` seconds after (default one day, PowerSync's), so the next
+//! `sync` still carries it until then. A stream the server cannot resolve
+//! (unknown, a missing or bad parameter) is reported on stderr as
+//! `stream NAME {params}: error: …` while the others sync.
 
 use clap::{Parser, Subcommand};
 use outpost_client::net::connector::fetch_relay_schema;
@@ -54,6 +62,10 @@ pub enum Command {
         /// Subscribe to a Sync Stream: `NAME` or `NAME:{"key":"value"}` (repeatable).
         #[arg(long = "stream", value_name = "NAME:{JSON}")]
         streams: Vec<String>,
+        /// How long the `--stream` subscriptions' data stays after this run
+        /// (seconds; 0: they leave at once; default one day).
+        #[arg(long, value_name = "SECS")]
+        stream_ttl: Option<u64>,
         /// Give up after this many consecutive failed attempts (default: 3 with --once, never otherwise).
         #[arg(long)]
         attempts: Option<u32>,
@@ -96,6 +108,7 @@ pub fn run(cli: Cli) -> Result<()> {
             schema,
             params,
             streams,
+            stream_ttl,
             attempts,
             ca_cert,
             idle_timeout_secs,
@@ -138,6 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     include_defaults: true,
                     subscriptions,
                 }),
+                stream_ttl: stream_ttl.map(std::time::Duration::from_secs),
                 once,
                 max_attempts: attempts.or(once.then_some(3)),
                 transport,
@@ -157,7 +171,15 @@ pub fn run(cli: Cli) -> Result<()> {
                     let tables = database
                         .with_store(|s| s.table_counts())
                         .unwrap_or_default();
-                    println!("{}", json!({"checkpoint": cp, "tables": tables}));
+                    let mut out = json!({"checkpoint": cp, "tables": tables});
+                    let streams = database.status().borrow().streams.clone();
+                    for line in stream_error_lines(&streams) {
+                        eprintln!("{line}");
+                    }
+                    if !streams.is_empty() {
+                        out["streams"] = json!(streams);
+                    }
+                    println!("{out}");
                 }
             })
         }
@@ -222,6 +244,7 @@ async fn report_progress(db: Database, once: bool) {
     });
     let mut last_cp = rx.borrow().last_checkpoint.clone();
     let mut last_rejected = None;
+    let mut stream_errors: Vec<String> = vec![];
     while rx.changed().await.is_ok() {
         let s = rx.borrow_and_update().clone();
         if let (Some(b), Some(p)) = (&bar, s.progress) {
@@ -254,10 +277,76 @@ async fn report_progress(db: Database, once: bool) {
                 None => eprintln!("{msg}"),
             }
         }
+        // With --once they are printed with the summary.
+        let errors = if once {
+            vec![]
+        } else {
+            stream_error_lines(&s.streams)
+        };
+        for line in errors.iter().filter(|l| !stream_errors.contains(l)) {
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        stream_errors = errors;
         if let Some(e) = &s.last_error {
             if !tty {
                 eprintln!("error: {e}");
             }
         }
+    }
+}
+
+/// One line per error the server reported for a subscription:
+/// `stream list_todos {"list_id":"a"}: error: unknown stream "list_todos"`.
+pub fn stream_error_lines(streams: &[outpost_client::StreamStatus]) -> Vec<String> {
+    streams
+        .iter()
+        .flat_map(|s| {
+            let params = s
+                .parameters
+                .as_ref()
+                .map_or(String::new(), |p| format!(" {p}"));
+            s.errors
+                .iter()
+                .map(move |e| format!("stream {}{params}: error: {e}", s.name))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_error_lines;
+    use outpost_client::StreamStatus;
+    use serde_json::json;
+
+    #[test]
+    fn stream_errors_name_the_subscription() {
+        let streams = vec![
+            StreamStatus {
+                name: "nope".into(),
+                errors: vec!["unknown stream \"nope\"".into()],
+                ..StreamStatus::default()
+            },
+            StreamStatus {
+                name: "list_todos".into(),
+                parameters: Some(json!({"list_id": "a"})),
+                ..StreamStatus::default()
+            },
+            StreamStatus {
+                name: "list_todos".into(),
+                parameters: Some(json!({})),
+                errors: vec!["missing subscription parameter \"list_id\"".into()],
+                ..StreamStatus::default()
+            },
+        ];
+        assert_eq!(
+            stream_error_lines(&streams),
+            [
+                "stream nope: error: unknown stream \"nope\"",
+                "stream list_todos {}: error: missing subscription parameter \"list_id\"",
+            ]
+        );
     }
 }

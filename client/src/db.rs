@@ -10,6 +10,7 @@
 use crate::error::Result;
 use crate::status::SyncStatus;
 use crate::store::{json_to_sql, query_json, SchemaMode, Store};
+use crate::subscriptions::StreamsState;
 use crate::watch::{tables_read, Counters, Watch};
 use outpost_protocol::http::CrudBatch;
 use rusqlite::{Connection, OpenFlags};
@@ -35,6 +36,7 @@ struct Inner {
     changes: tokio::sync::watch::Sender<Counters>,
     status: tokio::sync::watch::Sender<SyncStatus>,
     crud_changed: tokio::sync::Notify,
+    streams: StreamsState,
 }
 
 impl Database {
@@ -75,7 +77,7 @@ impl Database {
             last_synced_at: store.kv("last_synced_at")?,
             ..SyncStatus::default()
         };
-        Ok(Database {
+        let db = Database {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 reader: reader.map(Mutex::new),
@@ -83,8 +85,16 @@ impl Database {
                 changes: tokio::sync::watch::channel(Counters::new()).0,
                 status: tokio::sync::watch::channel(status).0,
                 crud_changed: tokio::sync::Notify::new(),
+                streams: StreamsState::default(),
             }),
-        })
+        };
+        db.refresh_stream_status()?;
+        Ok(db)
+    }
+
+    /// Sync Streams bookkeeping shared by every clone (see [`crate::subscriptions`]).
+    pub(crate) fn streams_state(&self) -> &StreamsState {
+        &self.inner.streams
     }
 
     /// Runs `f` with exclusive access to the store, then announces what it changed.

@@ -28,6 +28,10 @@ pub enum Error {
     Transport(String),
     #[error("schema: {0}")]
     Schema(String),
+    /// A Sync Streams subscription the server could not resolve (unknown
+    /// stream, missing or bad parameter), or a bad `subscribe` option.
+    #[error("stream {stream}: {message}")]
+    Stream { stream: String, message: String },
     #[error("database schema version {found} is newer than this client supports ({supported})")]
     TooNew { found: i64, supported: i64 },
 }

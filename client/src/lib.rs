@@ -8,6 +8,9 @@
 //! - [`schema`]: the app's tables → typed views and `INSTEAD OF` triggers over
 //!   schemaless `ps_data__<table>` rows.
 //! - [`sync`]: the sans-IO sync state machine: stream lines in, instructions out.
+//! - [`streams`]: Sync Streams subscriptions, sans-IO: what a request
+//!   carries, TTL expiry (injected clock), what a checkpoint says per
+//!   subscription ([`streams::StreamStatus`]).
 //! - [`store`]: the SQLite layout (PowerSync-style `ps_*` tables), versioned
 //!   migrations, and the adapter that executes the sync machine's database
 //!   instructions (store ops, validate checksums, apply a checkpoint atomically),
@@ -16,6 +19,8 @@
 //! - [`watch`]: live queries woken by the SQLite update hook.
 //! - [`db`]: [`Database`], the local shareable handle: queries, local writes,
 //!   `watch`, status, the upload queue as batches. No network.
+//! - [`subscriptions`]: `Database::sync_stream(name, params).subscribe()` and
+//!   its handles (held while alive, TTL after).
 //! - [`net`]: the network side: NDJSON framing, body decompression, TLS, the
 //!   hyper transport (timeouts), and the [`Connector`] with the relay's `/crud`,
 //!   write-checkpoint and `/schema` calls.
@@ -33,6 +38,8 @@ pub mod net;
 pub mod schema;
 pub mod status;
 pub mod store;
+pub mod streams;
+pub mod subscriptions;
 pub mod sync;
 pub mod watch;
 
@@ -45,3 +52,5 @@ pub use outpost_protocol::{StreamSubscription, StreamsRequest};
 pub use schema::{Column, ColumnType, Schema, Table};
 pub use status::SyncStatus;
 pub use store::{SchemaMode, Store};
+pub use streams::{StreamStatus, SubscribeOptions};
+pub use subscriptions::{SyncStream, SyncStreamSubscription};

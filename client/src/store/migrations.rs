@@ -40,6 +40,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "DROP INDEX ps_oplog_key;
      DROP INDEX ps_oplog_row;
      CREATE UNIQUE INDEX ps_oplog_row ON ps_oplog(row_type, row_id, bucket, key);",
+    // 5: Sync Streams subscriptions (PowerSync's ps_stream_subscriptions, plus
+    // the last time a handle held one): they survive restarts, and an
+    // unsubscribed one stays requested until expires_at.
+    "CREATE TABLE ps_stream_subscriptions(id INTEGER PRIMARY KEY NOT NULL, stream_name TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0, is_default INTEGER NOT NULL DEFAULT 0, local_priority INTEGER,
+        local_params TEXT NOT NULL DEFAULT 'null', ttl INTEGER, expires_at INTEGER, last_active_at INTEGER,
+        last_synced_at INTEGER, UNIQUE(stream_name, local_params));",
 ];
 
 /// The layout a fresh database gets in one step; must equal running every migration.
@@ -62,7 +69,11 @@ pub(crate) const LATEST_LAYOUT: &str = "
     INSERT INTO ps_tx(id, current_tx, next_tx) VALUES (1, NULL, 1);
     CREATE TABLE ps_sync_state(priority INTEGER PRIMARY KEY NOT NULL, last_synced_at TEXT NOT NULL);
     CREATE TABLE ps_crud_rejected(id INTEGER PRIMARY KEY NOT NULL, tx_id INTEGER, data TEXT NOT NULL,
-       status INTEGER, reason TEXT, rejected_at TEXT NOT NULL);";
+       status INTEGER, reason TEXT, rejected_at TEXT NOT NULL);
+    CREATE TABLE ps_stream_subscriptions(id INTEGER PRIMARY KEY NOT NULL, stream_name TEXT NOT NULL,
+       active INTEGER NOT NULL DEFAULT 0, is_default INTEGER NOT NULL DEFAULT 0, local_priority INTEGER,
+       local_params TEXT NOT NULL DEFAULT 'null', ttl INTEGER, expires_at INTEGER, last_active_at INTEGER,
+       last_synced_at INTEGER, UNIQUE(stream_name, local_params));";
 
 /// Brings the layout to the latest version. A new database gets [`LATEST_LAYOUT`] at once.
 pub(crate) fn migrate(conn: &Connection) -> Result<()> {
@@ -222,5 +233,25 @@ mod tests {
         let store = Store::with_connection(conn, SchemaMode::Existing).unwrap();
         assert_eq!(store.bucket_positions().unwrap()[0].last_op, OpId(7));
         assert_eq!(store.crud_batch(10).unwrap()[0].entry.tx_id, None);
+    }
+
+    #[test]
+    fn a_layout_4_database_gains_stream_subscriptions() {
+        use crate::streams::{StreamKey, SubscribeOptions};
+        let conn = Connection::open_in_memory().unwrap();
+        migrate_to(&conn, 4).unwrap();
+        conn.execute(
+            "INSERT INTO ps_buckets(name, last_op) VALUES ('b[]', 7)",
+            [],
+        )
+        .unwrap();
+        let mut store = Store::with_connection(conn, SchemaMode::Existing).unwrap();
+        let key = StreamKey::new("s", Some(&serde_json::json!({"k": 1})));
+        store
+            .subscribe_stream(&key, &SubscribeOptions::default(), 0)
+            .unwrap();
+        let subs = store.requested_streams(&Default::default(), 1).unwrap();
+        assert_eq!(subs[0].stream, "s");
+        assert_eq!(store.bucket_positions().unwrap()[0].last_op, OpId(7));
     }
 }

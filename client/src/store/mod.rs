@@ -22,13 +22,16 @@
 //!   transactions at a time; the next checkpoint restores the server's rows).
 //! - `ps_kv`: `client_id`, `target_op` (write-checkpoint gate), `last_checkpoint`,
 //!   `last_synced_at`, `schema`; `ps_sync_state`: last sync time per priority.
+//! - `ps_stream_subscriptions`: Sync Streams subscriptions (name, canonical
+//!   parameters, TTL, expiry, whether the server listed the stream, last sync).
 //! - `ps_migration`: applied layout versions.
 //!
 //! Files: [`migrations`] (layout versions), [`oplog`] (data lines, bucket
 //! deletes), [`bulk`] (a first download without the unique oplog index),
 //! [`apply`] (checkpoint validation and apply), [`crud_queue`] (local
 //! write transactions and the upload queue), [`infer`] (views inferred from the
-//! synced rows), [`query`] (JSON rows, `ps_kv`, small SQL helpers). This file
+//! synced rows), [`query`] (JSON rows, `ps_kv`, small SQL helpers), [`subscriptions`]
+//! (Sync Streams subscription rows). This file
 //! holds the [`Store`] handle itself: opening, installing the schema, executing
 //! the machine's instructions, and read-only summaries.
 
@@ -39,6 +42,7 @@ mod infer;
 mod migrations;
 mod oplog;
 mod query;
+mod subscriptions;
 
 pub use crud_queue::CrudItem;
 pub use infer::infer_schema;
@@ -315,6 +319,10 @@ impl Store {
             "SELECT name, last_op, last_applied_op, (add_checksum + op_checksum) % 4294967296 AS checksum FROM ps_buckets ORDER BY name",
             &[],
         )?;
+        let streams = self.query(
+            "SELECT stream_name AS name, local_params AS parameters, ttl, expires_at, active, is_default, last_synced_at FROM ps_stream_subscriptions ORDER BY id",
+            &[],
+        )?;
         Ok(serde_json::json!({
             "client_id": self.client_id()?,
             "last_checkpoint": self.kv("last_checkpoint")?,
@@ -324,6 +332,7 @@ impl Store {
             "write_target": self.kv("target_op")?,
             "tables": self.table_counts()?,
             "buckets": buckets,
+            "streams": streams,
         }))
     }
 }

@@ -2,9 +2,18 @@
 //! [`Connector`]: credentials → stream → state machine → store, with reconnects
 //! (exponential backoff + jitter) and a concurrent upload task.
 //!
+//! Sync Streams: the request carries the database's requested subscriptions
+//! ([`crate::subscriptions`]); when that set changes (a subscribe, the last
+//! handle of one with TTL 0, an expiry) the stream is reopened with the new
+//! body, resuming every bucket held (nothing is downloaded twice); each
+//! checkpoint's per-stream answer goes to [`crate::SyncStatus::streams`]
+//! ([`streams`]).
+//!
 //! Store work runs on tokio's blocking pool ([`Database::with_store_blocking`]):
 //! applying a large checkpoint takes seconds of SQLite time, during which the
 //! async runtime keeps serving live queries, uploads and timers.
+
+mod streams;
 
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -12,6 +21,8 @@ use crate::net::connector::{request_write_checkpoint, Connector, PENDING_TARGET}
 use crate::net::lines::parse_line;
 use crate::net::transport::{Http, SyncStream, TransportOptions};
 use crate::store::Effect;
+use crate::streams::SubscribeOptions;
+use crate::subscriptions::SyncStreamSubscription;
 use crate::sync::{Instruction, SyncState};
 use outpost_protocol::{StreamSubscription, StreamsRequest};
 use serde_json::{Map, Value};
@@ -23,9 +34,14 @@ pub struct SyncOptions {
     /// Client parameters sent with the stream request (`request.parameters()`,
     /// `connection.parameter(k)` in streams).
     pub parameters: Map<String, Value>,
-    /// Sync Streams subscriptions sent with the stream request (None: the
-    /// default streams only, as before streams existed).
+    /// Sync Streams subscriptions held while `run` runs (stored like
+    /// [`Database::sync_stream`]'s, so they linger for `stream_ttl` after),
+    /// and `include_defaults`. The request carries these and the database's
+    /// other requested subscriptions; with none at all and `streams` None,
+    /// it has no `streams` field (default streams only).
     pub streams: Option<StreamsRequest>,
+    /// The TTL of the subscriptions in `streams` (default: one day).
+    pub stream_ttl: Option<Duration>,
     /// Return after the first fully applied checkpoint.
     pub once: bool,
     /// Give up after this many consecutive failed attempts (`None`: never).
@@ -41,6 +57,7 @@ impl Default for SyncOptions {
         SyncOptions {
             parameters: Map::new(),
             streams: None,
+            stream_ttl: None,
             once: false,
             max_attempts: None,
             min_backoff: Duration::from_millis(250),
@@ -52,7 +69,7 @@ impl Default for SyncOptions {
 
 impl SyncOptions {
     /// Subscribes to a Sync Stream with these parameters (a JSON object or
-    /// null), keeping the default streams.
+    /// null) for the run, keeping the default streams (see [`SyncOptions::streams`]).
     pub fn subscribe(mut self, stream: &str, parameters: Value) -> SyncOptions {
         self.streams
             .get_or_insert_with(StreamsRequest::default)
@@ -139,6 +156,8 @@ enum Work {
     Lines(Vec<String>),
     /// Instructions the machine already produced.
     Instructions(Vec<Instruction>),
+    /// The subscriptions changed, or one expired: maybe a new request.
+    Streams,
 }
 
 enum Iteration {
@@ -166,6 +185,7 @@ impl<C: Connector> SyncClient<C> {
     pub async fn run(self, options: SyncOptions) -> Result<Option<String>> {
         let http = Http::with_options(&options.transport)?;
         let db = &self.db;
+        let _held = self.hold_option_streams(&options)?;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Aborted when `run` returns *or* its future is dropped (the app
         // stops syncing by dropping or aborting it): no orphaned uploader.
@@ -205,6 +225,20 @@ impl<C: Connector> SyncClient<C> {
         result
     }
 
+    /// Subscribes to the streams of `options` for the run.
+    fn hold_option_streams(&self, options: &SyncOptions) -> Result<Vec<SyncStreamSubscription>> {
+        let subs = options.streams.iter().flat_map(|s| &s.subscriptions);
+        subs.map(|s| {
+            let opts = SubscribeOptions {
+                ttl: options.stream_ttl,
+                priority: s.override_priority,
+            };
+            let params = s.parameters.clone().unwrap_or(Value::Null);
+            self.db.sync_stream(&s.stream, params).subscribe_with(opts)
+        })
+        .collect()
+    }
+
     async fn iteration(
         &self,
         http: &Http,
@@ -217,13 +251,19 @@ impl<C: Connector> SyncClient<C> {
         let mut machine: SyncState = db
             .with_store_blocking(move |s| s.sync_state(parameters))
             .await?;
-        machine.set_streams(options.streams.clone());
+        let include_defaults = options.streams.as_ref().map(|s| s.include_defaults);
+        let (subscribed, next_expiry) = streams::current(db, include_defaults).await?;
+        // An absolute deadline: lines arriving meanwhile must not postpone it.
+        let mut expiry_at = next_expiry.map(|d| tokio::time::Instant::now() + d);
+        machine.set_streams(subscribed);
         let Some(Instruction::EstablishStream(mut request)) = machine.start().pop() else {
             unreachable!("start always asks for a stream");
         };
         'connect: loop {
             let mut stream: SyncStream = http.sync_stream(&creds, &request).await?;
             db.set_status(|s| s.connected = true);
+            // The checkpoint whose per-stream answer was recorded last.
+            let mut resolved: Option<(outpost_protocol::OpId, usize)> = None;
             loop {
                 let work = tokio::select! {
                     text = stream.next_text() => match text? {
@@ -242,7 +282,22 @@ impl<C: Connector> SyncClient<C> {
                         }
                     },
                     Some(()) = upload_done.recv() => Work::Instructions(machine.upload_completed()),
+                    _ = db.streams_changed().notified() => Work::Streams,
+                    _ = streams::sleep_until(expiry_at) => Work::Streams,
                 };
+                if let Work::Streams = work {
+                    let (subscribed, next) = streams::current(db, include_defaults).await?;
+                    expiry_at = next.map(|d| tokio::time::Instant::now() + d);
+                    if subscribed.as_ref() != machine.streams() {
+                        machine.set_streams(subscribed);
+                        let Some(Instruction::EstablishStream(r)) = machine.start().pop() else {
+                            unreachable!("start always asks for a stream");
+                        };
+                        request = r;
+                        continue 'connect;
+                    }
+                    continue;
+                }
                 // Decoding and storing both run on the blocking pool; the store
                 // is locked for the storing only.
                 let db2 = db.clone();
@@ -250,6 +305,7 @@ impl<C: Connector> SyncClient<C> {
                     let mut machine = machine;
                     let instructions = match work {
                         Work::Instructions(i) => i,
+                        Work::Streams => unreachable!("handled above"),
                         Work::Lines(texts) => {
                             let mut out = vec![];
                             for text in texts {
@@ -274,12 +330,20 @@ impl<C: Connector> SyncClient<C> {
                     s.downloading = machine.target().is_some()
                         && machine.applied() != machine.target().map(|c| c.last_op_id);
                 });
+                let target = machine.target().map(|c| (c.last_op_id, c.buckets.len()));
+                if target.is_some() && target != resolved {
+                    resolved = target;
+                    if let Some(cp) = machine.target() {
+                        streams::resolve(db, machine.streams(), cp).await?;
+                    }
+                }
                 for effect in effects {
                     match effect {
                         Effect::Applied {
                             checkpoint,
                             priority,
                         } => {
+                            streams::applied(db, priority).await?;
                             let cp = checkpoint.to_string();
                             if priority.is_none() {
                                 let synced =

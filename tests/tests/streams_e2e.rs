@@ -595,3 +595,51 @@ streams:
         "{d}"
     );
 }
+
+/// No cap per connection (PowerSync stops at 1,000 buckets and at 1,000
+/// parameter results, PSYNC_S2305): one stream whose subquery gives a user
+/// 100,000 lists resolves to 100,000 buckets, and a request with 1,500
+/// subscriptions syncs each of them.
+#[test]
+fn no_cap_on_buckets_parameter_results_or_subscriptions() {
+    const LISTS: usize = 100_000;
+    const SUBS: usize = 1_500;
+    let db = TestDb::new("streams_nocap");
+    let mut c = db.connect();
+    c.batch_execute(&format!(
+        "CREATE TABLE lists (id text PRIMARY KEY, owner_id text NOT NULL);
+         CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL);
+         INSERT INTO lists SELECT 'l' || g, 'many' FROM generate_series(1, {LISTS}) g;
+         INSERT INTO todos SELECT 't' || g, 'l' || g FROM generate_series(1, {SUBS}) g;"
+    ))
+    .unwrap();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"config:\n  edition: 3\nstreams:\n  all_mine:\n    auto_subscribe: true\n    query: SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())\n  one:\n    query: SELECT * FROM todos WHERE list_id = subscription.parameter('list') AND list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())\n"],
+    )
+    .unwrap();
+    tick(&mut c);
+    let cp: Value = c
+        .query_one(
+            "SELECT outpost.sync_checkpoint($1, '{}'::jsonb, 'c1', $2)",
+            &[
+                &json!({"sub": "many"}),
+                &json!({"include_defaults": true, "subscriptions": []}),
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cp["buckets"].as_array().unwrap().len(), LISTS);
+    assert_eq!(cp["streams"][0]["errors"], json!([]));
+
+    let relay = Relay::start(&db);
+    let subs: Vec<Value> = (1..=SUBS)
+        .map(|i| json!({"stream": "one", "parameters": {"list": format!("l{i}")}, "override_priority": null}))
+        .collect();
+    let mut s = relay.stream(&relay.token("many", 600), &request(json!([]), false, subs));
+    let r = read_checkpoint(&mut s);
+    assert_eq!(r.checkpoint["buckets"].as_array().unwrap().len(), SUBS);
+    assert_eq!(r.checkpoint["streams"][0]["errors"], json!([]));
+    let rows: usize = r.rows.values().map(BTreeSet::len).sum();
+    assert_eq!(rows, SUBS, "every subscription's todo arrived");
+}

@@ -58,7 +58,7 @@ const LISTS: i32 = 12; // ids 1..=12; 11 and 12 start missing
 const ORGS: i32 = 5; // ids 1..=5; 5 starts missing
 const WRITERS: usize = 3;
 const ROUNDS: usize = 30;
-const BUDGET: Duration = Duration::from_secs(25);
+const BUDGET: Duration = Duration::from_secs(20);
 const LOCK: i64 = 0x5eed_0017;
 
 /// One random transaction's statements.

@@ -151,7 +151,9 @@ fn joined_columns_are_read_through_a_left_join_on_the_key() {
     let l = lowered(inner);
     assert_eq!(
         l[0].1,
-        vec!["SELECT lists.id AS p0 FROM lists WHERE (lists.owner_id = auth.user_id())".to_string()],
+        vec![
+            "SELECT lists.id AS p0 FROM lists WHERE (lists.owner_id = auth.user_id())".to_string()
+        ],
         "the join still decides the buckets"
     );
     assert_eq!(

@@ -652,7 +652,8 @@ fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
     let rules = "config:\n  edition: 3\nstreams:\n  named:\n    auto_subscribe: true\n    query: SELECT todos.*, lists.name AS list_name FROM todos JOIN lists ON todos.list_id = lists.id WHERE lists.owner_id = auth.user_id()\n  loose:\n    query: SELECT todos.id, lists.name AS list_name FROM todos LEFT JOIN lists ON todos.list_id = lists.id WHERE todos.list_id = subscription.parameter('list')\n    accept_potentially_dangerous_queries: true\n";
     let (db, mut c) = setup("streams_joined", rules);
     let relay = Relay::start(&db);
-    let subs = vec![json!({"stream": "loose", "parameters": {"list": "l3"}, "override_priority": null})];
+    let subs =
+        vec![json!({"stream": "loose", "parameters": {"list": "l3"}, "override_priority": null})];
     let mut s = relay.stream(&relay.token("u1", 300), &request(json!([]), true, subs));
     let names = |r: &Received| -> BTreeMap<String, Value> {
         r.lines
@@ -663,7 +664,11 @@ fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
             .map(|op| {
                 let data: Value = serde_json::from_str(op["data"].as_str().unwrap()).unwrap();
                 (
-                    format!("{}:{}", op["object_id"].as_str().unwrap(), data["description"].is_null()),
+                    format!(
+                        "{}:{}",
+                        op["object_id"].as_str().unwrap(),
+                        data["description"].is_null()
+                    ),
                     data["list_name"].clone(),
                 )
             })
@@ -671,7 +676,11 @@ fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
     };
     let first = read_checkpoint(&mut s);
     let got = names(&first);
-    assert_eq!(got.len(), 9, "l1 and l3 todos in named, l3 todos in loose: {got:?}");
+    assert_eq!(
+        got.len(),
+        9,
+        "l1 and l3 todos in named, l3 todos in loose: {got:?}"
+    );
     assert_eq!(got["t1-1:false"], json!("one"));
     assert_eq!(got["t3-1:true"], json!("three"), "the LEFT JOIN stream");
 
@@ -680,7 +689,12 @@ fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
     let cp = tick(&mut c);
     let r = read_checkpoint(&mut s);
     assert!(
-        r.checkpoint["last_op_id"].as_str().unwrap().parse::<i64>().unwrap() >= cp,
+        r.checkpoint["last_op_id"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= cp,
         "the rename's checkpoint"
     );
     let got = names(&r);
@@ -690,7 +704,8 @@ fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
         .collect();
     assert_eq!(got, want, "exactly l1's todos, renamed");
 
-    c.batch_execute("DELETE FROM lists WHERE id = 'l3'").unwrap();
+    c.batch_execute("DELETE FROM lists WHERE id = 'l3'")
+        .unwrap();
     tick(&mut c);
     let r = read_checkpoint(&mut s);
     let got = names(&r);

@@ -386,5 +386,8 @@ fn subscriptions_match_their_queries_after_every_tick_under_concurrent_writers()
         started.elapsed()
     );
     assert!(rounds >= 5, "only {rounds} rounds ran (seed {seed})");
-    assert!(n >= 50, "only {n} writer transactions committed (seed {seed})");
+    assert!(
+        n >= 50,
+        "only {n} writer transactions committed (seed {seed})"
+    );
 }

@@ -284,18 +284,17 @@ fn data_projection(
                         let Some(j) = joined.iter().find(|j| j.name == *q) else {
                             return Err(format!("`{item}` reads `{q}`, which is not joined to `{alias}` directly: only the columns of a table joined to the selected table (`{alias}.x = {q}.id`) can be selected"));
                         };
-                        if reads_unqualified(e) || qualifiers(e).iter().any(|x| is_root(x.as_str())) {
+                        if reads_unqualified(e) || qualifiers(e).iter().any(|x| is_root(x.as_str()))
+                        {
                             return Err(format!("`{item}` mixes columns of `{alias}` and `{q}`: select each table's columns apart"));
                         }
                         if !used.iter().any(|u| u.name == j.name) {
                             used.push(j.clone());
                         }
                     }
-                    _ => {
-                        return Err(format!(
-                            "`{item}` reads several joined tables: select each table's columns apart"
-                        ))
-                    }
+                    _ => return Err(format!(
+                        "`{item}` reads several joined tables: select each table's columns apart"
+                    )),
                 }
                 out.push(item.to_string());
             }
@@ -741,7 +740,10 @@ fn selected_table(
             }
         }
     }
-    Err("select the columns of one table (`t.*`, or its `id` and other columns) the rows come from".into())
+    Err(
+        "select the columns of one table (`t.*`, or its `id` and other columns) the rows come from"
+            .into(),
+    )
 }
 
 /// The level a CTE stands for, selecting `column` (or its one output).

@@ -111,7 +111,10 @@ fn moves(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
         Ok::<_, anyhow::Error>((n, gained, lost))
     })?;
     if got < 2 * MOVED as u64 {
-        bail!("bob's checkpoint after the move brought {got} rows, not {}", 2 * MOVED);
+        bail!(
+            "bob's checkpoint after the move brought {got} rows, not {}",
+            2 * MOVED
+        );
     }
     rows.push(Row {
         name: format!("streams: a subquery-table write moves {MOVED} rows (two streams) to another user: commit → their checkpoint complete"),
@@ -175,7 +178,9 @@ fn fan_out(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
                 let mut s = Stream::open_with(addr, &format!("user{i}"), None, b).await?;
                 let (n, _) = next_complete(&mut s, "").await?;
                 if n != 6 {
-                    bail!("client {i}: first checkpoint has {n} rows, not its 5 posts and the news");
+                    bail!(
+                        "client {i}: first checkpoint has {n} rows, not its 5 posts and the news"
+                    );
                 }
                 Ok::<_, anyhow::Error>(s)
             });

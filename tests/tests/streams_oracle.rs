@@ -7,7 +7,8 @@
 //!
 //! The streams cover a three-level nested `IN (SELECT …)`, a JOIN chain
 //! whose joined table's column is selected (kept current when a list is
-//! renamed), and a LEFT JOIN (NULL when the list is missing).
+//! renamed), and a LEFT JOIN (NULL when the list is missing); lists are
+//! now and then truncated.
 //!
 //! Writers hold a shared advisory lock for each transaction; the checker
 //! takes it exclusively, so once it has the lock every writer transaction
@@ -68,6 +69,11 @@ fn random_transaction(rng: &mut StdRng, next_id: &mut i32) -> Vec<String> {
     let org = |rng: &mut StdRng| rng.random_range(1..=ORGS);
     let mut out = Vec::new();
     for _ in 0..rng.random_range(1..=4) {
+        // Rarely, every list at once (the joined table's TRUNCATE path).
+        if rng.random_range(0..400) == 0 {
+            out.push("TRUNCATE lists".to_string());
+            continue;
+        }
         let s = match rng.random_range(0..100) {
             0..=17 => {
                 *next_id += 1;

@@ -89,7 +89,7 @@ pub fn resolve<'c>(
                 root.name
             ));
         }
-        if t.primary_key != [join_col.clone()] {
+        if t.primary_key.len() != 1 || t.primary_key[0] != join_col {
             return Err(format!(
                 "columns of \"{}\" can be selected when the join is on its primary key ({}), not on \"{join_col}\": each row must have at most one joined row",
                 t.name,

@@ -292,9 +292,11 @@ fn data_projection(
                             used.push(j.clone());
                         }
                     }
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "`{item}` reads several joined tables: select each table's columns apart"
-                    )),
+                    ))
+                    }
                 }
                 out.push(item.to_string());
             }

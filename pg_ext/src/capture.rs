@@ -420,7 +420,9 @@ fn now_ms() -> i64 {
 }
 
 fn wake_due() -> bool {
-    now_ms() - LAST_WAKE_CHECK.get() >= WAKE_EVERY_MS
+    // Saturating: the clock starts at i64::MIN, and a wrapped difference
+    // (release builds do not check overflow) would never be due.
+    now_ms().saturating_sub(LAST_WAKE_CHECK.get()) >= WAKE_EVERY_MS
 }
 
 unsafe fn wake(queue: pg_sys::Relation) {

@@ -5,8 +5,8 @@
 
 use crate::catalog::{Catalog, Table};
 use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, ObjectNamePart, SelectItem,
-    SetExpr, Statement, TableFactor,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, GroupByExpr, JoinConstraint, JoinOperator,
+    ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -199,25 +199,57 @@ pub fn parse_query(sql: &str) -> Result<sqlparser::ast::Select, String> {
 }
 
 pub fn parse_select(sql: &str) -> Result<Select, String> {
+    let (s, joins) = parse_select_left_joins(sql)?;
+    if !joins.is_empty() {
+        return Err("JOIN is not supported: a query reads one table".into());
+    }
+    Ok(s)
+}
+
+/// `LEFT JOIN <table> [AS alias] ON <condition>` of a data query: the one
+/// join a lowered stream query keeps (to read a joined table's columns).
+pub struct LeftJoin {
+    pub table: String,
+    pub alias: Option<String>,
+    pub on: Expr,
+}
+
+/// [`parse_select`], with the LEFT JOINs of the table read; the caller
+/// decides whether it takes them.
+pub fn parse_select_left_joins(sql: &str) -> Result<(Select, Vec<LeftJoin>), String> {
     let s = parse_query(sql)?;
     check_plain(&s)?;
     if s.from.len() > 1 {
         return Err("a query reads at most one table (no comma joins)".into());
     }
+    let mut joins = Vec::new();
     let from = match s.from.into_iter().next() {
         None => None,
         Some(twj) => {
-            if !twj.joins.is_empty() {
-                return Err("JOIN is not supported: a query reads one table".into());
+            for j in twj.joins {
+                let on = match j.join_operator {
+                    JoinOperator::Left(JoinConstraint::On(e))
+                    | JoinOperator::LeftOuter(JoinConstraint::On(e)) => e,
+                    _ => return Err("JOIN is not supported: a query reads one table".into()),
+                };
+                match from_factor(j.relation)? {
+                    From::Table(table, alias) => joins.push(LeftJoin { table, alias, on }),
+                    From::JsonEach(..) => {
+                        return Err("JOIN is not supported: a query reads one table".into())
+                    }
+                }
             }
             Some(from_factor(twj.relation)?)
         }
     };
-    Ok(Select {
-        projection: s.projection,
-        from,
-        selection: s.selection,
-    })
+    Ok((
+        Select {
+            projection: s.projection,
+            from,
+            selection: s.selection,
+        },
+        joins,
+    ))
 }
 
 /// Refuses DISTINCT, INTO, GROUP BY and HAVING.

@@ -24,6 +24,7 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
     let mut data = Vec::new();
     let mut params = Vec::new();
     let mut may_duplicate = false;
+    let mut joins: Vec<&str> = Vec::new();
     for b in &rules.buckets {
         let mut seen = std::collections::BTreeSet::new();
         for q in &b.data_queries {
@@ -31,6 +32,11 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
             may_duplicate |= q.may_duplicate || !seen.insert((q.relid, q.object_type.clone()));
             data.push(only_with_keys(&q.sql_keyed, q.relid));
             data.push(q.sql_full.clone());
+            for j in &q.joined {
+                if !joins.contains(&j.keys_sql.as_str()) {
+                    joins.push(&j.keys_sql);
+                }
+            }
         }
         for q in &b.parameter_queries {
             if let ParamQuery::Table {
@@ -59,7 +65,16 @@ _keys AS MATERIALIZED (
                                WHERE hashtext(r.bucket) = hashtext(s.bucket) AND r.bucket = s.bucket
                                  AND r.relid = f.relid OFFSET 0) b
   UNION SELECT p.relid, p.pk, f.def FROM _full f
-          JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def),
+          JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def",
+    );
+    // Rows whose data reads a joined table's changed row (compile/joined.rs).
+    for j in &joins {
+        s.push_str("\n  UNION SELECT _j.relid, _j.pk, NULL FROM (");
+        s.push_str(j);
+        s.push_str(") _j");
+    }
+    s.push_str(
+        "),
 _wk AS (INSERT INTO outpost.work_keys (relid, pk, def) SELECT relid, pk, def FROM _keys),
 _wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client_id, seq),
 _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)

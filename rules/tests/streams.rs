@@ -144,6 +144,59 @@ fn joins_and_ctes_lower_like_subqueries() {
 }
 
 #[test]
+fn joined_columns_are_read_through_a_left_join_on_the_key() {
+    let inner = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT todos.*, lists.name AS list_name FROM todos JOIN lists ON todos.list_id = lists.id WHERE lists.owner_id = auth.user_id()\n";
+    let left = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT todos.id, todos.description, lists.name AS list_name FROM todos LEFT JOIN lists ON lists.id = todos.list_id WHERE todos.list_id = subscription.parameter('list')\n";
+    let three = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT todos.*, lists.name AS list_name, upper(lists.owner_id) AS owner FROM todos JOIN lists ON todos.list_id = lists.id JOIN memberships ON memberships.org_id = lists.org_id WHERE memberships.user_id = auth.user_id()\n";
+    let l = lowered(inner);
+    assert_eq!(
+        l[0].1,
+        vec![
+            "SELECT lists.id AS p0 FROM lists WHERE (lists.owner_id = auth.user_id())".to_string()
+        ],
+        "the join still decides the buckets"
+    );
+    assert_eq!(
+        l[0].2,
+        vec!["SELECT *, lists.name AS list_name FROM todos LEFT JOIN lists ON todos.list_id = lists.id WHERE (todos.list_id) = bucket.p0".to_string()]
+    );
+    let l = lowered(left);
+    assert_eq!(
+        l[0].1,
+        vec!["SELECT subscription.parameter('list') AS p0".to_string()],
+        "a LEFT JOIN filters nothing"
+    );
+    assert_eq!(
+        l[0].2,
+        vec!["SELECT todos.id, todos.description, lists.name AS list_name FROM todos LEFT JOIN lists ON todos.list_id = lists.id WHERE (todos.list_id) = bucket.p0".to_string()]
+    );
+    for text in [inner, left, three] {
+        let doc = parse_document(text).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&doc.sources, &catalog()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let q = &p.buckets[0].data_queries[0];
+        assert_eq!(q.relid, 200);
+        assert_eq!(q.joined.len(), 1, "{q:?}");
+        assert_eq!(q.joined[0].relid, 100);
+        assert!(
+            q.sql_full
+                .contains("LEFT JOIN \"public\".\"lists\" AS \"lists\" ON \"lists\".\"id\" = \"todos\".\"list_id\""),
+            "{}",
+            q.sql_full
+        );
+        assert!(
+            q.columns.iter().any(|c| c.name == "list_name"),
+            "{:?}",
+            q.columns
+        );
+        assert!(
+            p.tick_sql.contains(&q.joined[0].keys_sql),
+            "the tick re-evaluates todos of changed lists"
+        );
+        assert!(p.tables.iter().any(|t| t.oid == 100), "lists captured");
+    }
+}
+
+#[test]
 fn nested_subqueries_chain_lookups() {
     let nested = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = auth.user_id()))\n";
     let joined = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT todos.* FROM todos JOIN lists ON todos.list_id = lists.id JOIN memberships ON memberships.org_id = lists.org_id WHERE memberships.user_id = auth.user_id()\n";
@@ -269,7 +322,39 @@ fn refusals_name_the_stream_query_and_problem() {
         ),
         (
             s("SELECT * FROM todos LEFT JOIN lists ON todos.list_id = lists.id"),
-            "stream \"s\", query 1: only [INNER] JOIN is supported",
+            "stream \"s\", query 1: `*` in a query with JOIN",
+        ),
+        (
+            s("SELECT todos.* FROM todos RIGHT JOIN lists ON todos.list_id = lists.id"),
+            "only [INNER] JOIN and LEFT JOIN are supported",
+        ),
+        (
+            s("SELECT todos.*, lists.name AS n FROM todos LEFT JOIN lists ON todos.list_id = lists.id WHERE lists.owner_id = auth.user_id()"),
+            "is LEFT JOINed, which adds columns and filters nothing",
+        ),
+        (
+            s("SELECT todos.*, lists.name AS n FROM todos LEFT JOIN lists ON todos.list_id = lists.id AND lists.owner_id = 'x'"),
+            "compare a column of the selected table with the joined table's key",
+        ),
+        (
+            s("SELECT todos.*, lists.name AS n FROM todos LEFT JOIN lists ON todos.list_id = lists.owner_id"),
+            "when the join is on its primary key (id), not on \"owner_id\"",
+        ),
+        (
+            s("SELECT todos.*, lists.* FROM todos JOIN lists ON todos.list_id = lists.id"),
+            "select a joined table's columns by name",
+        ),
+        (
+            s("SELECT todos.*, lists.name || todos.description AS x FROM todos JOIN lists ON todos.list_id = lists.id"),
+            "mixes columns of `todos` and `lists`",
+        ),
+        (
+            s("SELECT todos.*, memberships.user_id AS u FROM todos JOIN lists ON todos.list_id = lists.id JOIN memberships ON memberships.org_id = lists.org_id"),
+            "not joined to `todos` directly",
+        ),
+        (
+            s("SELECT todos.* FROM todos WHERE list_id IN (SELECT lists.id FROM lists LEFT JOIN memberships ON memberships.org_id = lists.org_id)"),
+            "belongs to the stream's own FROM",
         ),
         (
             s("SELECT * FROM todos WHERE list_id NOT IN (SELECT id FROM lists)"),
@@ -290,10 +375,6 @@ fn refusals_name_the_stream_query_and_problem() {
         (
             s("SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE nope = auth.user_id())"),
             "stream \"s\", query 1 (its subquery and request values): unknown column",
-        ),
-        (
-            s("SELECT todos.*, lists.name FROM todos JOIN lists ON todos.list_id = lists.id"),
-            "the columns of one table",
         ),
         (
             s("SELECT todos.* FROM todos JOIN lists ON todos.title = lists.name OR true"),

@@ -452,7 +452,7 @@ fn streams_as_sql_define_drop_view_and_rules_yaml_round_trip() {
     // Errors name the stream and the problem; nothing changes.
     let e = c
         .query_one(
-            "SELECT outpost.define_stream('bad', ARRAY['SELECT * FROM todos LEFT JOIN lists ON todos.list_id = lists.id'])",
+            "SELECT outpost.define_stream('bad', ARRAY['SELECT todos.* FROM todos RIGHT JOIN lists ON todos.list_id = lists.id'])",
             &[],
         )
         .unwrap_err();
@@ -461,7 +461,7 @@ fn streams_as_sql_define_drop_view_and_rules_yaml_round_trip() {
     assert!(
         db_err
             .message()
-            .contains("stream \"bad\", query 1: only [INNER] JOIN"),
+            .contains("stream \"bad\", query 1: only [INNER] JOIN and LEFT JOIN"),
         "{}",
         db_err.message()
     );
@@ -593,5 +593,131 @@ streams:
             "org_todos|0[\"l1\"]".to_string()
         ],
         "{d}"
+    );
+}
+
+/// No cap per connection (PowerSync stops at 1,000 buckets and at 1,000
+/// parameter results, PSYNC_S2305): one stream whose subquery gives a user
+/// 100,000 lists resolves to 100,000 buckets, and a request with 1,500
+/// subscriptions syncs each of them.
+#[test]
+fn no_cap_on_buckets_parameter_results_or_subscriptions() {
+    const LISTS: usize = 100_000;
+    const SUBS: usize = 1_500;
+    let db = TestDb::new("streams_nocap");
+    let mut c = db.connect();
+    c.batch_execute(&format!(
+        "CREATE TABLE lists (id text PRIMARY KEY, owner_id text NOT NULL);
+         CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL);
+         INSERT INTO lists SELECT 'l' || g, 'many' FROM generate_series(1, {LISTS}) g;
+         INSERT INTO todos SELECT 't' || g, 'l' || g FROM generate_series(1, {SUBS}) g;"
+    ))
+    .unwrap();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"config:\n  edition: 3\nstreams:\n  all_mine:\n    auto_subscribe: true\n    query: SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())\n  one:\n    query: SELECT * FROM todos WHERE list_id = subscription.parameter('list') AND list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())\n"],
+    )
+    .unwrap();
+    tick(&mut c);
+    let cp: Value = c
+        .query_one(
+            "SELECT outpost.sync_checkpoint($1, '{}'::jsonb, 'c1', $2)",
+            &[
+                &json!({"sub": "many"}),
+                &json!({"include_defaults": true, "subscriptions": []}),
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cp["buckets"].as_array().unwrap().len(), LISTS);
+    assert_eq!(cp["streams"][0]["errors"], json!([]));
+
+    let relay = Relay::start(&db);
+    let subs: Vec<Value> = (1..=SUBS)
+        .map(|i| json!({"stream": "one", "parameters": {"list": format!("l{i}")}, "override_priority": null}))
+        .collect();
+    let mut s = relay.stream(&relay.token("many", 600), &request(json!([]), false, subs));
+    let r = read_checkpoint(&mut s);
+    assert_eq!(r.checkpoint["buckets"].as_array().unwrap().len(), SUBS);
+    assert_eq!(r.checkpoint["streams"][0]["errors"], json!([]));
+    let rows: usize = r.rows.values().map(BTreeSet::len).sum();
+    assert_eq!(rows, SUBS, "every subscription's todo arrived");
+}
+
+/// Beyond PowerSync: a joined table's column in a stream's rows. Renaming a
+/// list re-PUTs exactly its todos, with the new name, in the checkpoint of
+/// the rename; with LEFT JOIN a todo whose list is deleted stays with NULL.
+#[test]
+fn a_joined_column_follows_the_joined_row_in_the_checkpoint_of_the_write() {
+    let rules = "config:\n  edition: 3\nstreams:\n  named:\n    auto_subscribe: true\n    query: SELECT todos.*, lists.name AS list_name FROM todos JOIN lists ON todos.list_id = lists.id WHERE lists.owner_id = auth.user_id()\n  loose:\n    query: SELECT todos.id, lists.name AS list_name FROM todos LEFT JOIN lists ON todos.list_id = lists.id WHERE todos.list_id = subscription.parameter('list')\n    accept_potentially_dangerous_queries: true\n";
+    let (db, mut c) = setup("streams_joined", rules);
+    let relay = Relay::start(&db);
+    let subs =
+        vec![json!({"stream": "loose", "parameters": {"list": "l3"}, "override_priority": null})];
+    let mut s = relay.stream(&relay.token("u1", 300), &request(json!([]), true, subs));
+    let names = |r: &Received| -> BTreeMap<String, Value> {
+        r.lines
+            .iter()
+            .filter_map(|l| l.get("data"))
+            .flat_map(|d| d["data"].as_array().unwrap().clone())
+            .filter(|op| op["op"] == "PUT")
+            .map(|op| {
+                let data: Value = serde_json::from_str(op["data"].as_str().unwrap()).unwrap();
+                (
+                    format!(
+                        "{}:{}",
+                        op["object_id"].as_str().unwrap(),
+                        data["description"].is_null()
+                    ),
+                    data["list_name"].clone(),
+                )
+            })
+            .collect()
+    };
+    let first = read_checkpoint(&mut s);
+    let got = names(&first);
+    assert_eq!(
+        got.len(),
+        9,
+        "l1 and l3 todos in named, l3 todos in loose: {got:?}"
+    );
+    assert_eq!(got["t1-1:false"], json!("one"));
+    assert_eq!(got["t3-1:true"], json!("three"), "the LEFT JOIN stream");
+
+    c.batch_execute("UPDATE lists SET name = 'uno' WHERE id = 'l1'")
+        .unwrap();
+    let cp = tick(&mut c);
+    let r = read_checkpoint(&mut s);
+    assert!(
+        r.checkpoint["last_op_id"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= cp,
+        "the rename's checkpoint"
+    );
+    let got = names(&r);
+    let want: BTreeMap<String, Value> = todos_of("l1")
+        .into_iter()
+        .map(|t| (format!("{t}:false"), json!("uno")))
+        .collect();
+    assert_eq!(got, want, "exactly l1's todos, renamed");
+
+    c.batch_execute("DELETE FROM lists WHERE id = 'l3'")
+        .unwrap();
+    tick(&mut c);
+    let r = read_checkpoint(&mut s);
+    let got = names(&r);
+    let want: BTreeMap<String, Value> = todos_of("l3")
+        .into_iter()
+        .map(|t| (format!("{t}:true"), Value::Null))
+        .collect();
+    assert_eq!(got, want, "the LEFT JOIN keeps l3's todos, with NULL");
+    let removed = r.checkpoint["removed_buckets"].as_array().unwrap();
+    assert!(
+        removed.iter().any(|b| b == "named|0[\"l3\"]"),
+        "the JOIN stream loses l3: {}",
+        r.checkpoint
     );
 }

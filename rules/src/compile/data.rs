@@ -5,12 +5,15 @@
 //! (plain filters stay whole); every branch must match each bucket parameter
 //! once, and the branches' rows are the union, as in PowerSync.
 
+use super::joined;
 use super::sqlgen::{bucket_id_sql, pk_exprs, RowQuery};
 use super::values::{cast_type, json_object_sql, sqlite_type, sqlite_value, ClientColumn};
 use super::DataQuery;
 use crate::catalog::{Catalog, Table};
 use crate::filter;
-use crate::query::{self, as_bucket_param, mentions_bucket, output_name, parse_select, From};
+use crate::query::{
+    self, as_bucket_param, mentions_bucket, output_name, parse_select_left_joins, From,
+};
 use crate::rewrite::{elements_jsonb, rewrite, rewrite_output, Scope};
 use crate::yaml::BucketSource;
 use crate::{quote_ident, quote_literal};
@@ -22,7 +25,10 @@ pub fn compile_data_query<'c>(
     catalog: &'c Catalog,
     params: &[String],
 ) -> Result<(DataQuery, &'c Table), String> {
-    let sel = parse_select(sql)?;
+    let (sel, left_joins) = parse_select_left_joins(sql)?;
+    if !left_joins.is_empty() && !src.options.streams {
+        return Err("JOIN is not supported: a query reads one table".into());
+    }
     let (name, alias) = match sel.from {
         Some(From::Table(n, a)) => (n, a),
         Some(From::JsonEach(..)) => {
@@ -42,6 +48,7 @@ pub fn compile_data_query<'c>(
     };
     let (pk_json, keyed_cond) = pk_exprs(t, &alias)?;
     let a = quote_ident(&alias);
+    let joins = joined::resolve(left_joins, catalog, t, &alias)?;
 
     let mut columns: Vec<(String, String)> = Vec::new();
     let mut client_columns: Vec<ClientColumn> = Vec::new();
@@ -85,6 +92,16 @@ pub fn compile_data_query<'c>(
             }
             _ => {
                 let (out, mut e) = output_name(item)?;
+                let (t, scope) = match joined::owner(&e, &joins)? {
+                    Some(j) => (
+                        joins[j].table,
+                        Scope {
+                            table: Some((joins[j].table, joins[j].alias.as_str())),
+                            ..scope
+                        },
+                    ),
+                    None => (t, scope),
+                };
                 let plain_col = match &e {
                     Expr::Identifier(i) => Some(i.value.clone()),
                     Expr::CompoundIdentifier(ids) if ids.len() == 2 => Some(ids[1].value.clone()),
@@ -140,11 +157,12 @@ pub fn compile_data_query<'c>(
         let mut filters = b.filters;
         filters.push(format!("({id_expr}) IS NOT NULL"));
         let select_from = format!(
-            "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data FROM {tbl} AS {a} {laterals}",
+            "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data FROM {tbl} AS {a} {joins} {laterals}",
             bucket = bucket_id_sql(&src.name, &b.values),
             otype = quote_literal(&object_type),
             oid = t.oid,
             tbl = t.qualified(),
+            joins = joins.iter().map(|j| j.sql.as_str()).collect::<Vec<_>>().join(" "),
             laterals = b.laterals.join(" "),
         );
         let q = RowQuery {
@@ -165,6 +183,7 @@ pub fn compile_data_query<'c>(
             columns: client_columns,
             sql_keyed: keyed.join(" UNION ALL "),
             sql_full: full.join(" UNION ALL "),
+            joined: joins.into_iter().map(|j| j.keys).collect(),
         },
         t,
     ))

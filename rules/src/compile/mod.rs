@@ -13,10 +13,12 @@
 //! column matches a numeric string from a JWT.
 
 mod data;
+mod joined;
 mod param;
 pub(crate) mod sqlgen;
 mod values;
 
+pub use joined::JoinKeys;
 pub use values::ClientColumn;
 
 use crate::catalog::{Catalog, Table};
@@ -86,6 +88,10 @@ pub struct DataQuery {
     pub may_duplicate: bool,
     pub sql_keyed: String,
     pub sql_full: String,
+    /// Tables whose columns the query reads through a join: a change there
+    /// re-evaluates the rows that reference the changed row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<JoinKeys>,
 }
 
 impl CompiledRules {
@@ -134,6 +140,13 @@ impl CompiledRules {
                     QueryRef::Data(i),
                     sqlgen::check_sql(&q.sql_full),
                 ));
+                for j in &q.joined {
+                    out.push((
+                        b.source.name.clone(),
+                        QueryRef::Data(i),
+                        sqlgen::check_join_keys_sql(&j.keys_sql),
+                    ));
+                }
             }
         }
         out
@@ -304,6 +317,11 @@ fn compile_bucket(
         match data::compile_data_query(src, sql, catalog, &param_names) {
             Ok((q, t)) => {
                 add_capture(tables, t);
+                for j in &q.joined {
+                    if let Some(jt) = catalog.by_oid(j.relid) {
+                        add_capture(tables, jt);
+                    }
+                }
                 data_queries.push(q);
             }
             Err(m) => errors.push(err(&src.name, QueryRef::Data(i), sql, m)),

@@ -17,6 +17,14 @@ pub fn check_sql(sql: &str) -> String {
     )
 }
 
+/// [`check_sql`] for a join's key query ([`super::JoinKeys`]), which reads
+/// the tick's `_changes` and `_trunc`.
+pub fn check_join_keys_sql(sql: &str) -> String {
+    format!(
+        "WITH _changes (relid, pk, kind, def) AS (SELECT 0::oid, NULL::jsonb, 'k'::\"char\", NULL::text), _trunc (relid) AS (SELECT 0::oid) SELECT * FROM ({sql}) _check LIMIT 0"
+    )
+}
+
 /// `'name[' || concat_ws(',', v1, v2) || ']'` where each `v` is jsonb text.
 pub fn bucket_id_sql(name: &str, values: &[String]) -> String {
     if values.is_empty() {

@@ -50,6 +50,21 @@ struct Level {
     output: Option<Expr>,
     conds: Vec<Expr>,
     subs: Vec<(Expr, Level)>,
+    /// Tables joined straight to this level's table (`root.x = t.y`, by
+    /// `[INNER] JOIN` or `LEFT JOIN`) whose columns the top level may select.
+    joined: Vec<Joined>,
+}
+
+/// A table joined to the selected table, as the data query joins it to
+/// read its columns (the data compiler checks that `their_side` is its
+/// primary key, so a row gets at most one).
+#[derive(Clone, Debug)]
+struct Joined {
+    name: String,
+    table: String,
+    alias: Option<String>,
+    root_side: Expr,
+    their_side: Expr,
 }
 
 type Ctes = BTreeMap<String, String>;
@@ -70,7 +85,7 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
         return Err("a stream query must select from a table (FROM table ...)".into());
     };
     let root_alias = alias.clone().unwrap_or_else(|| last_part(table));
-    let items = data_projection(&projection, &root_alias, table)?;
+    let (items, used) = data_projection(&projection, &root_alias, table, &root.joined)?;
 
     let mut data_conds: Vec<String> = Vec::new();
     let mut statics: Vec<(Expr, Expr)> = Vec::new();
@@ -147,10 +162,20 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
     } else {
         format!(" WHERE {}", data_conds.join(" AND "))
     };
-    let from = match alias {
+    let mut from = match alias {
         Some(a) => format!("{table} AS {a}"),
         None => table.clone(),
     };
+    // Columns of joined tables: the data query reads them through a LEFT
+    // JOIN on the join's key (NULL when the joined row is missing); the
+    // tick re-evaluates a row when its joined row changes.
+    for j in used {
+        from.push_str(&format!(" LEFT JOIN {}", j.table));
+        if let Some(a) = &j.alias {
+            from.push_str(&format!(" AS {a}"));
+        }
+        from.push_str(&format!(" ON {} = {}", j.root_side, j.their_side));
+    }
     Ok(Lowered {
         lookups,
         parameters: param_sql,
@@ -222,23 +247,90 @@ fn render_select(outputs: &[String], source: &Source, conds: &[Expr]) -> String 
     format!("SELECT {outputs}{from}{where_}")
 }
 
-/// The data query's columns: `t.*` of the selected table becomes `*`.
-fn data_projection(items: &[SelectItem], alias: &str, table: &str) -> Result<Vec<String>, String> {
+/// The data query's columns: `t.*` of the selected table becomes `*`; a
+/// column of a table joined to it directly stays as written, and that table
+/// is returned so the data query joins it.
+fn data_projection(
+    items: &[SelectItem],
+    alias: &str,
+    table: &str,
+    joined: &[Joined],
+) -> Result<(Vec<String>, Vec<Joined>), String> {
+    let is_root = |q: &str| q == alias || q == table || q == last_part(table);
     let mut out = Vec::new();
+    let mut used: Vec<Joined> = Vec::new();
     for item in items {
         match item {
             SelectItem::QualifiedWildcard(kind, _) => {
                 let q = wildcard_table(&kind.to_string());
                 let q = q.as_str();
-                if q != alias && q != table && q != last_part(table) {
-                    return Err(format!("`{q}.*` selects another table's columns; a stream query returns the columns of one table (`{alias}.*`)"));
+                if joined.iter().any(|j| j.name == q) {
+                    return Err(format!("`{q}.*`: select a joined table's columns by name (`{q}.name AS {q}_name`); its `id` would clash with the row's own"));
+                }
+                if !is_root(q) {
+                    return Err(format!("`{q}.*` selects another table's columns; a stream query returns the columns of one table (`{alias}.*`) and named columns of tables joined to it"));
                 }
                 out.push("*".to_string());
+            }
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                let mut tables: Vec<String> = qualifiers(e)
+                    .into_iter()
+                    .filter(|q| !is_root(q.as_str()))
+                    .collect();
+                tables.dedup();
+                match tables.as_slice() {
+                    [] => {}
+                    [q] => {
+                        let Some(j) = joined.iter().find(|j| j.name == *q) else {
+                            return Err(format!("`{item}` reads `{q}`, which is not joined to `{alias}` directly: only the columns of a table joined to the selected table (`{alias}.x = {q}.id`) can be selected"));
+                        };
+                        if reads_unqualified(e) || qualifiers(e).iter().any(|x| is_root(x.as_str()))
+                        {
+                            return Err(format!("`{item}` mixes columns of `{alias}` and `{q}`: select each table's columns apart"));
+                        }
+                        if !used.iter().any(|u| u.name == j.name) {
+                            used.push(j.clone());
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                        "`{item}` reads several joined tables: select each table's columns apart"
+                    ))
+                    }
+                }
+                out.push(item.to_string());
             }
             other => out.push(other.to_string()),
         }
     }
-    Ok(out)
+    Ok((out, used))
+}
+
+/// The table qualifiers (`t` of `t.c`) an expression's columns use.
+fn qualifiers(e: &Expr) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let _ = sqlparser::ast::visit_expressions(e, |x| {
+        if let Expr::CompoundIdentifier(ids) = x {
+            if ids.len() == 2 && !out.contains(&ids[0].value) {
+                out.push(ids[0].value.clone());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn reads_unqualified(e: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(e, |x| match x {
+        Expr::Identifier(_) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// Whether an expression reads a column of the table named `name`.
+fn mentions_table(e: &Expr, name: &str) -> bool {
+    qualifiers(e).iter().any(|q| q == name)
 }
 
 enum Output<'a> {
@@ -306,18 +398,33 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
     }
     let mut nodes: Vec<Node> = Vec::new();
     let mut conds: Vec<Expr> = Vec::new();
+    // LEFT JOINs of the stream's own FROM: they add columns, never filter.
+    let mut lefts: Vec<(Node, Expr)> = Vec::new();
+    let top = matches!(output, Output::Data(_));
     for twj in s.from {
         nodes.push(node(twj.relation, ctes)?);
         for j in twj.joins {
-            let on = match j.join_operator {
-                JoinOperator::Inner(JoinConstraint::On(e)) | JoinOperator::Join(JoinConstraint::On(e)) => e,
+            let (on, left) = match j.join_operator {
+                JoinOperator::Inner(JoinConstraint::On(e)) | JoinOperator::Join(JoinConstraint::On(e)) => (e, false),
                 JoinOperator::Inner(_) | JoinOperator::Join(_) => {
                     return Err("JOIN needs an ON condition (`JOIN b ON a.x = b.y`)".into())
                 }
-                _ => return Err("only [INNER] JOIN is supported in a stream query (no LEFT, RIGHT, FULL or CROSS JOIN)".into()),
+                JoinOperator::Left(JoinConstraint::On(e)) | JoinOperator::LeftOuter(JoinConstraint::On(e)) if top => (e, true),
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) if top => {
+                    return Err("LEFT JOIN needs an ON condition (`LEFT JOIN b ON a.x = b.id`)".into())
+                }
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => {
+                    return Err("LEFT JOIN adds columns to the stream's rows, so it belongs to the stream's own FROM, not to a subquery or CTE".into())
+                }
+                _ => return Err("only [INNER] JOIN and LEFT JOIN are supported in a stream query (no RIGHT, FULL or CROSS JOIN)".into()),
             };
-            nodes.push(node(j.relation, ctes)?);
-            conjuncts(on, &mut conds);
+            let n = node(j.relation, ctes)?;
+            if left {
+                lefts.push((n, on));
+            } else {
+                nodes.push(n);
+                conjuncts(on, &mut conds);
+            }
         }
     }
     if let Some(w) = s.selection {
@@ -330,6 +437,7 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
                 output: Some(*out),
                 conds,
                 subs: Vec::new(),
+                joined: Vec::new(),
             }),
             Output::Data(_) => {
                 Err("a stream query must select from a table (FROM table ...)".into())
@@ -337,10 +445,15 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
         };
     }
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    if let Some(d) = names
+    let all_names: Vec<String> = names
+        .iter()
+        .cloned()
+        .chain(lefts.iter().map(|(n, _)| n.name.clone()))
+        .collect();
+    if let Some(d) = all_names
         .iter()
         .enumerate()
-        .find(|(i, n)| names[..*i].contains(n))
+        .find(|(i, n)| all_names[..*i].contains(n))
     {
         return Err(format!(
             "the name `{}` is used twice in FROM; give one an alias",
@@ -361,38 +474,74 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
             }
         },
         Output::Data(items) => {
+            if !lefts.is_empty() && items.iter().any(|i| matches!(i, SelectItem::Wildcard(_))) {
+                return Err(
+                    "`*` in a query with JOIN: select the columns of one table (`t.*`) and name the joined table's columns"
+                        .into(),
+                );
+            }
             if single {
                 0
             } else {
-                let mut found: Option<usize> = None;
-                for item in items.iter() {
-                    let q =
-                        match item {
-                            SelectItem::QualifiedWildcard(k, _) => {
-                                let k = wildcard_table(&k.to_string());
-                                vec![names
-                                    .iter()
-                                    .position(|n| *n == k)
-                                    .ok_or_else(|| format!("unknown table `{k}` in `{k}.*`"))?]
-                            }
-                            SelectItem::Wildcard(_) => return Err(
-                                "`*` in a query with JOIN: select the columns of one table (`t.*`)"
-                                    .into(),
-                            ),
-                            SelectItem::UnnamedExpr(e)
-                            | SelectItem::ExprWithAlias { expr: e, .. } => owner(e)?,
-                        };
-                    for n in q {
-                        if found.is_some_and(|f| f != n) {
-                            return Err("a stream query returns the columns of one table: the selected columns come from several".into());
-                        }
-                        found = Some(n);
-                    }
-                }
-                found.ok_or("select the columns of one table (`t.*`)")?
+                selected_table(items, &names, &all_names)?
             }
         }
     };
+    // A LEFT JOIN: `root.x = t.y`, nothing else, and nothing else on it.
+    let mut joined: Vec<Joined> = Vec::new();
+    for (n, on) in lefts {
+        let Source::Table(table, alias) = &n.source else {
+            return Err(format!("LEFT JOIN `{}`: join a table", n.name));
+        };
+        if n.cte.is_some() {
+            return Err(format!(
+                "LEFT JOIN `{}`: a CTE cannot be LEFT JOINed; join a table",
+                n.name
+            ));
+        }
+        let shown = on.to_string();
+        let sides = match query::unnest(&on) {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let q = |e: &Expr| match query::unnest(e) {
+                    Expr::CompoundIdentifier(ids) if ids.len() == 2 => Some(ids[0].value.clone()),
+                    _ => None,
+                };
+                match (q(left), q(right)) {
+                    (Some(a), Some(b)) if a == names[root] && b == n.name => {
+                        Some((left.as_ref().clone(), right.as_ref().clone()))
+                    }
+                    (Some(a), Some(b)) if b == names[root] && a == n.name => {
+                        Some((right.as_ref().clone(), left.as_ref().clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((root_side, their_side)) = sides else {
+            return Err(format!(
+                "LEFT JOIN {} ON {shown}: compare a column of the selected table with the joined table's key (`{}.x = {}.id`), and nothing else",
+                n.name, names[root], n.name
+            ));
+        };
+        if let Some(c) = conds.iter().find(|c| mentions_table(c, &n.name)) {
+            return Err(format!(
+                "`{c}`: `{}` is LEFT JOINed, which adds columns and filters nothing; use [INNER] JOIN to filter by it",
+                n.name
+            ));
+        }
+        joined.push(Joined {
+            name: n.name.clone(),
+            table: table.clone(),
+            alias: alias.clone(),
+            root_side,
+            their_side,
+        });
+    }
 
     // Conditions: per node, and the join edges between two nodes.
     let mut per_node: Vec<Vec<Expr>> = vec![Vec::new(); nodes.len()];
@@ -493,6 +642,19 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
     // Build levels leaves first.
     for &n in order.iter().rev() {
         let nd = sources[n].take().expect("each node once");
+        if let (Some((p, mine, theirs)), Source::Table(table, alias), None) =
+            (&parent[n], &nd.source, &nd.cte)
+        {
+            if *p == root {
+                joined.push(Joined {
+                    name: names[n].clone(),
+                    table: table.clone(),
+                    alias: alias.clone(),
+                    root_side: mine.clone(),
+                    their_side: theirs.clone(),
+                });
+            }
+        }
         let out = match (&parent[n], n == root, &output) {
             (Some((_, _, theirs)), _, _) => Some(theirs.clone()),
             (None, true, Output::Value(e)) => Some(e.as_ref().clone()),
@@ -511,6 +673,7 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
                 output: out,
                 conds: Vec::new(),
                 subs: Vec::new(),
+                joined: Vec::new(),
             },
         };
         level.conds.append(&mut per_node[n]);
@@ -529,7 +692,60 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
         }
         level_of[n] = Some(level);
     }
-    Ok(level_of[root].take().expect("root built"))
+    let mut root_level = level_of[root].take().expect("root built");
+    root_level.joined = joined;
+    Ok(root_level)
+}
+
+/// The table a query with joins selects: the one of `t.*`, else the one
+/// its `id` comes from.
+fn selected_table(
+    items: &[SelectItem],
+    names: &[String],
+    all_names: &[String],
+) -> Result<usize, String> {
+    for item in items {
+        match item {
+            SelectItem::QualifiedWildcard(k, _) => {
+                let k = wildcard_table(&k.to_string());
+                return match names.iter().position(|n| *n == k) {
+                    Some(n) => Ok(n),
+                    None if all_names.contains(&k) => Err(format!(
+                        "`{k}.*`: `{k}` is LEFT JOINed; select the columns of the table the rows come from (`t.*`) and name `{k}`'s columns"
+                    )),
+                    None => Err(format!("unknown table `{k}` in `{k}.*`")),
+                };
+            }
+            SelectItem::Wildcard(_) => {
+                return Err(
+                    "`*` in a query with JOIN: select the columns of one table (`t.*`)".into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    for item in items {
+        let (name, e) = match item {
+            SelectItem::ExprWithAlias { expr, alias } => (alias.value.clone(), expr),
+            SelectItem::UnnamedExpr(e) => match column_name(e) {
+                Some(n) => (n, e),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if name != "id" {
+            continue;
+        }
+        if let [q] = qualifiers(e).as_slice() {
+            if let Some(n) = names.iter().position(|n| n == q) {
+                return Ok(n);
+            }
+        }
+    }
+    Err(
+        "select the columns of one table (`t.*`, or its `id` and other columns) the rows come from"
+            .into(),
+    )
 }
 
 /// The level a CTE stands for, selecting `column` (or its one output).

@@ -4,7 +4,9 @@
 //! Sections (one module each): `extension` (capture overhead, tick and
 //! snapshot throughput), `compaction` (op-log shrinkage, fresh download;
 //! `compaction_latency`: ticks while compaction runs), `client`, `relay`,
-//! `relay-connect`, `replica` (hot standbys), `rules`. `OUTPOST_BENCH=extension,relay` runs a subset.
+//! `relay-connect`, `replica` (hot standbys), `rules`, `streams` (Sync
+//! Streams: rows moved through a subquery's table, a joined column renamed,
+//! fan-out to parameterized subscriptions). `OUTPOST_BENCH=extension,relay` runs a subset.
 
 mod client;
 mod compaction;
@@ -14,6 +16,7 @@ mod relay_connect;
 mod relay_proc;
 mod replica;
 mod rules;
+mod streams;
 
 use anyhow::Result;
 use std::fmt::Write as _;
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
         ("relay-connect", relay_connect::run),
         ("replica", replica::run),
         ("rules", rules::run),
+        ("streams", streams::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();
     let mut rows: Vec<Row> = Vec::new();

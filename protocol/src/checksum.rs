@@ -70,11 +70,30 @@ impl Serialize for Checksum {
     }
 }
 
+/// Accepts what [`Checksum::from_json`] accepts, read without a
+/// `serde_json::Value` in between (one per op of a large sync).
 impl<'de> Deserialize<'de> for Checksum {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Checksum, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        Checksum::from_json(&v)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid checksum {v}")))
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Checksum;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a 32-bit checksum")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Checksum, E> {
+                Checksum::from_json(&n.into())
+                    .ok_or_else(|| E::custom(format!("invalid checksum {n}")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Checksum, E> {
+                Checksum::from_json(&n.into())
+                    .ok_or_else(|| E::custom(format!("invalid checksum {n}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Checksum, E> {
+                Checksum::from_json(&n.into())
+                    .ok_or_else(|| E::custom(format!("invalid checksum {n}")))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -32,16 +32,32 @@ impl Serialize for OpId {
     }
 }
 
+/// Read without building a `serde_json::Value` (a million op ids per large
+/// sync: the owned string of each was an allocation).
 impl<'de> Deserialize<'de> for OpId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OpId, D::Error> {
-        match Value::deserialize(d)? {
-            Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-            Value::Number(n) => n
-                .as_u64()
-                .map(OpId)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid op id {n}"))),
-            other => Err(serde::de::Error::custom(format!("invalid op id {other}"))),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = OpId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an op id (a decimal string or a number)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OpId, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<OpId, E> {
+                Ok(OpId(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<OpId, E> {
+                u64::try_from(n)
+                    .map(OpId)
+                    .map_err(|_| E::custom(format!("invalid op id {n}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<OpId, E> {
+                Err(E::custom(format!("invalid op id {n}")))
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -143,12 +159,49 @@ pub struct OplogEntry {
     pub data: Option<String>,
 }
 
+/// The common shape (a string) is taken as it comes, without a
+/// `serde_json::Value` in between; an object is turned back into text.
 fn data_as_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    })
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("row data (a JSON string or a value)")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_string()))
+        }
+        fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
+            Ok(Some(s))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+            Ok(Some(b.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+            Ok(Some(Value::from(n).to_string()))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+            Ok(Some(v.to_string()))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(a))?;
+            Ok(Some(v.to_string()))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

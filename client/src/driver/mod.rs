@@ -11,20 +11,21 @@
 //!
 //! Store work runs on tokio's blocking pool ([`Database::with_store_blocking`]):
 //! applying a large checkpoint takes seconds of SQLite time, during which the
-//! async runtime keeps serving live queries, uploads and timers.
+//! async runtime keeps serving live queries, uploads and timers. The stream is
+//! read and decoded ahead meanwhile ([`crate::net::prefetch`]).
 
 mod streams;
 
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::net::connector::{request_write_checkpoint, Connector, PENDING_TARGET};
-use crate::net::lines::parse_line;
+use crate::net::prefetch::{all_data, Batch, Prefetch};
 use crate::net::transport::{Http, SyncStream, TransportOptions};
 use crate::store::Effect;
 use crate::streams::SubscribeOptions;
 use crate::subscriptions::SyncStreamSubscription;
 use crate::sync::{Instruction, SyncState};
-use outpost_protocol::{StreamSubscription, StreamsRequest};
+use outpost_protocol::{StreamSubscription, StreamsRequest, SyncLine};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,9 +128,6 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 /// up to about this many ops (bounding the memory of decoded lines held at once).
 pub const MAX_BATCH_OPS: usize = 50_000;
 
-/// The same bound for lines not decoded yet, in bytes (about 50,000 small ops).
-pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
 /// Whether more lines that are ready may join a batch that has produced
 /// `instructions`: only data lines batch, up to [`MAX_BATCH_OPS`].
 pub fn batch_open(instructions: &[Instruction]) -> bool {
@@ -143,17 +141,21 @@ pub fn batch_open(instructions: &[Instruction]) -> bool {
     ops < MAX_BATCH_OPS
 }
 
-/// Whether more received lines may join a batch of undecoded `texts`: only data
-/// lines batch, up to [`MAX_BATCH_BYTES`] (the text form of [`batch_open`]).
-pub fn text_batch_open(texts: &[String]) -> bool {
-    texts.iter().all(|t| t.starts_with("{\"data\""))
-        && texts.iter().map(String::len).sum::<usize>() < MAX_BATCH_BYTES
+/// Ops in the data lines of a batch.
+fn data_ops(batch: &[SyncLine]) -> usize {
+    batch
+        .iter()
+        .map(|l| match l {
+            SyncLine::Data(d) => d.data.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// What one step of the loop hands to the blocking pool.
 enum Work {
-    /// Stream lines to decode and feed to the machine.
-    Lines(Vec<String>),
+    /// Decoded stream lines to feed to the machine.
+    Lines(Batch),
     /// Instructions the machine already produced.
     Instructions(Vec<Instruction>),
     /// The subscriptions changed, or one expired: maybe a new request.
@@ -260,25 +262,26 @@ impl<C: Connector> SyncClient<C> {
             unreachable!("start always asks for a stream");
         };
         'connect: loop {
-            let mut stream: SyncStream = http.sync_stream(&creds, &request).await?;
+            let stream: SyncStream = http.sync_stream(&creds, &request).await?;
             db.set_status(|s| s.connected = true);
             // The checkpoint whose per-stream answer was recorded last.
             let mut resolved: Option<(outpost_protocol::OpId, usize)> = None;
+            // Lines are received and decoded ahead while a batch is stored.
+            let mut lines = Prefetch::start(stream);
             loop {
                 let work = tokio::select! {
-                    text = stream.next_text() => match text? {
+                    batch = lines.next() => match batch? {
                         None => return Ok(Iteration::Reconnect),
-                        Some(text) => {
-                            // A client slower than the stream finds more lines waiting:
-                            // store them together.
-                            let mut texts = vec![text];
-                            while text_batch_open(&texts) {
-                                match stream.next_text_ready()? {
-                                    Some(t) => texts.push(t),
+                        Some(mut batch) => {
+                            // A client slower than the stream finds more batches
+                            // waiting: store them together.
+                            while all_data(&batch) && data_ops(&batch) < MAX_BATCH_OPS {
+                                match lines.ready() {
+                                    Some(more) => batch.extend(more),
                                     None => break,
                                 }
                             }
-                            Work::Lines(texts)
+                            Work::Lines(batch)
                         }
                     },
                     Some(()) = upload_done.recv() => Work::Instructions(machine.upload_completed()),
@@ -298,20 +301,17 @@ impl<C: Connector> SyncClient<C> {
                     }
                     continue;
                 }
-                // Decoding and storing both run on the blocking pool; the store
-                // is locked for the storing only.
+                // The store is locked for the storing only.
                 let db2 = db.clone();
                 let step = tokio::task::spawn_blocking(move || {
                     let mut machine = machine;
                     let instructions = match work {
                         Work::Instructions(i) => i,
                         Work::Streams => unreachable!("handled above"),
-                        Work::Lines(texts) => {
+                        Work::Lines(batch) => {
                             let mut out = vec![];
-                            for text in texts {
-                                if let Some(line) = parse_line(&text)? {
-                                    out.extend(machine.handle_line(line)?);
-                                }
+                            for line in batch {
+                                out.extend(machine.handle_line(line)?);
                             }
                             out
                         }

@@ -2,6 +2,8 @@
 //!
 //! - [`lines`]: NDJSON framing and line decoding (sans-IO).
 //! - [`decode`]: `Content-Encoding` (gzip, zstd) decoding, chunk by chunk (sans-IO).
+//! - [`prefetch`]: a task that reads and decodes a sync stream ahead of the
+//!   store, in bounded batches.
 //! - [`tls`]: rustls client configuration (public roots + a private CA) and
 //!   readable certificate errors.
 //! - [`transport`]: [`transport::Http`], the hyper client for `POST /sync/stream`
@@ -12,5 +14,6 @@
 pub mod connector;
 pub mod decode;
 pub mod lines;
+pub mod prefetch;
 pub mod tls;
 pub mod transport;

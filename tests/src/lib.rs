@@ -16,6 +16,7 @@
 pub mod client;
 pub mod relay;
 pub mod replication;
+pub mod streams_fixture;
 
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;

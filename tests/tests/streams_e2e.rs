@@ -13,25 +13,7 @@ use postgres::Client;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-const SCHEMA: &str = "
-CREATE TABLE lists (id text PRIMARY KEY, name text, owner_id text NOT NULL);
-CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL, description text);
-INSERT INTO lists VALUES ('l1', 'one', 'u1'), ('l2', 'two', 'u2'), ('l3', 'three', 'u1'), ('l4', 'four', 'u2');
-INSERT INTO todos SELECT 't' || l || '-' || n, 'l' || l, 'todo ' || n
-  FROM generate_series(1, 4) l, generate_series(1, 3) n;
-";
-
-/// The rules of the recorded PowerSync exchange.
-const RULES: &str = "
-config:
-  edition: 3
-streams:
-  my_lists:
-    auto_subscribe: true
-    query: SELECT * FROM lists WHERE owner_id = auth.user_id()
-  list_todos:
-    query: SELECT * FROM todos WHERE list_id = subscription.parameter('list_id') AND list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())
-";
+use outpost_tests::streams_fixture::{RULES, SCHEMA};
 
 fn setup(label: &str, rules: &str) -> (TestDb, Client) {
     let db = TestDb::new(label);

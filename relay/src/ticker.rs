@@ -117,6 +117,28 @@ mod tests {
     use crate::testing::FakeStore;
     use tokio::sync::Semaphore;
 
+    /// A ticker on `store` with the given timing; the tests vary nothing else.
+    fn ticker(
+        store: &Arc<FakeStore>,
+        wake: &Arc<Notify>,
+        checkpoints: watch::Sender<Announced>,
+        trailing: Option<Duration>,
+        fallback: Duration,
+        compact_every: Option<u64>,
+    ) -> Ticker {
+        Ticker {
+            store: store.clone(),
+            wake: wake.clone(),
+            checkpoints,
+            metrics: Arc::new(Metrics::default()),
+            trailing,
+            fallback,
+            compact_every,
+            liveness: Arc::new(Liveness::new(true)),
+            ticks: Arc::new(Ticks::new(wake.clone())),
+        }
+    }
+
     async fn settle() {
         // Single-threaded runtime: yielding runs every task that can make progress.
         for _ in 0..100 {
@@ -135,17 +157,7 @@ mod tests {
         let wake = Arc::new(Notify::new());
         let (cp_tx, cp_rx) = watch::channel(Announced::initial());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = Ticker {
-            store: store.clone(),
-            wake: wake.clone(),
-            checkpoints: cp_tx,
-            metrics: Arc::new(Metrics::default()),
-            trailing: None,
-            fallback: Duration::from_secs(3600),
-            compact_every: None,
-            liveness: Arc::new(Liveness::new(true)),
-            ticks: Arc::new(Ticks::new(wake.clone())),
-        };
+        let ticker = ticker(&store, &wake, cp_tx, None, Duration::from_secs(3600), None);
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
         // The startup tick is in flight, held at the gate. A burst arrives.
@@ -174,17 +186,14 @@ mod tests {
         let wake = Arc::new(Notify::new());
         let (cp_tx, _cp_rx) = watch::channel(Announced::initial());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = Ticker {
-            store: store.clone(),
-            wake: wake.clone(),
-            checkpoints: cp_tx,
-            metrics: Arc::new(Metrics::default()),
-            trailing: Some(Duration::from_millis(10)),
-            fallback: Duration::from_secs(1),
-            compact_every: None,
-            liveness: Arc::new(Liveness::new(true)),
-            ticks: Arc::new(Ticks::new(wake.clone())),
-        };
+        let ticker = ticker(
+            &store,
+            &wake,
+            cp_tx,
+            Some(Duration::from_millis(10)),
+            Duration::from_secs(1),
+            None,
+        );
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
         // The startup tick (a wake-up), then its trailing tick 10 ms later.
@@ -207,17 +216,14 @@ mod tests {
         let wake = Arc::new(Notify::new());
         let (cp_tx, _cp_rx) = watch::channel(Announced::initial());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = Ticker {
-            store: store.clone(),
-            wake: wake.clone(),
-            checkpoints: cp_tx,
-            metrics: Arc::new(Metrics::default()),
-            trailing: None,
-            fallback: Duration::from_secs(3600),
-            compact_every: Some(3),
-            liveness: Arc::new(Liveness::new(true)),
-            ticks: Arc::new(Ticks::new(wake.clone())),
-        };
+        let ticker = ticker(
+            &store,
+            &wake,
+            cp_tx,
+            None,
+            Duration::from_secs(3600),
+            Some(3),
+        );
         let task = tokio::spawn(ticker.run(stop_rx));
         settle().await;
         for (puts, want) in [(2, 0), (1, 1), (1, 1), (3, 2)] {

@@ -18,32 +18,16 @@
 
 import * as ps from '@powersync/node';
 const { PowerSyncDatabase, Schema, Table, column, LogLevels } = ps;
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { envOf, TIMEOUT, report, psql, waitFor, withTimeout } from './harness.mjs';
 
-const execFileP = promisify(execFile);
-const env = (k, d) => {
-  const v = process.env[k] ?? d;
-  if (v === undefined) {
-    console.error(`compat-streams: ${k} is required`);
-    process.exit(2);
-  }
-  return v;
-};
+const env = envOf('compat-streams');
 const ENDPOINT = env('OUTPOST_ENDPOINT');
 const TOKEN = env('OUTPOST_TOKEN');
 const USER = env('COMPAT_USER', 'alice');
 const PG = env('COMPAT_PG');
 const DIR = env('COMPAT_DIR');
-const TIMEOUT = Number(process.env.COMPAT_TIMEOUT_MS ?? 20000);
 
-let failures = 0;
-const pass = (name, detail = '') => console.log(`PASS ${name}${detail ? ` — ${detail}` : ''}`);
-const fail = (name, detail = '') => {
-  failures++;
-  console.log(`FAIL ${name}${detail ? ` — ${detail}` : ''}`);
-};
-const info = (msg) => console.log(`     ${msg}`);
+const { pass, fail, info } = report;
 const logger = {
   log(r) {
     const line = `${r.message}${r.error ? `: ${r.error?.stack ?? r.error}` : ''}`;
@@ -51,24 +35,9 @@ const logger = {
   }
 };
 
-async function pg(sql) {
-  const { stdout } = await execFileP('psql', [PG, '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
-    env: { ...process.env, PGOPTIONS: '-c client_min_messages=warning' }
-  });
-  return stdout.trim();
-}
+const pg = (sql) => psql(PG, sql);
 const pgIds = async (sql) => (await pg(sql)).split('\n').filter(Boolean).sort();
 
-async function waitFor(probe, timeoutMs = TIMEOUT) {
-  const start = Date.now();
-  for (;;) {
-    if (await probe()) return Date.now() - start;
-    if (Date.now() - start > timeoutMs) return null;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-const withTimeout = (p, ms, what) =>
-  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms))]);
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 const schema = new Schema({
@@ -159,5 +128,5 @@ try {
 } catch (e) {
   fail('unexpected error', e?.stack ?? String(e));
 }
-console.log(failures ? `\n${failures} check(s) FAILED` : '\nall stream checks passed');
-process.exit(failures ? 1 : 0);
+console.log(report.failures ? `\n${report.failures} check(s) FAILED` : '\nall stream checks passed');
+process.exit(report.failures ? 1 : 0);

@@ -26,15 +26,10 @@ import { promisify } from 'node:util';
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 
+import { envOf, TIMEOUT, report, psql, waitFor, withTimeout } from './harness.mjs';
+
 const execFileP = promisify(execFile);
-const env = (k, d) => {
-  const v = process.env[k] ?? d;
-  if (v === undefined) {
-    console.error(`compat-test: ${k} is required`);
-    process.exit(2);
-  }
-  return v;
-};
+const env = envOf('compat-test');
 const RELAY = env('OUTPOST_ENDPOINT');
 const TOKEN = env('OUTPOST_TOKEN');
 const USER = env('COMPAT_USER', 'alice');
@@ -42,18 +37,11 @@ const PG = env('COMPAT_PG');
 const DIR = env('COMPAT_DIR');
 const WRITES = !!process.env.OUTPOST_WRITE_ROLE;
 const TRACE = process.env.COMPAT_TRACE === '1';
-const TIMEOUT = Number(process.env.COMPAT_TIMEOUT_MS ?? 20000);
 
 // ------------------------------------------------------------- reporting --
-let failures = 0;
 const t0 = Date.now();
 const stamp = () => `${((Date.now() - t0) / 1000).toFixed(2)}s`;
-const pass = (name, detail = '') => console.log(`PASS ${name}${detail ? ` — ${detail}` : ''}`);
-const fail = (name, detail = '') => {
-  failures++;
-  console.log(`FAIL ${name}${detail ? ` — ${detail}` : ''}`);
-};
-const info = (msg) => console.log(`     ${msg}`);
+const { pass, fail, info } = report;
 
 // SDK log lines at warn and above are kept and printed; they are evidence.
 const sdkProblems = [];
@@ -70,25 +58,8 @@ const logger = {
 };
 
 // ----------------------------------------------------------------- helpers --
-async function pg(sql) {
-  const { stdout } = await execFileP('psql', [PG, '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
-    env: { ...process.env, PGOPTIONS: '-c client_min_messages=warning' }
-  });
-  return stdout.trim();
-}
+const pg = (sql) => psql(PG, sql);
 const pgJson = async (sql) => JSON.parse((await pg(`SELECT coalesce(json_agg(q), '[]') FROM (${sql}) q`)) || '[]');
-
-/** Polls `probe` (async → truthy when done) until it holds; returns ms taken, or null on timeout. */
-async function waitFor(probe, timeoutMs = TIMEOUT) {
-  const start = Date.now();
-  for (;;) {
-    if (await probe()) return Date.now() - start;
-    if (Date.now() - start > timeoutMs) return null;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-const withTimeout = (p, ms, what) =>
-  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms))]);
 
 const diff = (a, b) => {
   const sa = new Map(a.map((r) => [r.id, JSON.stringify(r)]));
@@ -421,6 +392,6 @@ try {
     await db?.close();
   } catch {}
   proxy?.close();
-  console.log(failures === 0 ? `compat: all checks passed (${stamp()})` : `compat: ${failures} check(s) FAILED (${stamp()})`);
-  process.exit(failures === 0 ? 0 : 1);
+  console.log(report.failures === 0 ? `compat: all checks passed (${stamp()})` : `compat: ${report.failures} check(s) FAILED (${stamp()})`);
+  process.exit(report.failures === 0 ? 0 : 1);
 }

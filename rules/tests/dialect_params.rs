@@ -405,6 +405,12 @@ fn arrow_compares_as_json_text() {
     // A json column and text keep their key order, through a chain too.
     assert!(has(sql, "\"docs\".\"js\"::json #>"), "{sql}");
     assert!(sql.matches("_t::json").count() >= 2, "{sql}");
+    // `->>` of an object is its JSON text as well.
+    let d = deploy(
+        "bucket_definitions:\n  g:\n    data: SELECT id FROM docs WHERE j ->> 'a' = '{\"b\":5}'\n",
+    );
+    let sql = &d.buckets[0].data_queries[0].sql_full;
+    assert!(has(sql, "jsonb_typeof(_x) IN ('object', 'array') THEN outpost._json_min(_x::text) ELSE _x #>> '{}'"), "{sql}");
     // The bucket value of `-> = bucket.p` is the text, as the parameter's.
     let d = deploy(&one_bucket(
         "SELECT request.jwt() -> 'org' AS org",

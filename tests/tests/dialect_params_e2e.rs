@@ -358,6 +358,11 @@ fn arrow_compares_its_json_text() {
         (r#"upper(j -> 's') = '"X"'"#, [Some(1), None]),
         (r#"instr(j -> 'o', '"c":1')"#, [Some(8), None]),
         ("j -> 'missing' IS NULL", [Some(1), Some(1)]),
+        // `->>` of an object or array is that JSON text too; a string its value
+        (r#"j ->> 'o' = '{"b":5,"c":1}'"#, [Some(1), None]),
+        (r#"js ->> 'o' = '{"z":{"y":1,"x":2}}'"#, [Some(1), None]),
+        ("t ->> 'a' = '[1,2]'", [Some(1), None]),
+        ("j ->> 's' = 'x'", [Some(1), None]),
     ];
     let cols: Vec<String> = cases
         .iter()

@@ -111,7 +111,17 @@ pub fn json_get(
     }
     let j = left.json();
     Ok(match use_ {
-        Use::Inner => format!("({j} #>> {path})"),
+        // The SQL value as text; an object or array is SQLite's JSON text.
+        // (One scalar subquery, so the source is parsed once.)
+        Use::Inner => {
+            let (x, typeof_) = match ordered(left) {
+                Some(oj) => (format!("{oj} #> {path}"), "json_typeof"),
+                None => (format!("{j} #> {path}"), "jsonb_typeof"),
+            };
+            format!(
+                "(SELECT CASE WHEN {typeof_}(_x) IN ('object', 'array') THEN outpost._json_min(_x::text) ELSE _x #>> '{{}}' END FROM (SELECT {x} AS _x) _g)"
+            )
+        }
         Use::Output => format!("({j} #> {path})"),
     })
 }

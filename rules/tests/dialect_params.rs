@@ -1,6 +1,6 @@
 //! PowerSync's dialect, continued: table parameter queries that output
-//! request values, `define_bucket`'s `config:`, and JSON text written as
-//! SQLite writes it. Checked on the generated plan without Postgres; the
+//! request values, `define_bucket`'s `config:`, JSON text written and
+//! compared as SQLite writes it, and NULL bucket parameters. Checked on the generated plan without Postgres; the
 //! values are checked in tests/tests/dialect_params_e2e.rs.
 
 mod support;

@@ -87,6 +87,13 @@ impl Options {
         *self == Options::legacy()
     }
 
+    /// Whether a NULL bucket parameter is a value (`null` in the bucket
+    /// id), as PowerSync's bucket_definitions and edition-2 streams have it;
+    /// its edition-3 stream compiler skips NULL parameters (no bucket).
+    pub fn null_parameters(&self) -> bool {
+        self.edition < 3
+    }
+
     /// Resolves a `config:` block: the edition sets the defaults, explicit
     /// options override them; what Outpost does not implement is refused.
     pub fn from_config(c: &ConfigYaml) -> Result<Options, RuleError> {

@@ -154,7 +154,24 @@ pub fn rewrite_output(expr: &mut Expr, scope: Scope) -> Result<Refs, String> {
         _ => None,
     };
     if let (Some(c), Some(_)) = (column, scope.json_each) {
-        *expr = Expr::Nested(Box::new(parse_expr(&format!("{JSON_EACH_SQL}.{c}"))?));
+        *expr = Expr::Nested(Box::new(if c == "v" {
+            // An element as PowerSync's json_each gives it: booleans 1/0,
+            // objects and arrays JSON text; a JSON null is SQL NULL with
+            // fixed_json_extract, the text `null` in legacy rules.
+            let null = if scope.options.fixed_json_extract {
+                "NULL::jsonb"
+            } else {
+                "'\"null\"'::jsonb"
+            };
+            compiled(
+                format!(
+                    "CASE WHEN jsonb_typeof({JSON_EACH_SQL}.v) = 'null' THEN {null} ELSE outpost._sqlite_value({JSON_EACH_SQL}.v) END"
+                ),
+                dialect::Kind::Json,
+            )?
+        } else {
+            parse_expr(&format!("{JSON_EACH_SQL}.{c}"))?
+        }));
         return Ok(Refs {
             json_each: true,
             ..Refs::default()
@@ -345,12 +362,8 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                     dialect::Use::Inner,
                     scope.options,
                 )?;
-                let kind = if *op == BinaryOperator::Arrow {
-                    dialect::Kind::Json
-                } else {
-                    dialect::Kind::Other
-                };
-                Some(compiled(sql, kind)?)
+                // Both are text: `->` JSON text, `->>` the SQL value's text.
+                Some(compiled(sql, dialect::Kind::Other)?)
             }
             BinaryOperator::PGOverlap => {
                 let (l, r) = (arg_of(left, scope), arg_of(right, scope));

@@ -1,6 +1,6 @@
 //! PowerSync's dialect, continued: table parameter queries that output
-//! request values, `define_bucket`'s `config:`, and JSON text written as
-//! SQLite writes it. Checked on the generated plan without Postgres; the
+//! request values, `define_bucket`'s `config:`, JSON text written and
+//! compared as SQLite writes it, and NULL bucket parameters. Checked on the generated plan without Postgres; the
 //! values are checked in tests/tests/dialect_params_e2e.rs.
 
 mod support;
@@ -83,8 +83,8 @@ fn a_table_query_may_output_request_values() {
     assert!(has(bucket, "'b['"), "{bucket}");
     assert!(has(bucket, "$1 ->> 'sub'"), "{bucket}");
     assert!(
-        bucket.starts_with("(CASE WHEN nullif(to_jsonb("),
-        "a NULL request value gives no bucket: {bucket}"
+        !bucket.contains("CASE WHEN") && has(bucket, "'null'"),
+        "a NULL request value is `null` in the bucket id: {bucket}"
     );
     // Postgres type-checks the expression on deploy.
     assert!(
@@ -111,8 +111,9 @@ fn row_and_request_outputs_keep_the_parameter_order() {
         ),
         "{full}"
     );
+    // A NULL org_id is a parameter value (`null`), so no filter drops the row.
     assert!(
-        has(
+        !has(
             full,
             "nullif(to_jsonb(\"users\".\"org_id\"), 'null'::jsonb) IS NOT NULL"
         ),
@@ -303,7 +304,7 @@ fn json_text_is_written_as_sqlite_writes_it() {
     // Inside an expression, a `->` result used as text is SQLite's text too;
     // a column's own text is left as replicated.
     let s = data_sql("SELECT id, length(j -> 'a') AS n, length(j) AS m FROM docs");
-    assert!(has(&s, "length(outpost._json_min("), "{s}");
+    assert!(has(&s, "length(nullif(outpost._json_min("), "{s}");
     assert!(has(&s, "length((\"docs\".\"j\")::text)"), "{s}");
 }
 
@@ -348,4 +349,74 @@ fn arrow_as_a_bucket_parameter_is_json_text() {
         ),
         "{sql}"
     );
+}
+
+fn static_sql(d: &outpost_rules::Deployment) -> &str {
+    match &d.buckets[0].parameter_queries[0] {
+        ParamQuery::Static { sql, .. } => sql,
+        q => panic!("not a static query: {q:?}"),
+    }
+}
+
+#[test]
+fn a_null_bucket_parameter_is_null_in_the_bucket_id() {
+    // PowerSync serializes a NULL parameter as `null` (`b[null,"x"]`);
+    // no filter drops the request's bucket, and concat_ws must not drop
+    // the value either (which would shift the other parameters).
+    let d = deploy(&one_bucket(
+        "SELECT request.jwt() ->> 'org' AS org, request.user_id() AS u",
+        "SELECT id FROM docs WHERE org_id = bucket.org AND owner_id = bucket.u",
+    ));
+    let sql = static_sql(&d);
+    assert!(!sql.contains("IS NOT NULL"), "{sql}");
+    assert!(has(sql, "coalesce(to_jsonb("), "{sql}");
+    assert!(has(sql, "::text, 'null'"), "{sql}");
+    // Row outputs: a NULL column is a parameter too.
+    let d = deploy(&one_bucket(
+        "SELECT org_id AS org FROM users WHERE id = request.user_id()",
+        "SELECT id FROM docs WHERE org_id = bucket.org",
+    ));
+    let (full, _, _) = table_query(&d);
+    assert!(
+        !has(full, "nullif(to_jsonb(\"users\".\"org_id\")"),
+        "{full}"
+    );
+    assert!(has(full, "::text, 'null'"), "{full}");
+    // `=` never matches a NULL column, so a NULL request value finds no
+    // row (PowerSync stores no lookup for it).
+    assert!(has(full, "\"users\".\"id\" IS NOT NULL"), "{full}");
+}
+
+#[test]
+fn arrow_compares_as_json_text() {
+    // `->` is SQLite's JSON text in a WHERE too, not jsonb.
+    let d = deploy(
+        "bucket_definitions:\n  g:\n    data: SELECT id FROM docs WHERE j -> 'a' = '{\"b\":5}' AND js -> 'k' IN ('\"x\"', '1.0') AND t -> 'a' -> 'b' = '[1]'\n",
+    );
+    let sql = &d.buckets[0].data_queries[0].sql_full;
+    assert!(!sql.contains("::jsonb = "), "{sql}");
+    assert!(
+        has(
+            sql,
+            "outpost._json_min(\"docs\".\"j\"::jsonb #> ARRAY['a']::text[])::text)"
+        ),
+        "{sql}"
+    );
+    // A json column and text keep their key order, through a chain too.
+    assert!(has(sql, "\"docs\".\"js\"::json #>"), "{sql}");
+    assert!(sql.matches("_t::json").count() >= 2, "{sql}");
+    // `->>` of an object is its JSON text as well.
+    let d = deploy(
+        "bucket_definitions:\n  g:\n    data: SELECT id FROM docs WHERE j ->> 'a' = '{\"b\":5}'\n",
+    );
+    let sql = &d.buckets[0].data_queries[0].sql_full;
+    assert!(has(sql, "jsonb_typeof(_x) IN ('object', 'array') THEN outpost._json_min(_x::text) ELSE _x #>> '{}'"), "{sql}");
+    // The bucket value of `-> = bucket.p` is the text, as the parameter's.
+    let d = deploy(&one_bucket(
+        "SELECT request.jwt() -> 'org' AS org",
+        "SELECT id FROM docs WHERE j -> 'org' = bucket.org",
+    ));
+    let sql = &d.buckets[0].data_queries[0].sql_full;
+    assert!(has(sql, "to_jsonb(nullif(outpost._json_min("), "{sql}");
+    assert!(!has(sql, "#> ARRAY['org']::text[]) IS NOT NULL"), "{sql}");
 }

@@ -69,7 +69,7 @@ fn transcript_rules_lower_to_one_lookup_per_stream() {
             (
                 "list_todos|0".to_string(),
                 vec!["SELECT id AS p0 FROM lists WHERE (owner_id = auth.user_id()) AND (id = subscription.parameter('list_id'))".to_string()],
-                vec!["SELECT * FROM todos WHERE (list_id) = bucket.p0".to_string()],
+                vec!["SELECT * FROM todos WHERE (list_id) IS NOT DISTINCT FROM bucket.p0".to_string()],
             ),
             (
                 "my_lists|0".to_string(),

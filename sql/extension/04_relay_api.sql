@@ -26,7 +26,7 @@ $$;
 -- The buckets a request may read: static parameter queries evaluate request
 -- values; table ones look them up in the lookups the ticks materialized
 -- (`bucket_sql`, when some bucket parameters are request values, adds them
--- to the lookup row's; NULL is no bucket).
+-- to the lookup row's; NULL, which an edition-3 stream gives for a NULL request value, is no bucket).
 CREATE FUNCTION outpost.user_buckets(claims jsonb, params jsonb)
 RETURNS TABLE (bucket text, priority int)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -1,7 +1,7 @@
 //! PowerSync's dialect in real Postgres, continued: table parameter queries
 //! whose bucket parameters are request values (kept current by the tick),
-//! `json_each`'s `key`, `define_bucket` under the deployed `config:`, and
-//! JSON text written as SQLite writes it.
+//! `json_each`'s `key` (a NULL key is a `null` parameter), `define_bucket`
+//! under the deployed `config:`, and JSON text written as SQLite writes it.
 
 use outpost_tests::{fold_bucket, ops, tick, TestDb};
 use postgres::Client;
@@ -84,10 +84,11 @@ fn table_parameter_queries_output_request_values() {
             json!({"id": "n2", "title": "b"})
         ]
     );
-    // bob is no admin; a missing (NULL) token value gives no bucket.
+    // bob is no admin; a missing (NULL) token value is `null` in the
+    // bucket id, as PowerSync writes it.
     assert_eq!(
         buckets(&mut c, json!({"sub": "bob"}), json!({})),
-        Vec::<String>::new()
+        vec!["org_region[null,8]"]
     );
     assert_eq!(
         buckets(
@@ -112,7 +113,7 @@ fn table_parameter_queries_output_request_values() {
     );
     assert_eq!(
         buckets(&mut c, json!({"sub": "bob"}), json!({})),
-        vec!["admin[\"bob\"]"]
+        vec!["admin[\"bob\"]", "org_region[null,8]"]
     );
     let mut bobs: Vec<String> = rows(&mut c, "admin[\"bob\"]")
         .iter()
@@ -145,13 +146,23 @@ fn json_each_key_is_an_index_or_a_member_name() {
             vec!["by_slot[0,\"a\"]", "by_slot[1,\"b\"]"],
         ),
         (json!({"x": "a", "skip": "b"}), vec!["by_slot[\"x\",\"a\"]"]),
-        (json!("[\"a\"]"), vec!["by_slot[0,\"a\"]"]),
-        // A scalar's key is NULL, which is no parameter value.
+        // A scalar's key is NULL, which `<> 'skip'` filters out; `->` of a
+        // string claim is one JSON string (a scalar), as in PowerSync.
+        (json!("[\"a\"]"), vec![]),
         (json!(5), vec![]),
     ] {
         let got = buckets(&mut c, json!({"sub": "u", "tags": tags}), json!({}));
         assert_eq!(got, want, "tags {tags}");
     }
+    // Without the filter the NULL key is a parameter value: `null`.
+    deploy(
+        &mut c,
+        "bucket_definitions:\n  by_slot:\n    parameters: SELECT key AS slot, e.value AS tag FROM json_each(request.jwt() -> 'tags') AS e\n    data: SELECT id FROM docs WHERE slot = bucket.slot AND tag = bucket.tag\n",
+    );
+    assert_eq!(
+        buckets(&mut c, json!({"sub": "u", "tags": 5}), json!({})),
+        vec!["by_slot[null,5]"]
+    );
 }
 
 fn rules_yaml(c: &mut Client) -> String {

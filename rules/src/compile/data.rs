@@ -208,31 +208,37 @@ fn compile_branch(
     let mut laterals = Vec::new();
     for c in conds {
         let shown = c.to_string();
+        // (parameter, row expression, `IN`, a NULL row value matches `null`)
         let binding = match query::unnest(&c) {
             Expr::BinaryOp {
                 left,
                 op: BinaryOperator::Eq,
                 right,
             } => match (as_bucket_param(left), as_bucket_param(right)) {
-                (Some(p), None) => Some((p, right.as_ref().clone(), false)),
-                (None, Some(p)) => Some((p, left.as_ref().clone(), false)),
+                (Some(p), None) => Some((p, right.as_ref().clone(), false, false)),
+                (None, Some(p)) => Some((p, left.as_ref().clone(), false, false)),
                 _ => None,
             },
+            // What a stream's `col IN (SELECT …)` lowers to (not PowerSync's
+            // bucket_definitions grammar, so only there).
+            Expr::IsNotDistinctFrom(l, r) if scope.options.streams => {
+                as_bucket_param(r).map(|p| (p, l.as_ref().clone(), false, true))
+            }
             Expr::InList {
                 expr,
                 list,
                 negated: false,
-            } if list.len() == 1 => as_bucket_param(expr).map(|p| (p, list[0].clone(), true)),
+            } if list.len() == 1 => as_bucket_param(expr).map(|p| (p, list[0].clone(), true, true)),
             Expr::AnyOp {
                 left,
                 compare_op: BinaryOperator::Eq,
                 right,
                 ..
-            } => as_bucket_param(left).map(|p| (p, right.as_ref().clone(), true)),
+            } => as_bucket_param(left).map(|p| (p, right.as_ref().clone(), true, true)),
             _ => None,
         };
         match binding {
-            Some((p, mut e, is_in)) => {
+            Some((p, mut e, is_in, nulls)) => {
                 let refs = rewrite(&mut e, scope)?;
                 if refs.request || !refs.bucket_params.is_empty() {
                     return Err(format!("unsupported condition `{shown}`: compare bucket.{p} with a column expression"));
@@ -249,9 +255,14 @@ fn compile_branch(
                         "CROSS JOIN LATERAL outpost._elements({}) AS _outpost_e{n}(v)",
                         elements_jsonb(&e, &scope)
                     ));
+                    if !scope.options.null_parameters() {
+                        filters.push(format!("_outpost_e{n}.v <> 'null'::jsonb"));
+                    }
                     bound.push((p, format!("_outpost_e{n}.v")));
                 } else {
-                    filters.push(format!("({e}) IS NOT NULL"));
+                    if !nulls || !scope.options.null_parameters() {
+                        filters.push(format!("({e}) IS NOT NULL"));
+                    }
                     bound.push((p, format!("to_jsonb({e})")));
                 }
             }
@@ -286,7 +297,7 @@ fn compile_branch(
         .iter()
         .map(|p| {
             let e = &bound.iter().find(|(q, _)| q == p).expect("checked").1;
-            format!("({e})::text")
+            format!("coalesce(({e})::text, 'null')")
         })
         .collect();
     Ok(Branch {

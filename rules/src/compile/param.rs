@@ -125,11 +125,18 @@ pub fn compile_param_query(
         .iter()
         .map(|(_, e, _)| jsonb_text(&format!("({e})")))
         .collect();
-    // A JSON null (e.g. a claim set to null) is no parameter value either.
+    // A NULL output (a missing claim, a NULL column) is a bucket parameter
+    // like any other, `null` in the bucket id, except in edition 3, where
+    // it gives no bucket (a JSON null counts as NULL there).
+    let nulls = src.options.null_parameters();
     let not_null = |e: &Expr| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL");
     let request_outputs = outputs.iter().any(|(_, _, r)| *r);
     let (row_outputs, req_outputs): (Vec<_>, Vec<_>) = outputs.iter().partition(|(_, _, r)| !*r);
-    let not_null_row: Vec<String> = row_outputs.iter().map(|(_, e, _)| not_null(e)).collect();
+    let not_null_row: Vec<String> = if nulls {
+        Vec::new()
+    } else {
+        row_outputs.iter().map(|(_, e, _)| not_null(e)).collect()
+    };
 
     match &table {
         None => {
@@ -247,7 +254,7 @@ pub fn compile_param_query(
                     lookup_sql: lookups.join(" UNION ALL "),
                     lookup_only: lookup,
                     bucket_sql: request_outputs
-                        .then(|| request_bucket_sql(&src.name, &outputs, &req_outputs)),
+                        .then(|| request_bucket_sql(&src.name, &outputs, &req_outputs, nulls)),
                 },
                 priority,
                 // Safe when some lookup compares a column with a token value,
@@ -273,11 +280,12 @@ fn row_values_sql(row_outputs: &[&(String, Expr, bool)]) -> String {
 /// The bucket id of a lookup row (`p` of `outpost.param_rows`, whose
 /// `bucket` holds the row outputs, [`row_values_sql`]) for a request
 /// (`$1`, `$2`): the row outputs and the request outputs in parameter
-/// order; NULL (no bucket) when a request output is NULL.
+/// order; a NULL request value is `null` (`nulls`) or no bucket (NULL).
 fn request_bucket_sql(
     name: &str,
     outputs: &[(String, Expr, bool)],
     req_outputs: &[&(String, Expr, bool)],
+    nulls: bool,
 ) -> String {
     let mut k = 0;
     let values: Vec<String> = outputs
@@ -291,6 +299,9 @@ fn request_bucket_sql(
             }
         })
         .collect();
+    if nulls {
+        return bucket_id_sql(name, &values);
+    }
     let conds: Vec<String> = req_outputs
         .iter()
         .map(|(_, e, _)| format!("nullif(to_jsonb({e}), 'null'::jsonb) IS NOT NULL"))
@@ -304,15 +315,15 @@ fn request_bucket_sql(
 
 /// The rows of `json_each(arg)`, as PowerSync makes them: an array's
 /// elements (`key` their index), an object's members (`key` the name), a
-/// scalar itself (`key` NULL); text is parsed as JSON first (text that is
-/// not JSON gives no rows).
+/// scalar itself (`key` NULL; JSON `null` too, while SQL NULL gives no
+/// rows); text is parsed as JSON first (text that is not JSON gives no rows).
 fn json_each_sql(arg: &str) -> String {
     format!(
         "(SELECT CASE WHEN jsonb_typeof(_r) = 'string' THEN outpost._json(_r #>> '{{}}') ELSE _r END AS _j \
          FROM (SELECT to_jsonb({arg}) AS _r) _r0) _src \
          CROSS JOIN LATERAL (SELECT to_jsonb(_e.key), _e.value FROM jsonb_each(CASE WHEN jsonb_typeof(_src._j) = 'object' THEN _src._j END) _e \
          UNION ALL SELECT to_jsonb(_x.n - 1), _x.v FROM jsonb_array_elements(CASE WHEN jsonb_typeof(_src._j) = 'array' THEN _src._j END) WITH ORDINALITY _x(v, n) \
-         UNION ALL SELECT NULL::jsonb, _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object', 'null')) AS {JSON_EACH_SQL}(k, v)"
+         UNION ALL SELECT NULL::jsonb, _src._j WHERE jsonb_typeof(_src._j) NOT IN ('array', 'object')) AS {JSON_EACH_SQL}(k, v)"
     )
 }
 
@@ -401,6 +412,9 @@ fn compile_branch(conds: Vec<Expr>, scope: Scope) -> Result<Branch, String> {
         match ((lrow, lreq), (rrow, rreq), is_in) {
             ((true, false), (false, true), false) | ((false, true), (true, false), false) => {
                 let (row, req) = if lrow { (le, re) } else { (re, le) };
+                // `=` never matches a NULL row value, so no request value
+                // (NULL included) finds that row; PowerSync stores no lookup.
+                b.row_filters.push(format!("({row}) IS NOT NULL"));
                 b.row_lookup.push(lookup_text(&format!("to_jsonb({row})")));
                 b.req_lookup.push(lookup_text(&format!("to_jsonb({req})")));
             }

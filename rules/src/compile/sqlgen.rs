@@ -37,8 +37,10 @@ pub fn bucket_id_sql(name: &str, values: &[String]) -> String {
     )
 }
 
+/// A value as it appears in a bucket id: its JSON text, `null` for NULL
+/// (`concat_ws` would drop a NULL, shifting the other parameters).
 pub fn jsonb_text(expr: &str) -> String {
-    format!("(to_jsonb({expr}))::text")
+    format!("coalesce((to_jsonb({expr}))::text, 'null')")
 }
 
 /// Lookup values compare as text (`'5'` from a JWT matches integer 5).

@@ -11,7 +11,7 @@ use crate::quote_literal;
 /// How a JSON extraction's result is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Use {
-    /// Inside an expression: `->>` yields text, `->` jsonb.
+    /// Inside an expression: `->>` yields text, `->` JSON text.
     Inner,
     /// As an output column: `->>` keeps the JSON type (numbers stay numbers,
     /// `true` becomes 1 on the way out), `->` yields JSON text.
@@ -92,21 +92,37 @@ pub fn json_get(
             format!("nullif({t}, 'null')")
         }
     };
+    // `->` is JSON text wherever it is used (a comparison, `IN`, a
+    // function's argument), as in SQLite: `j -> 'a' = '{"b":1}'` compares
+    // the text, so spacing, key order and `1.0` against `1` all count.
+    if !text {
+        return Ok(match ordered(left) {
+            Some(j) => json_text(format!("outpost._json_min(({j} #> {path})::text)")),
+            None => json_text(format!(
+                "outpost._json_min((({} #> {path}))::text)",
+                left.json()
+            )),
+        });
+    }
     if use_ == Use::Output {
         if let Some(j) = ordered(left) {
-            return Ok(if text {
-                format!("outpost._sqlite_json({j} #> {path})")
-            } else {
-                json_text(format!("outpost._json_min(({j} #> {path})::text)"))
-            });
+            return Ok(format!("outpost._sqlite_json({j} #> {path})"));
         }
     }
     let j = left.json();
-    Ok(match (text, use_) {
-        (true, Use::Inner) => format!("({j} #>> {path})"),
-        (true, Use::Output) => format!("({j} #> {path})"),
-        (false, Use::Inner) => format!("({j} #> {path})"),
-        (false, Use::Output) => json_text(format!("outpost._json_min((({j} #> {path}))::text)")),
+    Ok(match use_ {
+        // The SQL value as text; an object or array is SQLite's JSON text.
+        // (One scalar subquery, so the source is parsed once.)
+        Use::Inner => {
+            let (x, typeof_) = match ordered(left) {
+                Some(oj) => (format!("{oj} #> {path}"), "json_typeof"),
+                None => (format!("{j} #> {path}"), "jsonb_typeof"),
+            };
+            format!(
+                "(SELECT CASE WHEN {typeof_}(_x) IN ('object', 'array') THEN outpost._json_min(_x::text) ELSE _x #>> '{{}}' END FROM (SELECT {x} AS _x) _g)"
+            )
+        }
+        Use::Output => format!("({j} #> {path})"),
     })
 }
 

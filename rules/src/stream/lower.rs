@@ -49,7 +49,9 @@ struct Level {
     /// Subquery levels: what the level selects.
     output: Option<Expr>,
     conds: Vec<Expr>,
-    subs: Vec<(Expr, Level)>,
+    /// `true`: an `IN (SELECT …)` (or `IN cte`), whose NULL is a bucket
+    /// value as in PowerSync; `false`: a join, where NULL matches nothing.
+    subs: Vec<(Expr, Level, bool)>,
     /// Tables joined straight to this level's table (`root.x = t.y`, by
     /// `[INNER] JOIN` or `LEFT JOIN`) whose columns the top level may select.
     joined: Vec<Joined>,
@@ -114,13 +116,22 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
     let mut outputs: Vec<String> = Vec::new();
     let mut param_sql = None;
     let mut lookups = Vec::new();
-    if let Some((lhs, mut child)) = root.subs.into_iter().next() {
+    if let Some((lhs, mut child, nulls)) = root.subs.into_iter().next() {
         chain(&mut child, &mut lookups)?;
         let out = child
             .output
             .clone()
             .expect("subquery levels select one value");
-        let p0 = bucket_match(&lhs, &mut data_conds, &mut outputs);
+        let p0 = if nulls {
+            // PowerSync puts a row whose column is NULL in the bucket of a
+            // NULL the subquery returns (`[null]`), unlike `=`.
+            let p = format!("p{}", outputs.len());
+            data_conds.push(format!("({lhs}) IS NOT DISTINCT FROM bucket.{p}"));
+            outputs.push(p.clone());
+            p
+        } else {
+            bucket_match(&lhs, &mut data_conds, &mut outputs)
+        };
         let mut select = vec![format!("{out} AS {p0}")];
         // `col = <request value>` on the subquery's column narrows the lookup.
         for (row, r) in statics {
@@ -188,7 +199,7 @@ pub fn lower(sql: &str, ctes: &Ctes) -> Result<Lowered, String> {
 /// the child's own one-column lookup query, which the tick materializes like
 /// any parameter query (so a write to the inner table moves rows too).
 fn chain(level: &mut Level, lookups: &mut Vec<String>) -> Result<(), String> {
-    for (lhs, mut child) in std::mem::take(&mut level.subs) {
+    for (lhs, mut child, _) in std::mem::take(&mut level.subs) {
         chain(&mut child, lookups)?;
         if !matches!(child.source, Source::Table(..)) {
             return Err(
@@ -679,14 +690,14 @@ fn build_level(s: Select, ctes: &Ctes, output: Output, depth: usize) -> Result<L
         level.conds.append(&mut per_node[n]);
         for (owner_n, lhs, sub) in subqueries.iter() {
             if *owner_n == n {
-                level.subs.push((lhs.clone(), sub.clone()));
+                level.subs.push((lhs.clone(), sub.clone(), true));
             }
         }
         for (c, slot) in parent.iter().enumerate() {
             if let Some((p, mine, _)) = slot {
                 if *p == n {
                     let child = level_of[c].take().expect("children are built first");
-                    level.subs.push((mine.clone(), child));
+                    level.subs.push((mine.clone(), child, false));
                 }
             }
         }

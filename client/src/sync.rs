@@ -8,11 +8,14 @@
 //! so they can be tested without SQLite.
 
 use crate::error::{Error, Result};
+use crate::progress::DownloadProgress;
+pub use crate::progress::Progress;
+use crate::stream_key::StreamKey;
 use outpost_protocol::{
     BucketRequest, Checkpoint, Checksum, DataLine, OpId, StreamsRequest, SyncLine, SyncRequest,
 };
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Where the local database stands in one bucket (read from `ps_buckets` at start).
 #[derive(Clone, Debug, PartialEq)]
@@ -51,13 +54,6 @@ pub enum SyncLocalOutcome {
     Blocked,
 }
 
-/// Download progress toward the target checkpoint, in ops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Progress {
-    pub downloaded: u64,
-    pub total: u64,
-}
-
 #[derive(Debug)]
 pub struct SyncState {
     client_id: String,
@@ -69,7 +65,7 @@ pub struct SyncState {
     /// A complete checkpoint the gate held back.
     blocked: bool,
     applied: Option<OpId>,
-    downloaded: u64,
+    progress: DownloadProgress,
 }
 
 impl SyncState {
@@ -86,7 +82,7 @@ impl SyncState {
             target: None,
             blocked: false,
             applied: None,
-            downloaded: 0,
+            progress: DownloadProgress::default(),
         }
     }
 
@@ -106,7 +102,7 @@ impl SyncState {
     pub fn start(&mut self) -> Vec<Instruction> {
         self.target = None;
         self.blocked = false;
-        self.downloaded = 0;
+        self.progress.restart();
         vec![Instruction::EstablishStream(self.request())]
     }
 
@@ -139,30 +135,31 @@ impl SyncState {
     }
 
     pub fn progress(&self) -> Progress {
-        let total = self.target.as_ref().map_or(0, |cp| {
-            cp.buckets
-                .iter()
-                .map(|b| {
-                    let at_last = self.positions.get(&b.bucket).map_or(0, |p| p.count_at_last);
-                    b.count.unwrap_or(0).saturating_sub(at_last)
-                })
-                .sum()
-        });
-        Progress {
-            downloaded: self.downloaded,
-            total,
-        }
+        self.progress.overall()
+    }
+
+    /// Download progress per Sync Streams subscription of the target
+    /// checkpoint (its buckets' ops), keyed as the subscription bookkeeping
+    /// keys them.
+    pub fn stream_progress(&self) -> impl Iterator<Item = (&StreamKey, Progress)> {
+        self.progress.streams()
     }
 
     pub fn handle_line(&mut self, line: SyncLine) -> Result<Vec<Instruction>> {
         match line {
             SyncLine::Checkpoint(cp) => {
+                let listed: HashSet<&str> = cp.buckets.iter().map(|b| b.bucket.as_str()).collect();
                 let removed: Vec<String> = self
                     .positions
                     .keys()
-                    .filter(|name| !cp.buckets.iter().any(|b| &b.bucket == *name))
+                    .filter(|name| !listed.contains(name.as_str()))
                     .cloned()
                     .collect();
+                let positions = &self.positions;
+                let subs = self.streams.as_ref().map_or(&[][..], |s| &s.subscriptions);
+                self.progress.retarget(&cp, subs, |b| {
+                    positions.get(b).map_or(0, |p| p.count_at_last)
+                });
                 self.set_target(cp);
                 Ok(self.delete(removed))
             }
@@ -172,10 +169,19 @@ impl SyncState {
                         "checkpoint_diff before any checkpoint".into(),
                     ));
                 };
-                cp.buckets.retain(|b| {
-                    !diff.removed_buckets.contains(&b.bucket)
-                        && !diff.updated_buckets.iter().any(|u| u.bucket == b.bucket)
-                });
+                let positions = &self.positions;
+                self.progress
+                    .update(&diff.updated_buckets, &diff.removed_buckets, |b| {
+                        positions.get(b).map_or(0, |p| p.count_at_last)
+                    });
+                // Sets: a connection may hold 100,000 buckets.
+                let gone: HashSet<&str> = diff
+                    .removed_buckets
+                    .iter()
+                    .chain(diff.updated_buckets.iter().map(|u| &u.bucket))
+                    .map(String::as_str)
+                    .collect();
+                cp.buckets.retain(|b| !gone.contains(b.bucket.as_str()));
                 cp.buckets.extend(diff.updated_buckets);
                 cp.last_op_id = diff.last_op_id;
                 cp.write_checkpoint = diff.write_checkpoint;
@@ -194,7 +200,7 @@ impl SyncState {
                         data.bucket
                     )));
                 };
-                if !cp.buckets.iter().any(|b| b.bucket == data.bucket) {
+                if !self.progress.contains(&data.bucket) {
                     return Err(Error::Protocol(format!(
                         "data for bucket {:?}, which is not in checkpoint {}",
                         data.bucket, cp.last_op_id
@@ -212,7 +218,8 @@ impl SyncState {
                 if let Some(last) = last {
                     pos.last_op = pos.last_op.max(last);
                 }
-                self.downloaded += data.data.len() as u64;
+                self.progress
+                    .received(&data.bucket, data.data.len() as u64);
                 Ok(vec![Instruction::SaveData(data)])
             }
             SyncLine::CheckpointComplete(c) => {
@@ -257,7 +264,7 @@ impl SyncState {
                             }
                         }
                     }
-                    self.downloaded = 0;
+                    self.progress.applied();
                 }
                 vec![]
             }
@@ -268,6 +275,7 @@ impl SyncState {
                 vec![]
             }
             SyncLocalOutcome::ChecksumFailed(buckets) => {
+                self.progress.forget(buckets);
                 for b in buckets {
                     // Kept at 0 rather than dropped so the re-request is explicit.
                     self.positions.insert(

@@ -131,7 +131,9 @@ impl DownloadProgress {
             e.received = 0;
         }
         self.overall = Progress::default();
-        self.groups.iter_mut().for_each(|g| *g = Progress::default());
+        self.groups
+            .iter_mut()
+            .for_each(|g| *g = Progress::default());
     }
 
     /// A new stream starts: no target until its first checkpoint, which
@@ -246,7 +248,13 @@ mod tests {
         let mut p = DownloadProgress::default();
         // `a` had 6 ops at the last applied checkpoint.
         p.retarget(&first, &subs, |b| if b == "todos[\"a\"]" { 6 } else { 0 });
-        assert_eq!(p.overall(), Progress { downloaded: 0, total: 15 });
+        assert_eq!(
+            p.overall(),
+            Progress {
+                downloaded: 0,
+                total: 15
+            }
+        );
         assert_eq!(of(&p, "list_todos", json!({"list_id": "a"})).total, 6);
         assert_eq!(of(&p, "list_todos", json!({"list_id": "b"})).total, 6);
         assert_eq!(of(&p, "my_lists", json!(null)).total, 5);
@@ -258,17 +266,32 @@ mod tests {
         assert!(!p.received("other[]", 1));
         assert_eq!(
             of(&p, "list_todos", json!({"list_id": "a"})),
-            Progress { downloaded: 5, total: 6 }
+            Progress {
+                downloaded: 5,
+                total: 6
+            }
         );
         assert_eq!(
             of(&p, "list_todos", json!({"list_id": "b"})),
-            Progress { downloaded: 2, total: 6 }
+            Progress {
+                downloaded: 2,
+                total: 6
+            }
         );
         assert_eq!(
             of(&p, "my_lists", json!(null)),
-            Progress { downloaded: 1, total: 5 }
+            Progress {
+                downloaded: 1,
+                total: 5
+            }
         );
-        assert_eq!(p.overall(), Progress { downloaded: 6, total: 15 });
+        assert_eq!(
+            p.overall(),
+            Progress {
+                downloaded: 6,
+                total: 15
+            }
+        );
 
         // A diff: `b` leaves, `a` grows by two; what `a` received still counts.
         let grown: Vec<BucketChecksum> = serde_json::from_value(json!([
@@ -283,13 +306,25 @@ mod tests {
         });
         assert_eq!(
             of(&p, "list_todos", json!({"list_id": "a"})),
-            Progress { downloaded: 5, total: 8 }
+            Progress {
+                downloaded: 5,
+                total: 8
+            }
         );
         assert_eq!(
             of(&p, "list_todos", json!({"list_id": "b"})),
-            Progress { downloaded: 2, total: 2 }
+            Progress {
+                downloaded: 2,
+                total: 2
+            }
         );
-        assert_eq!(p.overall(), Progress { downloaded: 6, total: 13 });
+        assert_eq!(
+            p.overall(),
+            Progress {
+                downloaded: 6,
+                total: 13
+            }
+        );
 
         // A new full checkpoint keeps the ops received for buckets it lists.
         p.retarget(&first, &subs, |_| 0);
@@ -302,7 +337,10 @@ mod tests {
         p.retarget(&first, &subs, |_| 0);
         assert_eq!(
             of(&p, "list_todos", json!({"list_id": "a"})),
-            Progress { downloaded: 3, total: 12 }
+            Progress {
+                downloaded: 3,
+                total: 12
+            }
         );
         p.applied();
         assert_eq!(p.overall(), Progress::default());

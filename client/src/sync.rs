@@ -218,8 +218,7 @@ impl SyncState {
                 if let Some(last) = last {
                     pos.last_op = pos.last_op.max(last);
                 }
-                self.progress
-                    .received(&data.bucket, data.data.len() as u64);
+                self.progress.received(&data.bucket, data.data.len() as u64);
                 Ok(vec![Instruction::SaveData(data)])
             }
             SyncLine::CheckpointComplete(c) => {
@@ -508,6 +507,79 @@ mod tests {
             &m.upload_completed()[..],
             [Instruction::SyncLocal { priority: None, .. }]
         ));
+    }
+
+    /// A resume holding 100,000 buckets: the checkpoint, a diff and every
+    /// data line are handled by lookups, not scans per bucket (which took
+    /// minutes here).
+    #[test]
+    fn a_hundred_thousand_buckets_resume_without_scans() {
+        const N: u64 = 100_000;
+        let names: Vec<String> = (0..N).map(|i| format!("b[\"{i}\"]")).collect();
+        let mut m = SyncState::new(
+            "c1".into(),
+            Map::new(),
+            names
+                .iter()
+                .map(|n| BucketPosition {
+                    name: n.clone(),
+                    last_op: OpId(1),
+                    count_at_last: 1,
+                })
+                .collect(),
+        );
+        m.start();
+        let bucket = |n: &String, count: u64| BucketChecksum {
+            bucket: n.clone(),
+            checksum: Checksum(0),
+            count: Some(count),
+            priority: None,
+            subscriptions: Some(vec![outpost_protocol::BucketReason::Default(0)]),
+        };
+        let started = std::time::Instant::now();
+        let cp = Checkpoint {
+            last_op_id: OpId(N + 1),
+            write_checkpoint: None,
+            buckets: names.iter().map(|n| bucket(n, 2)).collect(),
+            streams: None,
+        };
+        assert_eq!(m.handle_line(SyncLine::Checkpoint(cp)).unwrap(), vec![]);
+        assert_eq!(
+            m.progress(),
+            Progress {
+                downloaded: 0,
+                total: N
+            }
+        );
+        let diff = outpost_protocol::CheckpointDiff {
+            last_op_id: OpId(N + 2),
+            write_checkpoint: None,
+            updated_buckets: names[..1000].iter().map(|n| bucket(n, 3)).collect(),
+            removed_buckets: names[N as usize - 1000..].to_vec(),
+        };
+        let out = m.handle_line(SyncLine::CheckpointDiff(diff)).unwrap();
+        assert!(matches!(&out[..], [Instruction::DeleteBuckets(b)] if b.len() == 1000));
+        for (i, n) in names[..N as usize - 1000].iter().enumerate() {
+            let line = format!(
+                r#"{{"data":{{"bucket":{},"data":[{{"op_id":"{}","op":"PUT","object_type":"t","object_id":"x","checksum":0,"data":"{{}}"}}]}}}}"#,
+                serde_json::to_string(n).unwrap(),
+                i + 2
+            );
+            m.handle_line(SyncLine::parse(&line).unwrap().unwrap())
+                .unwrap();
+        }
+        assert_eq!(
+            m.progress(),
+            Progress {
+                downloaded: N - 1000,
+                total: N
+            }
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ fn checkpoint(buckets: Vec<Value>) -> Value {
 }
 
 fn data(bucket: &str, ops: &[(u64, &str)]) -> Value {
-    let ops: Vec<Value> = ops.iter().map(|(op, id)| put(*op, id, id, *op as u32)).collect();
+    let ops: Vec<Value> = ops
+        .iter()
+        .map(|(op, id)| put(*op, id, id, *op as u32))
+        .collect();
     json!({"data": {"bucket": bucket, "data": ops}})
 }
 
@@ -113,9 +116,8 @@ async fn each_subscription_reports_its_buckets_download_progress() {
         max_backoff: Duration::from_millis(200),
         ..SyncOptions::default()
     };
-    let task = tokio::spawn(
-        SyncClient::new(db.clone(), Arc::new(StaticConnector(creds))).run(options),
-    );
+    let task =
+        tokio::spawn(SyncClient::new(db.clone(), Arc::new(StaticConnector(creds))).run(options));
 
     let s = until(&db, "a's progress mid-download", |s| {
         progress(s, "list_todos", json!({"list_id": "a"})) == p(2, 3)
@@ -142,8 +144,7 @@ async fn each_subscription_reports_its_buckets_download_progress() {
         "{s:?}"
     );
     assert_eq!(s.progress, p(3, 6));
-    let second: Value =
-        serde_json::from_str(&server.requests("/sync/stream")[1].body).unwrap();
+    let second: Value = serde_json::from_str(&server.requests("/sync/stream")[1].body).unwrap();
     assert!(
         second["buckets"]
             .as_array()

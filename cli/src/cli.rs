@@ -358,10 +358,17 @@ pub fn stream_progress(
 }
 
 /// `stream list_todos {"list_id":"a"}: 120/10000 ops downloaded`.
-pub fn stream_progress_lines(per_stream: &[(String, outpost_client::sync::Progress)]) -> Vec<String> {
+pub fn stream_progress_lines(
+    per_stream: &[(String, outpost_client::sync::Progress)],
+) -> Vec<String> {
     per_stream
         .iter()
-        .map(|(label, p)| format!("stream {label}: {}/{} ops downloaded", p.downloaded, p.total))
+        .map(|(label, p)| {
+            format!(
+                "stream {label}: {}/{} ops downloaded",
+                p.downloaded, p.total
+            )
+        })
         .collect()
 }
 

@@ -223,7 +223,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn of<'a>(p: &'a DownloadProgress, name: &str, params: serde_json::Value) -> Progress {
+    fn of(p: &DownloadProgress, name: &str, params: serde_json::Value) -> Progress {
         let key = StreamKey::new(name, Some(&params));
         p.streams()
             .find(|(k, _)| **k == key)

@@ -16,7 +16,11 @@
 //! `--stream-ttl` seconds after (default one day, PowerSync's), so the next
 //! `sync` still carries it until then. A stream the server cannot resolve
 //! (unknown, a missing or bad parameter) is reported on stderr as
-//! `stream NAME {params}: error: …` while the others sync.
+//! `stream NAME {params}: error: …` while the others sync. While a
+//! checkpoint downloads, each subscription's progress (ops of its buckets)
+//! shows as a bar of its own on a terminal, and as
+//! `stream NAME {params}: D/T ops downloaded` lines (at most one a second)
+//! otherwise.
 
 use clap::{Parser, Subcommand};
 use outpost_client::net::connector::fetch_relay_schema;
@@ -230,18 +234,29 @@ async fn relay_schema_mode(db: &Path, http: &Http, creds: &Credentials) -> Resul
     }
 }
 
-/// A progress bar on a terminal; one log line per applied checkpoint otherwise.
+/// How often, without a terminal, the download progress of each stream is logged.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Progress bars on a terminal (one overall, one per Sync Streams
+/// subscription while it downloads); otherwise one log line per applied
+/// checkpoint and, while one downloads, each stream's progress at most once
+/// a second.
 async fn report_progress(db: Database, once: bool) {
     let mut rx = db.status();
     let tty = std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ops")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+    let style = || {
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ops")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    };
+    let multi = tty.then(indicatif::MultiProgress::new);
+    let bar = multi.as_ref().map(|m| {
+        let b = m.add(indicatif::ProgressBar::new(0));
+        b.set_style(style());
         b
     });
+    let mut stream_bars: std::collections::BTreeMap<String, indicatif::ProgressBar> =
+        Default::default();
+    let mut logged_at: Option<std::time::Instant> = None;
     let mut last_cp = rx.borrow().last_checkpoint.clone();
     let mut last_rejected = None;
     let mut stream_errors: Vec<String> = vec![];
@@ -255,6 +270,34 @@ async fn report_progress(db: Database, once: bool) {
             } else {
                 "synced"
             });
+        }
+        let per_stream = stream_progress(&s.streams);
+        if let Some(m) = &multi {
+            for (label, p) in &per_stream {
+                let b = stream_bars.entry(label.clone()).or_insert_with(|| {
+                    let b = m.add(indicatif::ProgressBar::new(0));
+                    b.set_style(style());
+                    b.set_message(label.clone());
+                    b
+                });
+                b.set_length(p.total.max(p.downloaded));
+                b.set_position(p.downloaded);
+            }
+            // Done downloading: a stream's bar goes until the next download.
+            stream_bars.retain(|label, b| {
+                let keep = per_stream.iter().any(|(l, _)| l == label);
+                if !keep {
+                    b.finish_and_clear();
+                }
+                keep
+            });
+        } else if !per_stream.is_empty()
+            && logged_at.is_none_or(|t| t.elapsed() >= PROGRESS_LOG_EVERY)
+        {
+            logged_at = Some(std::time::Instant::now());
+            for line in stream_progress_lines(&per_stream) {
+                eprintln!("{line}");
+            }
         }
         if s.last_checkpoint != last_cp {
             last_cp = s.last_checkpoint.clone();
@@ -298,6 +341,37 @@ async fn report_progress(db: Database, once: bool) {
     }
 }
 
+/// Each subscription that is downloading, labelled `NAME {params}`, with its progress.
+pub fn stream_progress(
+    streams: &[outpost_client::StreamStatus],
+) -> Vec<(String, outpost_client::sync::Progress)> {
+    streams
+        .iter()
+        .filter_map(|s| {
+            let params = s
+                .parameters
+                .as_ref()
+                .map_or(String::new(), |p| format!(" {p}"));
+            s.progress.map(|p| (format!("{}{params}", s.name), p))
+        })
+        .collect()
+}
+
+/// `stream list_todos {"list_id":"a"}: 120/10000 ops downloaded`.
+pub fn stream_progress_lines(
+    per_stream: &[(String, outpost_client::sync::Progress)],
+) -> Vec<String> {
+    per_stream
+        .iter()
+        .map(|(label, p)| {
+            format!(
+                "stream {label}: {}/{} ops downloaded",
+                p.downloaded, p.total
+            )
+        })
+        .collect()
+}
+
 /// One line per error the server reported for a subscription:
 /// `stream list_todos {"list_id":"a"}: error: unknown stream "list_todos"`.
 pub fn stream_error_lines(streams: &[outpost_client::StreamStatus]) -> Vec<String> {
@@ -317,9 +391,44 @@ pub fn stream_error_lines(streams: &[outpost_client::StreamStatus]) -> Vec<Strin
 
 #[cfg(test)]
 mod tests {
-    use super::stream_error_lines;
+    use super::{stream_error_lines, stream_progress, stream_progress_lines};
+    use outpost_client::sync::Progress;
     use outpost_client::StreamStatus;
     use serde_json::json;
+
+    #[test]
+    fn stream_progress_names_the_subscription() {
+        let streams = vec![
+            StreamStatus {
+                name: "list_todos".into(),
+                parameters: Some(json!({"list_id": "a"})),
+                progress: Some(Progress {
+                    downloaded: 120,
+                    total: 10_000,
+                }),
+                ..StreamStatus::default()
+            },
+            StreamStatus {
+                name: "synced_already".into(),
+                ..StreamStatus::default()
+            },
+            StreamStatus {
+                name: "my_lists".into(),
+                progress: Some(Progress {
+                    downloaded: 0,
+                    total: 2,
+                }),
+                ..StreamStatus::default()
+            },
+        ];
+        assert_eq!(
+            stream_progress_lines(&stream_progress(&streams)),
+            [
+                r#"stream list_todos {"list_id":"a"}: 120/10000 ops downloaded"#,
+                "stream my_lists: 0/2 ops downloaded",
+            ]
+        );
+    }
 
     #[test]
     fn stream_errors_name_the_subscription() {

@@ -7,6 +7,8 @@
 //! - [`error`]: the crate's one error type.
 //! - [`schema`]: the app's tables → typed views and `INSTEAD OF` triggers over
 //!   schemaless `ps_data__<table>` rows.
+//! - [`stream_key`]: a Sync Streams subscription's identity.
+//! - [`progress`]: download progress, overall and per subscription.
 //! - [`sync`]: the sans-IO sync state machine: stream lines in, instructions out.
 //! - [`streams`]: Sync Streams subscriptions, sans-IO: what a request
 //!   carries, TTL expiry (injected clock), what a checkpoint says per
@@ -35,9 +37,11 @@ pub mod db;
 pub mod driver;
 pub mod error;
 pub mod net;
+pub mod progress;
 pub mod schema;
 pub mod status;
 pub mod store;
+pub mod stream_key;
 pub mod streams;
 pub mod subscriptions;
 pub mod sync;

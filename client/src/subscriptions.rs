@@ -10,6 +10,7 @@
 
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::streams::{statuses, ServerInfo, StreamKey, StreamStatus, SubscribeOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +26,8 @@ pub(crate) struct StreamsState {
     changed: tokio::sync::Notify,
     /// What the last checkpoint said per subscription.
     view: Mutex<BTreeMap<StreamKey, ServerInfo>>,
+    /// Download progress per subscription while a checkpoint downloads.
+    progress: Mutex<BTreeMap<StreamKey, Progress>>,
     clock: Mutex<Clock>,
 }
 
@@ -34,6 +37,7 @@ impl Default for StreamsState {
             held: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
             view: Mutex::new(BTreeMap::new()),
+            progress: Mutex::new(BTreeMap::new()),
             clock: Mutex::new(Arc::new(system_now_ms)),
         }
     }
@@ -88,11 +92,35 @@ impl Database {
         *lock(&self.streams_state().view) = view;
     }
 
+    /// Sets each subscription's download progress (empty: none is
+    /// downloading) in the stream statuses, without reading the store: the
+    /// sync driver calls it after every batch of lines.
+    pub(crate) fn set_stream_progress(&self, progress: BTreeMap<StreamKey, Progress>) {
+        let mut stored = lock(&self.streams_state().progress);
+        if *stored == progress {
+            return;
+        }
+        self.set_status(|s| {
+            for st in &mut s.streams {
+                st.progress = if progress.is_empty() {
+                    None
+                } else {
+                    progress
+                        .get(&StreamKey::new(&st.name, st.parameters.as_ref()))
+                        .copied()
+                };
+            }
+        });
+        *stored = progress;
+    }
+
     /// Recomputes [`crate::SyncStatus::streams`] from the stored rows, the
-    /// held set and what the last checkpoint said.
+    /// held set, what the last checkpoint said and the download progress.
     pub(crate) fn refresh_stream_status(&self) -> Result<()> {
         let rows = self.with_store(|s| s.stream_subscriptions())?;
-        let st: Vec<StreamStatus> = statuses(&rows, &self.held_streams(), &self.stream_view());
+        let progress = lock(&self.streams_state().progress).clone();
+        let st: Vec<StreamStatus> =
+            statuses(&rows, &self.held_streams(), &self.stream_view(), &progress);
         self.set_status(|s| s.streams = st);
         Ok(())
     }

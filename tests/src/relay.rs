@@ -360,6 +360,9 @@ impl Response {
 pub struct SyncStream {
     body: Incoming,
     buf: Vec<u8>,
+    /// Bytes of `buf` known to hold no newline (a 10 MB checkpoint line
+    /// arrives in many frames: each is searched once).
+    scanned: usize,
     ended: bool,
 }
 
@@ -384,6 +387,7 @@ impl SyncStream {
         SyncStream {
             body: res.into_body(),
             buf: Vec::new(),
+            scanned: 0,
             ended: false,
         }
     }
@@ -393,7 +397,10 @@ impl SyncStream {
     pub fn next_line(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let from = self.scanned;
+            let newline = self.buf[from..].iter().position(|&b| b == b'\n');
+            self.scanned = if newline.is_some() { 0 } else { self.buf.len() };
+            if let Some(pos) = newline.map(|p| p + from) {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim();

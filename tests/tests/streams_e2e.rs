@@ -580,19 +580,25 @@ streams:
 
 /// No cap per connection (PowerSync stops at 1,000 buckets and at 1,000
 /// parameter results, PSYNC_S2305): one stream whose subquery gives a user
-/// 100,000 lists resolves to 100,000 buckets, and a request with 1,500
-/// subscriptions syncs each of them.
+/// 100,000 lists resolves to 100,000 buckets, and a connection through the
+/// relay gets all of them to `checkpoint_complete` with exactly the user's
+/// rows (one tiny todo in every tenth list, so 10,000 buckets carry data
+/// and the others are listed empty); a request with 1,500 subscriptions
+/// syncs each of them.
 #[test]
 fn no_cap_on_buckets_parameter_results_or_subscriptions() {
     const LISTS: usize = 100_000;
     const SUBS: usize = 1_500;
+    let started = std::time::Instant::now();
     let db = TestDb::new("streams_nocap");
     let mut c = db.connect();
     c.batch_execute(&format!(
         "CREATE TABLE lists (id text PRIMARY KEY, owner_id text NOT NULL);
          CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL);
          INSERT INTO lists SELECT 'l' || g, 'many' FROM generate_series(1, {LISTS}) g;
-         INSERT INTO todos SELECT 't' || g, 'l' || g FROM generate_series(1, {SUBS}) g;"
+         INSERT INTO lists VALUES ('other', 'someone else');
+         INSERT INTO todos SELECT 't' || g, 'l' || g FROM generate_series(10, {LISTS}, 10) g;
+         INSERT INTO todos VALUES ('t-other', 'other');"
     ))
     .unwrap();
     c.query_one(
@@ -601,24 +607,44 @@ fn no_cap_on_buckets_parameter_results_or_subscriptions() {
     )
     .unwrap();
     tick(&mut c);
-    let cp: Value = c
-        .query_one(
-            "SELECT outpost.sync_checkpoint($1, '{}'::jsonb, 'c1', $2)",
-            &[
-                &json!({"sub": "many"}),
-                &json!({"include_defaults": true, "subscriptions": []}),
-            ],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(cp["buckets"].as_array().unwrap().len(), LISTS);
-    assert_eq!(cp["streams"][0]["errors"], json!([]));
 
     let relay = Relay::start(&db);
-    let subs: Vec<Value> = (1..=SUBS)
-        .map(|i| json!({"stream": "one", "parameters": {"list": format!("l{i}")}, "override_priority": null}))
+    let token = relay.token("many", 600);
+    let mut all = relay.stream(&token, &request(json!([]), true, vec![]));
+    let r = read_checkpoint(&mut all);
+    let buckets = r.checkpoint["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), LISTS);
+    assert!(
+        buckets
+            .iter()
+            .all(|b| b["subscriptions"] == json!([{"default": 0}])),
+        "every bucket is the default stream's"
+    );
+    assert_eq!(r.checkpoint["streams"][0]["errors"], json!([]));
+    let want: BTreeMap<String, BTreeSet<String>> = (10..=LISTS)
+        .step_by(10)
+        .map(|g| {
+            (
+                format!("all_mine|0[\"l{g}\"]"),
+                BTreeSet::from([format!("t{g}")]),
+            )
+        })
         .collect();
-    let mut s = relay.stream(&relay.token("many", 600), &request(json!([]), false, subs));
+    assert!(
+        r.rows == want,
+        "exactly the user's todos, each in its list's bucket ({} buckets with data)",
+        r.rows.len()
+    );
+    drop(all);
+    eprintln!(
+        "no cap: {LISTS} buckets to checkpoint_complete {:.1} s after the test began",
+        started.elapsed().as_secs_f64()
+    );
+
+    let subs: Vec<Value> = (1..=SUBS)
+        .map(|i| json!({"stream": "one", "parameters": {"list": format!("l{}", i * 10)}, "override_priority": null}))
+        .collect();
+    let mut s = relay.stream(&token, &request(json!([]), false, subs));
     let r = read_checkpoint(&mut s);
     assert_eq!(r.checkpoint["buckets"].as_array().unwrap().len(), SUBS);
     assert_eq!(r.checkpoint["streams"][0]["errors"], json!([]));

@@ -325,10 +325,11 @@ impl<C: Connector> SyncClient<C> {
                 };
                 machine = m;
                 let progress = machine.progress();
+                let downloading = machine.target().is_some()
+                    && machine.applied() != machine.target().map(|c| c.last_op_id);
                 db.set_status(|s| {
                     s.progress = Some(progress);
-                    s.downloading = machine.target().is_some()
-                        && machine.applied() != machine.target().map(|c| c.last_op_id);
+                    s.downloading = downloading;
                 });
                 let target = machine.target().map(|c| (c.last_op_id, c.buckets.len()));
                 if target.is_some() && target != resolved {
@@ -337,6 +338,7 @@ impl<C: Connector> SyncClient<C> {
                         streams::resolve(db, machine.streams(), cp).await?;
                     }
                 }
+                streams::progress(db, &machine, downloading);
                 for effect in effects {
                     match effect {
                         Effect::Applied {

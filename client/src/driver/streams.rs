@@ -6,6 +6,7 @@
 use crate::db::Database;
 use crate::error::Result;
 use crate::streams::{mark_synced, server_view, streams_request};
+use crate::sync::SyncState;
 use outpost_protocol::{Checkpoint, StreamsRequest};
 use std::time::Duration;
 
@@ -56,6 +57,20 @@ pub(super) async fn applied(db: &Database, priority: Option<i32>) -> Result<()> 
     })
     .await?;
     db.refresh_stream_status_blocking().await
+}
+
+/// Publishes each subscription's download progress (none unless a
+/// checkpoint is downloading, as PowerSync's SDKs report it).
+pub(super) fn progress(db: &Database, machine: &SyncState, downloading: bool) {
+    let per_stream = if downloading {
+        machine
+            .stream_progress()
+            .map(|(k, p)| (k.clone(), p))
+            .collect()
+    } else {
+        Default::default()
+    };
+    db.set_stream_progress(per_stream);
 }
 
 /// Sleeps until `t`, or forever.

@@ -6,6 +6,7 @@
 //! subscribed nor listed go) and the per-stream status the app sees.
 
 use super::{LocalSubscription, StreamKey};
+use crate::progress::Progress;
 use outpost_protocol::{BucketReason, Checkpoint, StreamsRequest};
 use serde::Serialize;
 use serde_json::Value;
@@ -145,6 +146,10 @@ pub struct StreamStatus {
     pub has_synced: bool,
     /// ms since the epoch.
     pub last_synced_at: Option<i64>,
+    /// While a checkpoint downloads: the ops of this subscription's buckets
+    /// received out of those it adds (PowerSync's
+    /// `SyncStreamStatus.progress`); none otherwise.
+    pub progress: Option<Progress>,
 }
 
 impl StreamStatus {
@@ -153,11 +158,13 @@ impl StreamStatus {
     }
 }
 
-/// The status of every local row, in row order.
+/// The status of every local row, in row order, with the download progress
+/// of those `progress` has.
 pub fn statuses(
     rows: &[LocalSubscription],
     held: &BTreeSet<StreamKey>,
     view: &BTreeMap<StreamKey, ServerInfo>,
+    progress: &BTreeMap<StreamKey, Progress>,
 ) -> Vec<StreamStatus> {
     rows.iter()
         .map(|r| {
@@ -177,6 +184,7 @@ pub fn statuses(
                 priority: info.priority,
                 has_synced: r.last_synced_at.is_some(),
                 last_synced_at: r.last_synced_at,
+                progress: progress.get(&r.key).copied(),
             }
         })
         .collect()
@@ -286,7 +294,21 @@ mod tests {
             .iter()
             .all(|(_, active, default)| *active && !*default));
 
-        let st = statuses(&rows[..5], &BTreeSet::from([rows[0].key.clone()]), &view);
+        let progress = BTreeMap::from([(
+            rows[0].key.clone(),
+            Progress {
+                downloaded: 1,
+                total: 3,
+            },
+        )]);
+        let st = statuses(
+            &rows[..5],
+            &BTreeSet::from([rows[0].key.clone()]),
+            &view,
+            &progress,
+        );
+        assert_eq!(st[0].progress, progress.get(&rows[0].key).copied());
+        assert_eq!(st[1].progress, None);
         assert!(st[0].held && st[0].expires_at.is_none());
         assert_eq!(st[1].expires_at, Some(1));
         assert_eq!(st[2].errors, ["unknown stream \"nope\""]);

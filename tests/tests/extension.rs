@@ -1,6 +1,6 @@
 //! The extension on real Postgres: deploy → snapshot → writes → tick → ops and
 //! checksums; redeploy; rows moving between buckets; parameter rows; TRUNCATE;
-//! validation errors.
+//! validation errors; the queued keys capture builds.
 
 mod extension_support;
 
@@ -304,4 +304,64 @@ fn invalid_rules_deploy_nothing() {
         .query("SELECT * FROM outpost.validate_rules($1)", &[&RULES])
         .unwrap()
         .is_empty());
+}
+
+/// Capture builds integer, text and uuid keys as jsonb itself (no
+/// `jsonb_build_array` on the writer's path): every queued key must equal the
+/// one the compiled rules compute, `jsonb_build_array` of the key columns,
+/// for edge values of each type and a composite key.
+#[test]
+fn captured_keys_equal_jsonb_build_array() {
+    let db = outpost_tests::TestDb::new("capture_keys");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE k8 (id bigint PRIMARY KEY);
+         CREATE TABLE k4 (id int PRIMARY KEY);
+         CREATE TABLE ku (id uuid PRIMARY KEY);
+         CREATE TABLE kc (a text, b smallint, c varchar, PRIMARY KEY (a, b, c));",
+    )
+    .unwrap();
+    c.query_one(
+        "SELECT outpost.deploy_rules($1)",
+        &[&"
+bucket_definitions:
+  all:
+    data:
+      - SELECT id FROM k8
+      - SELECT id FROM k4
+      - SELECT id FROM ku
+      - SELECT a AS id, b, c FROM kc
+"],
+    )
+    .unwrap();
+    tick(&mut c);
+    c.batch_execute(
+        "INSERT INTO k8 VALUES (0), (-1), (1), (100000), (9223372036854775807), (-9223372036854775808);
+         INSERT INTO k4 VALUES (0), (-2147483648), (2147483647), (10);
+         INSERT INTO ku VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'), ('00000000-0000-0000-0000-000000000000');
+         INSERT INTO kc VALUES ('', 0, ''), ('hé \"q\" \\ ☃', -32768, 'x'), (repeat('long', 5000), 32767, 'y');",
+    )
+    .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM outpost.changes WHERE kind = 'k'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 15, "one queued key per inserted row");
+    let wrong: Vec<String> = c
+        .query(
+            "SELECT c.relid::regclass::text || ' ' || left(c.pk::text, 40) FROM outpost.changes c
+              WHERE c.kind = 'k' AND NOT EXISTS (
+                SELECT 1 FROM (
+                  SELECT 'k8'::regclass AS relid, jsonb_build_array(id) AS pk FROM k8
+                  UNION ALL SELECT 'k4'::regclass, jsonb_build_array(id) FROM k4
+                  UNION ALL SELECT 'ku'::regclass, jsonb_build_array(id) FROM ku
+                  UNION ALL SELECT 'kc'::regclass, jsonb_build_array(a, b, c) FROM kc) w
+                 WHERE w.relid = c.relid AND w.pk = c.pk AND w.pk::text = c.pk::text)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(wrong.is_empty(), "keys unlike jsonb_build_array: {wrong:?}");
 }

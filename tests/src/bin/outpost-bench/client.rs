@@ -4,7 +4,10 @@
 //! - (a) end to end: Postgres (rows already materialized) → an in-process
 //!   relay → the release `outpost sync --once` binary, run as a subprocess
 //!   into a fresh SQLite file; timed from spawn to exit, with the client's
-//!   peak RSS (VmHWM, sampled from /proc while it runs);
+//!   peak RSS (VmHWM, sampled from /proc while it runs) and its threads' CPU
+//!   time and time spent runnable but waiting for a CPU (schedstat): on a
+//!   shared machine the second says how much of the wall time is contention;
+//!   what is left of the wall time is waiting on the relay or the disk;
 //! - (b) the client's apply rate alone: the same stream's NDJSON lines,
 //!   recorded first, fed straight into the sync state machine and store (no
 //!   network, no Postgres), with the time split into parsing, storing data
@@ -169,10 +172,12 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
                 keys.label()
             ),
             value: format!(
-                "{per_s:.0} rows/s ({:.1} s, {:.0} MB on disk, client peak RSS {:.0} MB)",
+                "{per_s:.0} rows/s ({:.1} s, {:.0} MB on disk, client peak RSS {:.0} MB, client CPU {:.1} s, runnable waiting for a CPU {:.1} s)",
                 run.took.as_secs_f64(),
                 file.size_mb(),
-                run.peak_rss_kb as f64 / 1024.0
+                run.peak_rss_kb as f64 / 1024.0,
+                run.cpu.as_secs_f64(),
+                run.cpu_wait.as_secs_f64()
             ),
             goal: "≥ 250,000 rows/s, bounded memory".into(),
             ratio: ratio(per_s),
@@ -234,7 +239,28 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
 struct SyncRun {
     took: Duration,
     peak_rss_kb: u64,
+    /// The client's threads' time on a CPU and runnable but waiting for one
+    /// (/proc schedstat, summed over threads): a client short of CPU waits
+    /// in the run queue, one waiting on the relay sleeps (counted in neither).
+    cpu: Duration,
+    cpu_wait: Duration,
     summary: Value,
+}
+
+/// (on CPU, waiting for a CPU) in ns per thread of `pid`, as /proc says now.
+fn thread_schedstats(pid: u32, into: &mut std::collections::HashMap<String, (u64, u64)>) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        let mut f = s.split_whitespace().filter_map(|v| v.parse::<u64>().ok());
+        if let (Some(run), Some(wait)) = (f.next(), f.next()) {
+            into.insert(t.file_name().to_string_lossy().into_owned(), (run, wait));
+        }
+    }
 }
 
 /// Runs `outpost sync --once` into `db`, sampling its peak RSS until it exits.
@@ -252,6 +278,7 @@ fn sync_once(bin: &Path, endpoint: &str, token: &str, db: &Path) -> Result<SyncR
         .spawn()
         .with_context(|| format!("spawn {}", bin.display()))?;
     let mut peak = 0;
+    let mut sched = std::collections::HashMap::new();
     let deadline = t + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -268,6 +295,7 @@ fn sync_once(bin: &Path, endpoint: &str, token: &str, db: &Path) -> Result<SyncR
                 peak = peak.max(kb);
             }
         }
+        thread_schedstats(child.id(), &mut sched);
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -285,9 +313,14 @@ fn sync_once(bin: &Path, endpoint: &str, token: &str, db: &Path) -> Result<SyncR
     }
     let summary: Value = serde_json::from_str(stdout.trim())
         .with_context(|| format!("summary of outpost sync --once: {stdout:?}"))?;
+    let (run, wait) = sched
+        .values()
+        .fold((0, 0), |(r, w), (a, b)| (r + a, w + b));
     Ok(SyncRun {
         took,
         peak_rss_kb: peak,
+        cpu: Duration::from_nanos(run),
+        cpu_wait: Duration::from_nanos(wait),
         summary,
     })
 }

@@ -313,9 +313,7 @@ fn sync_once(bin: &Path, endpoint: &str, token: &str, db: &Path) -> Result<SyncR
     }
     let summary: Value = serde_json::from_str(stdout.trim())
         .with_context(|| format!("summary of outpost sync --once: {stdout:?}"))?;
-    let (run, wait) = sched
-        .values()
-        .fold((0, 0), |(r, w), (a, b)| (r + a, w + b));
+    let (run, wait) = sched.values().fold((0, 0), |(r, w), (a, b)| (r + a, w + b));
     Ok(SyncRun {
         took,
         peak_rss_kb: peak,

@@ -9,7 +9,11 @@
 //! perf record -g target/release/examples/first_sync uuid 1000000 /tmp/first.db
 //! ```
 //!
-//! Keys: `text` (`t1…tN`, todo g in bucket g % 10) or `uuid` (random v4).
+//! Keys: `text` (`t1…tN`, todo g in bucket g % 10), `uuid` (random v4), or
+//! `file:PATH` (NDJSON lines a relay sent, e.g. recorded with curl; ROWS
+//! must match): the relay's real stream, whose op ids interleave buckets
+//! and whose subkeys are longer, applied ~3x slower than the generated one
+//! (CONTRIBUTING.md, "A first sync end to end").
 //! Prints the time split into decoding, storing data lines and applying the
 //! checkpoint, and the process's peak RSS. `make bench` (section `client`)
 //! measures the same end to end.
@@ -36,7 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{path}{ext}"));
     }
-    let lines = generate(&keys, rows);
+    let lines = match keys.strip_prefix("file:") {
+        Some(file) => std::fs::read_to_string(file)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => generate(&keys, rows),
+    };
     let bytes: usize = lines.iter().map(String::len).sum();
     eprintln!("{} lines, {:.0} MB", lines.len(), bytes as f64 / 1e6);
 

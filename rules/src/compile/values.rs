@@ -1,7 +1,7 @@
 //! SQLite typing of output columns: the type a client declares for each
 //! column, the value conversion to what SQLite stores, and the row's JSON text.
 
-pub use crate::dialect::{sqlite_value, time_text};
+pub use crate::dialect::sqlite_value;
 use crate::quote_literal;
 use crate::scope::Scope;
 use crate::typing::kind_of;

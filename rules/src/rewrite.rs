@@ -365,6 +365,11 @@ fn rewrite_node(e: &Expr, scope: &Scope, refs: &mut Refs) -> Result<Option<Expr>
                 // Both are text: `->` JSON text, `->>` the SQL value's text.
                 Some(compiled(sql, dialect::Kind::Other)?)
             }
+            BinaryOperator::StringConcat => {
+                dialect::concat(&arg_of(left, scope), &arg_of(right, scope), scope.options)
+                    .map(|sql| compiled(sql, dialect::Kind::Other))
+                    .transpose()?
+            }
             BinaryOperator::PGOverlap => {
                 let (l, r) = (arg_of(left, scope), arg_of(right, scope));
                 let pg_arrays = [left, right]

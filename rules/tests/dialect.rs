@@ -477,3 +477,71 @@ fn rules_yaml_keeps_config_and_acceptance() {
     let again = parse_document(&yaml).unwrap().sources;
     assert_eq!(first, again, "{yaml}");
 }
+
+#[test]
+fn concat_joins_the_text_of_each_side() {
+    // SQLite's text of each side: a boolean is 1/0 (Postgres would write
+    // `true`), a timestamp PowerSync's UTC text, jsonb its text (never
+    // jsonb's merge), and two integers concatenate (Postgres has no
+    // `int || int`).
+    let d = deploy(&global(
+        "SELECT id, archived || 'x' AS a, created || '' AS c, tags || tags AS j, 1 || 2 AS n FROM assets",
+    ));
+    let sql = data_sql(&d);
+    assert!(
+        sql.contains("((\"assets\".\"archived\"))::int)::text || ('x')::text"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("at time zone 'utc'") && sql.contains("yyyy-mm-dd hh24:mi:ss"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains(
+            "((\"assets\".\"tags\"))::text)::text || (((\"assets\".\"tags\"))::text)::text"
+        ),
+        "{sql}"
+    );
+    assert!(sql.contains("(1)::text || (2)::text"), "{sql}");
+    // A blob keeps Postgres' bytea `||`.
+    let d = deploy(&global(
+        "SELECT id, base64(uuid_blob(id) || uuid_blob(id)) AS b FROM assets",
+    ));
+    assert!(
+        !data_sql(&d).contains("::bytea)::text ||"),
+        "{}",
+        data_sql(&d)
+    );
+}
+
+#[test]
+fn bucket_parameters_are_written_as_row_values() {
+    // PowerSync writes a bucket parameter as the row's SQLite value:
+    // booleans 1/0, timestamps its text, numeric and json their text; both
+    // sides of the bucket (the data query's match and the parameter
+    // query's output) convert alike.
+    let d = deploy(
+        "bucket_definitions:\n  b:\n    parameters: SELECT archived AS f, created AS t, price AS p, doc AS j FROM assets WHERE owner_id = request.user_id()\n    data: SELECT id FROM assets WHERE archived = bucket.f AND created = bucket.t AND price = bucket.p AND doc = bucket.j\n",
+    );
+    let data = data_sql(&d);
+    let ParamQuery::Table { sql_full, .. } = &d.buckets[0].parameter_queries[0] else {
+        panic!()
+    };
+    let param = sql_full.to_lowercase();
+    for sql in [&data, &param] {
+        // Compared without parentheses, which differ between the sides.
+        let bare = sql.replace(['(', ')'], "");
+        assert!(
+            bare.contains("to_jsonb\"assets\".\"archived\"::int"),
+            "{sql}"
+        );
+        assert!(
+            bare.contains(
+                "to_jsonbto_char\"assets\".\"created\" at time zone 'utc', 'yyyy-mm-dd hh24:mi:ss'"
+            ),
+            "{sql}"
+        );
+        assert!(bare.contains("to_jsonb\"assets\".\"price\"::text"), "{sql}");
+        assert!(bare.contains("to_jsonb\"assets\".\"doc\"::text"), "{sql}");
+    }
+}

@@ -7,7 +7,9 @@
 
 use super::joined;
 use super::sqlgen::{bucket_id_sql, pk_exprs, RowQuery};
-use super::values::{cast_type, json_object_sql, sqlite_type, sqlite_value, ClientColumn};
+use super::values::{
+    cast_type, json_object_sql, param_jsonb, sqlite_type, sqlite_value, ClientColumn,
+};
 use super::DataQuery;
 use crate::catalog::{Catalog, Table};
 use crate::filter;
@@ -263,7 +265,7 @@ fn compile_branch(
                     if !nulls || !scope.options.null_parameters() {
                         filters.push(format!("({e}) IS NOT NULL"));
                     }
-                    bound.push((p, format!("to_jsonb({e})")));
+                    bound.push((p, param_jsonb(&e, &scope)));
                 }
             }
             None => {

@@ -8,9 +8,11 @@
 //! - its request-time half (and a static parameter query) reads `$1` (JWT claims)
 //!   and `$2` (client parameters) and yields lookups (or bucket ids).
 //!
-//! Bucket parameter values are rendered as `to_jsonb(value)::text`, so bucket ids
-//! look like `lists["7c0e…"]`; lookup values are compared as text so an integer
-//! column matches a numeric string from a JWT.
+//! Bucket parameter values are rendered as the JSON text of the value row data
+//! has (`values::param_jsonb`: booleans 1/0, timestamps PowerSync's text), so
+//! bucket ids look like `lists["7c0e…"]` and match PowerSync's byte for byte;
+//! lookup values are compared as text so an integer column matches a numeric
+//! string from a JWT.
 
 mod data;
 mod joined;

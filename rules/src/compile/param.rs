@@ -7,7 +7,8 @@
 //! value from one branch never matches another's), and the buckets are the
 //! union, as in PowerSync.
 
-use super::sqlgen::{bucket_id_sql, jsonb_text, lookup_text, pk_exprs, RowQuery};
+use super::sqlgen::{bucket_id_sql, jsonb_text, jsonb_text_of, lookup_text, pk_exprs, RowQuery};
+use super::values::param_jsonb;
 use super::ParamQuery;
 use crate::catalog::Catalog;
 use crate::filter;
@@ -123,7 +124,7 @@ pub fn compile_param_query(
     }
     let values: Vec<String> = outputs
         .iter()
-        .map(|(_, e, _)| jsonb_text(&format!("({e})")))
+        .map(|(_, e, _)| jsonb_text_of(&param_jsonb(&Expr::Nested(Box::new(e.clone())), &scope)))
         .collect();
     // A NULL output (a missing claim, a NULL column) is a bucket parameter
     // like any other, `null` in the bucket id, except in edition 3, where
@@ -216,7 +217,7 @@ pub fn compile_param_query(
                     bucket = if lookup {
                         values[0].clone()
                     } else if request_outputs {
-                        row_values_sql(&row_outputs)
+                        row_values_sql(&row_outputs, &scope)
                     } else {
                         bucket_id_sql(&src.name, &values)
                     },
@@ -269,10 +270,10 @@ pub fn compile_param_query(
 
 /// What a lookup row of a query with request outputs stores in `bucket`:
 /// its row outputs as a JSON array (text), in parameter order.
-fn row_values_sql(row_outputs: &[&(String, Expr, bool)]) -> String {
+fn row_values_sql(row_outputs: &[&(String, Expr, bool)], scope: &Scope) -> String {
     let items: Vec<String> = row_outputs
         .iter()
-        .map(|(_, e, _)| format!("to_jsonb({e})"))
+        .map(|(_, e, _)| param_jsonb(e, scope))
         .collect();
     format!("(jsonb_build_array({}))::text", items.join(", "))
 }

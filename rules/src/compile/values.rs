@@ -1,8 +1,10 @@
 //! SQLite typing of output columns: the type a client declares for each
 //! column, the value conversion to what SQLite stores, and the row's JSON text.
 
-use crate::config::{Options, Precision};
+pub use crate::dialect::sqlite_value;
 use crate::quote_literal;
+use crate::scope::Scope;
+use crate::typing::kind_of;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::Expr;
 
@@ -38,61 +40,21 @@ pub fn cast_type(e: &Expr) -> Option<&'static str> {
     })
 }
 
-/// A value as a SQLite client stores it, the way PowerSync sends it, as SQL.
-/// Column types known from the catalog convert directly (cheapest); other
-/// expressions go through `outpost._sqlite_value(jsonb)`. Booleans become
-/// 1/0, json and arrays JSON text, numeric its text, timestamps UTC text in
-/// PowerSync's format (see [`time_text`]); the rest is Postgres' JSON output.
-pub fn sqlite_value(expr: &str, type_name: Option<&str>, options: &Options) -> String {
-    match type_name {
-        Some("boolean") => format!("({expr})::int"),
-        Some("json") | Some("jsonb") => format!("({expr})::text"),
-        // array_to_json writes no spaces, like PowerSync's JSON text.
-        Some(t) if t.ends_with("[]") => format!("(array_to_json({expr}))::text"),
-        Some(t) if t.starts_with("numeric") => format!("({expr})::text"),
-        Some(t) => time_text(expr, t, options).unwrap_or_else(|| expr.to_string()),
-        None => format!("outpost._sqlite_value(to_jsonb({expr}))"),
+/// A bucket parameter value (a rewritten expression) as jsonb, as PowerSync
+/// writes it into a bucket id: the value the row data has (booleans 1/0,
+/// timestamps as PowerSync's text, numeric, json and arrays as their text),
+/// so that both sides of a bucket (the data query's `= bucket.p` and the
+/// parameter query's output) give the same bytes PowerSync does.
+pub fn param_jsonb(e: &Expr, scope: &Scope) -> String {
+    use crate::dialect::Kind;
+    match kind_of(e, scope) {
+        (_, Some(t)) => format!(
+            "to_jsonb({})",
+            sqlite_value(&e.to_string(), Some(&t), scope.options)
+        ),
+        (Kind::Bool, None) => format!("to_jsonb(({e})::int)"),
+        _ => format!("to_jsonb({e})"),
     }
-}
-
-/// Timestamps and times as PowerSync renders them. Legacy: a space between
-/// date and time and the fraction Postgres prints (trailing zeros dropped);
-/// `timestamps_iso8601`: a `T` and a fixed number of sub-second digits
-/// (`timestamp_max_precision`, microseconds by default). `timestamptz` is in
-/// UTC with a `Z`, whatever the session's time zone.
-pub fn time_text(expr: &str, pg_type: &str, options: &Options) -> Option<String> {
-    let (value, date, zone) = match pg_type {
-        "timestamp with time zone" => (format!("(({expr}) AT TIME ZONE 'UTC')"), true, "Z"),
-        "timestamp without time zone" => (format!("({expr})"), true, ""),
-        "time without time zone" => (format!("({expr})"), false, ""),
-        _ => return None,
-    };
-    let (sep, fraction) = if options.timestamps_iso8601 {
-        let f = match options.timestamp_max_precision.unwrap_or_default() {
-            Precision::Seconds => None,
-            Precision::Milliseconds => Some(format!("to_char({value}, '.MS')")),
-            Precision::Microseconds | Precision::Nanoseconds => {
-                Some(format!("to_char({value}, '.US')"))
-            }
-        };
-        ("\"T\"", f)
-    } else {
-        (
-            " ",
-            Some(format!("rtrim(rtrim(to_char({value}, '.US'), '0'), '.')")),
-        )
-    };
-    let base = if date {
-        format!("to_char({value}, 'YYYY-MM-DD{sep}HH24:MI:SS')")
-    } else {
-        format!("to_char({value}, 'HH24:MI:SS')")
-    };
-    let mut parts = vec![base];
-    parts.extend(fraction);
-    if !zone.is_empty() {
-        parts.push(quote_literal(zone));
-    }
-    Some(format!("({})", parts.join(" || ")))
 }
 
 /// The row's JSON text. `json_build_object` takes at most 100 arguments, so

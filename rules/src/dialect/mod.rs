@@ -9,8 +9,10 @@
 //! `sql/extension/01_helpers.sql`. Functions not in PowerSync's table are left to Postgres.
 
 mod json;
+mod value;
 
 pub use json::{json_get, json_path, membership, overlap, Use};
+pub use value::{sqlite_value, time_text};
 
 use crate::config::Options;
 
@@ -94,6 +96,16 @@ impl Arg {
         }
     }
 
+    /// The argument's text as PowerSync's row data has it: a column is its
+    /// SQLite value's text (booleans `1`/`0`, timestamps in PowerSync's
+    /// format, json and arrays their JSON text), anything else [`Arg::text`].
+    fn row_text(&self, options: &Options) -> String {
+        match &self.pg_type {
+            Some(t) => format!("({})::text", sqlite_value(&self.sql, Some(t), options)),
+            None => self.text(),
+        }
+    }
+
     /// The argument as bytes (a blob stays, anything else is its UTF-8 text).
     fn bytes(&self) -> String {
         match self.kind {
@@ -126,6 +138,21 @@ impl Arg {
             ),
         }
     }
+}
+
+/// `a || b` as PowerSync joins values: the text of each side (SQLite's text
+/// of its value, so `true || 'x'` is `1x`, a json column its text, never
+/// jsonb's merge), NULL when either is NULL. A blob on either side keeps
+/// Postgres' bytea `||` (PowerSync would decode the bytes as UTF-8).
+pub fn concat(l: &Arg, r: &Arg, options: &Options) -> Option<String> {
+    if l.kind == Kind::Bytea || r.kind == Kind::Bytea {
+        return None;
+    }
+    Some(format!(
+        "({} || {})",
+        l.row_text(options),
+        r.row_text(options)
+    ))
 }
 
 /// The numeric prefix SQLite's CAST reads from text (`'12abc'` → 12), as numeric.

@@ -135,7 +135,9 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 /// only in the redeployed definition's buckets); op ids follow `$1` (the
 /// last checkpoint; the caller holds the tick lock). Every current row a new
 /// row could replace belongs to a changed key (the row's subkey names its
-/// source row), so the join sees them all.
+/// source row), so the join sees them all. A key tagged with definitions
+/// (a deploy's, a join's) brings only those definitions' current rows: no
+/// other definition's query evaluates it, so the rest could only be skipped.
 const DIFF_CTE: &str = ",
 _old AS MATERIALIZED (
   SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, b.relid, b.pk, b.op_id, b.fingerprint,
@@ -145,6 +147,7 @@ _old AS MATERIALIZED (
    CROSS JOIN LATERAL (
         SELECT * FROM outpost.bucket_rows b
          WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+           AND (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
         OFFSET 0) b),
 _d AS (
   SELECT coalesce(n.row_key, o.row_key) AS row_key, coalesce(n.bucket, o.bucket) AS bucket,

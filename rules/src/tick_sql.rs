@@ -16,25 +16,31 @@
 //! was truncated (re-check every row it had), `f` re-evaluate the whole table
 //! for one bucket definition (`def`; a rules deploy). Keys queued by `f` carry
 //! their definition, so only that definition's queries and old rows take part.
+//! So do the keys a join produces (a changed list → its todos): they carry
+//! the definition whose data query joins, and a definition that does not read
+//! the joined table neither re-evaluates those rows nor loses them.
 
-use crate::compile::sqlgen::KEYS_CTE;
+use crate::compile::sqlgen::{keys_of, KEYS_CTE};
 use crate::compile::{CaptureTable, CompiledRules, ParamQuery};
+use crate::quote_literal;
 
 pub fn tick_statement(rules: &CompiledRules) -> String {
     let mut data = Vec::new();
     let mut params = Vec::new();
     let mut may_duplicate = false;
-    let mut joins: Vec<&str> = Vec::new();
+    // (joining definition, key query): one key set per definition that joins.
+    let mut joins: Vec<(&str, &str)> = Vec::new();
     for b in &rules.buckets {
         let mut seen = std::collections::BTreeSet::new();
         for q in &b.data_queries {
             // Two queries of one bucket over one table can emit the same row.
             may_duplicate |= q.may_duplicate || !seen.insert((q.relid, q.object_type.clone()));
-            data.push(only_with_keys(&q.sql_keyed, q.relid));
+            data.push(only_with_keys(&q.sql_keyed, q.relid, &b.source.name));
             data.push(q.sql_full.clone());
             for j in &q.joined {
-                if !joins.contains(&j.keys_sql.as_str()) {
-                    joins.push(&j.keys_sql);
+                let key = (b.source.name.as_str(), j.keys_sql.as_str());
+                if !joins.contains(&key) {
+                    joins.push(key);
                 }
             }
         }
@@ -46,7 +52,7 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
                 ..
             } = q
             {
-                params.push(only_with_keys(sql_keyed, *relid));
+                params.push(only_with_keys(sql_keyed, *relid, &b.source.name));
                 params.push(sql_full.clone());
             }
         }
@@ -67,9 +73,13 @@ _keys AS MATERIALIZED (
   UNION SELECT p.relid, p.pk, f.def FROM _full f
           JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def",
     );
-    // Rows whose data reads a joined table's changed row (compile/joined.rs).
-    for j in &joins {
-        s.push_str("\n  UNION SELECT _j.relid, _j.pk, NULL FROM (");
+    // Rows whose data reads a joined table's changed row (compile/joined.rs),
+    // tagged with the definition that joins: only its queries re-evaluate
+    // them, and only its current rows of them can become REMOVEs.
+    for (def, j) in &joins {
+        s.push_str("\n  UNION SELECT _j.relid, _j.pk, ");
+        s.push_str(&quote_literal(def));
+        s.push_str(" FROM (");
         s.push_str(j);
         s.push_str(") _j");
     }
@@ -109,9 +119,10 @@ _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
 /// keys costs one look at the key set instead of a semi join against it
 /// (which the planner, estimating the key set from an empty queue, ran as a
 /// rescan of every key per row of the table).
-fn only_with_keys(sql: &str, relid: u32) -> String {
+fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
     format!(
-        "SELECT * FROM ({sql}) _q WHERE EXISTS (SELECT 1 FROM {KEYS_CTE} k WHERE k.relid = {relid} AND k.def IS NULL)"
+        "SELECT * FROM ({sql}) _q WHERE EXISTS (SELECT 1 FROM {KEYS_CTE} k WHERE k.relid = {relid} AND {})",
+        keys_of(def)
     )
 }
 
@@ -124,7 +135,9 @@ fn only_with_keys(sql: &str, relid: u32) -> String {
 /// only in the redeployed definition's buckets); op ids follow `$1` (the
 /// last checkpoint; the caller holds the tick lock). Every current row a new
 /// row could replace belongs to a changed key (the row's subkey names its
-/// source row), so the join sees them all.
+/// source row), so the join sees them all. A key tagged with definitions
+/// (a deploy's, a join's) brings only those definitions' current rows: no
+/// other definition's query evaluates it, so the rest could only be skipped.
 const DIFF_CTE: &str = ",
 _old AS MATERIALIZED (
   SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, b.relid, b.pk, b.op_id, b.fingerprint,
@@ -134,6 +147,7 @@ _old AS MATERIALIZED (
    CROSS JOIN LATERAL (
         SELECT * FROM outpost.bucket_rows b
          WHERE b.src_key = outpost._src_key(k.relid, k.pk) AND b.pk = k.pk AND b.relid = k.relid
+           AND (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
         OFFSET 0) b),
 _d AS (
   SELECT coalesce(n.row_key, o.row_key) AS row_key, coalesce(n.bucket, o.bucket) AS bucket,

@@ -197,6 +197,44 @@ fn joined_columns_are_read_through_a_left_join_on_the_key() {
 }
 
 #[test]
+fn a_joined_tables_keys_reach_only_the_stream_that_joins() {
+    // `mine` reads todos but no column of lists: a renamed list must not
+    // make it re-evaluate (or lose) the list's todos.
+    let text = "config:\n  edition: 3\nstreams:\n  named:\n    query: SELECT todos.*, lists.name AS list_name FROM todos JOIN lists ON todos.list_id = lists.id WHERE lists.owner_id = auth.user_id()\n  mine:\n    query: SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE owner_id = auth.user_id())\n";
+    let doc = parse_document(text).unwrap_or_else(|e| panic!("{e}"));
+    let p = plan(&doc.sources, &catalog()).unwrap_or_else(|e| panic!("{e}"));
+    let by_name = |n: &str| {
+        p.buckets
+            .iter()
+            .find(|b| b.source.name == n)
+            .unwrap_or_else(|| panic!("no stream {n}"))
+    };
+    let (named, mine) = (by_name("named|0"), by_name("mine|0"));
+    let keys = &named.data_queries[0].joined[0].keys_sql;
+    assert!(mine.data_queries[0].joined.is_empty());
+    assert!(
+        p.tick_sql.contains(&format!(
+            "UNION SELECT _j.relid, _j.pk, 'named|0' FROM ({keys}) _j"
+        )),
+        "the join's keys carry the joining stream: {}",
+        p.tick_sql
+    );
+    assert_eq!(p.tick_sql.matches(keys.as_str()).count(), 1, "and only it");
+    // A keyed query takes untagged keys and its own stream's, no others.
+    let cond = |def: &str| format!("k.relid = 200 AND (k.def IS NULL OR k.def = '{def}')");
+    let named_keyed = &named.data_queries[0].sql_keyed;
+    let mine_keyed = &mine.data_queries[0].sql_keyed;
+    assert!(named_keyed.contains(&cond("named|0")), "{named_keyed}");
+    assert!(mine_keyed.contains(&cond("mine|0")), "{mine_keyed}");
+    assert!(!mine_keyed.contains("'named|0'"), "{mine_keyed}");
+    assert!(
+        !p.tick_sql.contains("k.def IS NULL)"),
+        "no keyed query takes every key: {}",
+        p.tick_sql
+    );
+}
+
+#[test]
 fn nested_subqueries_chain_lookups() {
     let nested = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT * FROM todos WHERE list_id IN (SELECT id FROM lists WHERE org_id IN (SELECT org_id FROM memberships WHERE user_id = auth.user_id()))\n";
     let joined = "config:\n  edition: 3\nstreams:\n  s:\n    query: SELECT todos.* FROM todos JOIN lists ON todos.list_id = lists.id JOIN memberships ON memberships.org_id = lists.org_id WHERE memberships.user_id = auth.user_id()\n";

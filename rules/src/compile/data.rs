@@ -48,7 +48,7 @@ pub fn compile_data_query<'c>(
         json_each: None,
         options: &src.options,
     };
-    let (pk_json, keyed_cond) = pk_exprs(t, &alias)?;
+    let (pk_json, keyed_cond) = pk_exprs(t, &alias, &src.name)?;
     let a = quote_ident(&alias);
     let joins = joined::resolve(left_joins, catalog, t, &alias)?;
 

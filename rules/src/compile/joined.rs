@@ -10,7 +10,7 @@
 //! changed key on the referencing column), inside the tick's one snapshot,
 //! so a renamed list re-PUTs its todos in the checkpoint of the rename.
 
-use super::sqlgen::pk_exprs;
+use super::sqlgen::pk_json;
 use crate::catalog::{Catalog, Table};
 use crate::query::{self, LeftJoin};
 use crate::quote_ident;
@@ -107,7 +107,7 @@ pub fn resolve<'c>(
             "LEFT JOIN {} AS {ja} ON {ja}.{jc} = {ra}.{rc}",
             t.qualified()
         );
-        let (pk_json, _) = pk_exprs(root, root_alias)?;
+        let pk_json = pk_json(root, root_alias)?;
         let keys_sql = format!(
             "SELECT {oid}::oid AS relid, x.pk FROM (SELECT DISTINCT (k.pk ->> 0)::{key_type} AS v FROM _changes k WHERE k.relid = {joid} AND k.kind = 'k') c \
              CROSS JOIN LATERAL (SELECT {pk_json} AS pk FROM {tbl} AS {ra} WHERE {ra}.{rc} = c.v OFFSET 0) x \

@@ -189,7 +189,7 @@ pub fn compile_param_query(
             })
         }
         Some((t, alias)) => {
-            let (pk_json, keyed_cond) = pk_exprs(t, alias)?;
+            let (pk_json, keyed_cond) = pk_exprs(t, alias, &src.name)?;
             let mixes = |e: &Expr| {
                 let mut e = e.clone();
                 rewrite(&mut e, scope)

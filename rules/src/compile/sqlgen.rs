@@ -53,15 +53,37 @@ pub fn lookup_text(jsonb_expr: &str) -> String {
     format!("({jsonb_expr} #>> '{{}}')")
 }
 
-/// The primary key of a row as `jsonb_build_array(...)`, and the condition
-/// that selects the rows whose keys the tick saw change.
-pub fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
+/// The primary key of a row as `jsonb_build_array(...)`.
+pub fn pk_json(t: &Table, alias: &str) -> Result<String, String> {
     if t.primary_key.is_empty() {
         return Err(format!(
             "table \"{}\" has no primary key; Outpost needs one to track its rows",
             t.name
         ));
     }
+    let a = quote_ident(alias);
+    let cols: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|c| format!("{a}.{}", quote_ident(c)))
+        .collect();
+    Ok(format!("jsonb_build_array({})", cols.join(", ")))
+}
+
+/// The tick's keys a query of definition `def` evaluates: untagged keys
+/// (a writer changed the row) and keys tagged with `def` (a joined table's
+/// row changed, and `def` has a data query reading it; the tick tags such
+/// keys with the joining definition so that other definitions skip them).
+/// Keys a deploy queues carry their definition too, but only for a table
+/// the definition re-evaluates in full, where its keyed queries are off.
+pub fn keys_of(def: &str) -> String {
+    format!("(k.def IS NULL OR k.def = {})", quote_literal(def))
+}
+
+/// The primary key of a row as `jsonb_build_array(...)`, and the condition
+/// that selects the rows of definition `def` whose keys the tick saw change.
+pub fn pk_exprs(t: &Table, alias: &str, def: &str) -> Result<(String, String), String> {
+    let json = pk_json(t, alias)?;
     let a = quote_ident(alias);
     let cols: Vec<String> = t
         .primary_key
@@ -77,20 +99,17 @@ pub fn pk_exprs(t: &Table, alias: &str) -> Result<(String, String), String> {
             format!("(k.pk ->> {i})::{ty}")
         })
         .collect();
-    let json = format!("jsonb_build_array({})", cols.join(", "));
-    let keyed = if cols.len() == 1 {
-        format!(
-            "{} IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND k.def IS NULL)",
-            cols[0], casts[0], t.oid
-        )
+    let lhs = if cols.len() == 1 {
+        cols[0].clone()
     } else {
-        format!(
-            "({}) IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND k.def IS NULL)",
-            cols.join(", "),
-            casts.join(", "),
-            t.oid
-        )
+        format!("({})", cols.join(", "))
     };
+    let keyed = format!(
+        "{lhs} IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND {})",
+        casts.join(", "),
+        t.oid,
+        keys_of(def)
+    );
     Ok((json, keyed))
 }
 

@@ -104,6 +104,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 BEGIN
     IF n_ops > 5000 THEN
         ANALYZE outpost.work_ops;
+        -- Statistics of bucket_rows taken while it held fewer rows than this
+        -- tick touches (typically analyzed empty after a big removal, pages
+        -- kept) make the planner expect one row and run the joins below as
+        -- a scan of work_ops per row of bucket_rows: minutes for 30k ops.
+        IF (SELECT c.reltuples FROM pg_catalog.pg_class c
+             WHERE c.oid = 'outpost.bucket_rows'::pg_catalog.regclass) < n_ops THEN
+            ANALYZE outpost.bucket_rows;
+        END IF;
     END IF;
     -- Changed rows are updated in place (HOT: no index touched), new ones
     -- inserted, removed ones deleted.

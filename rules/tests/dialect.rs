@@ -180,7 +180,7 @@ fn json_each_parameter_queries() {
     };
     assert!(sql.contains("_outpost_je(k, v)"), "{sql}");
     assert!(
-        sql.contains("coalesce((to_jsonb(((_outpost_je.k))))::text, 'null')"),
+        sql.contains("coalesce(((SELECT") && sql.contains("to_jsonb(((_outpost_je.k))) AS _b"),
         "{sql}"
     );
     assert!(sql.contains("_outpost_je.k #>> '{}'"), "{sql}");
@@ -544,4 +544,39 @@ fn bucket_parameters_are_written_as_row_values() {
         assert!(bare.contains("to_jsonb\"assets\".\"price\"::text"), "{sql}");
         assert!(bare.contains("to_jsonb\"assets\".\"doc\"::text"), "{sql}");
     }
+}
+
+#[test]
+fn request_booleans_are_bucket_parameters_as_1_and_0() {
+    // SQLite has no booleans: a `true` claim or client parameter is 1 in
+    // PowerSync's bucket id, as a boolean column is, so a request value
+    // goes through the same boolean-to-integer step, in a query without
+    // FROM, as a table query's request output, and in a stream.
+    let bool_step = "when jsonb_typeof(_b) = 'boolean' then to_jsonb(_b::boolean::int)";
+    let d = deploy(
+        "bucket_definitions:\n  c:\n    parameters: SELECT request.jwt() ->> 'admin' AS f, request.parameter('flag') AS g\n    data: SELECT id FROM assets WHERE archived = bucket.f AND archived = bucket.g\n",
+    );
+    let ParamQuery::Static { sql, .. } = &d.buckets[0].parameter_queries[0] else {
+        panic!()
+    };
+    let sql = sql.to_lowercase();
+    assert_eq!(sql.matches(bool_step).count(), 2, "{sql}");
+    let d = deploy(
+        "bucket_definitions:\n  t:\n    parameters: SELECT org_id AS o, request.jwt() ->> 'admin' AS f FROM members WHERE user_id = request.user_id()\n    data: SELECT id FROM assets WHERE org_id = bucket.o AND archived = bucket.f\n",
+    );
+    let ParamQuery::Table { bucket_sql, .. } = &d.buckets[0].parameter_queries[0] else {
+        panic!()
+    };
+    let bucket_sql = bucket_sql.as_deref().unwrap().to_lowercase();
+    assert!(bucket_sql.contains(bool_step), "{bucket_sql}");
+    let doc = parse_document(
+        "config:\n  edition: 2\nstreams:\n  s:\n    query: SELECT * FROM assets WHERE archived = subscription.parameter('flag') AND archived = auth.parameter('admin')\n",
+    )
+    .unwrap();
+    let p = plan(&doc.sources, &catalog()).unwrap();
+    let ParamQuery::Static { sql, .. } = &p.buckets[0].parameter_queries[0] else {
+        panic!("{:?}", p.buckets[0].parameter_queries)
+    };
+    let sql = sql.to_lowercase();
+    assert_eq!(sql.matches(bool_step).count(), 2, "{sql}");
 }

@@ -91,6 +91,9 @@ const PARAM_RULES: &str = r#"bucket_definitions:
   by_flag:
     parameters: SELECT admin AS f FROM users WHERE id = request.user_id()
     data: SELECT id FROM docs WHERE flag = bucket.f
+  by_claim:
+    parameters: SELECT request.jwt() ->> 'admin' AS f
+    data: SELECT id FROM docs WHERE flag = bucket.f
   by_time:
     parameters: SELECT since AS t FROM users WHERE id = request.user_id()
     data: SELECT id FROM docs WHERE at = bucket.t
@@ -113,6 +116,7 @@ fn bucket_parameters_are_the_row_values() {
     assert_eq!(
         buckets(&mut c, alice.clone()),
         vec![
+            "by_claim[1]",
             "by_flag[1]",
             "by_tier[\"12.50\",\"{\\\"a\\\": 1}\"]",
             "by_time[\"2024-01-02 03:04:05.5Z\"]",
@@ -120,7 +124,11 @@ fn bucket_parameters_are_the_row_values() {
         ]
     );
     // The data side writes the same ids: each bucket holds its rows.
-    for b in ["by_flag[1]", "by_time[\"2024-01-02 03:04:05.5Z\"]"] {
+    for b in [
+        "by_claim[1]",
+        "by_flag[1]",
+        "by_time[\"2024-01-02 03:04:05.5Z\"]",
+    ] {
         assert_eq!(rows(&mut c, b), vec![json!({"id": "d1"})], "{b}");
     }
     assert_eq!(

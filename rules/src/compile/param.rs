@@ -7,7 +7,7 @@
 //! value from one branch never matches another's), and the buckets are the
 //! union, as in PowerSync.
 
-use super::sqlgen::{bucket_id_sql, jsonb_text, jsonb_text_of, lookup_text, pk_exprs, RowQuery};
+use super::sqlgen::{bucket_id_sql, jsonb_text_of, lookup_text, pk_exprs, RowQuery};
 use super::values::param_jsonb;
 use super::ParamQuery;
 use crate::catalog::Catalog;
@@ -254,8 +254,9 @@ pub fn compile_param_query(
                     sql_full: full.join(" UNION ALL "),
                     lookup_sql: lookups.join(" UNION ALL "),
                     lookup_only: lookup,
-                    bucket_sql: request_outputs
-                        .then(|| request_bucket_sql(&src.name, &outputs, &req_outputs, nulls)),
+                    bucket_sql: request_outputs.then(|| {
+                        request_bucket_sql(&src.name, &outputs, &req_outputs, nulls, &scope)
+                    }),
                 },
                 priority,
                 // Safe when some lookup compares a column with a token value,
@@ -287,13 +288,14 @@ fn request_bucket_sql(
     outputs: &[(String, Expr, bool)],
     req_outputs: &[&(String, Expr, bool)],
     nulls: bool,
+    scope: &Scope,
 ) -> String {
     let mut k = 0;
     let values: Vec<String> = outputs
         .iter()
         .map(|(_, e, from_request)| {
             if *from_request {
-                jsonb_text(&format!("({e})"))
+                jsonb_text_of(&param_jsonb(&Expr::Nested(Box::new(e.clone())), scope))
             } else {
                 k += 1;
                 format!("((p.bucket)::jsonb -> {})::text", k - 1)

@@ -37,13 +37,9 @@ pub fn bucket_id_sql(name: &str, values: &[String]) -> String {
     )
 }
 
-/// A value as it appears in a bucket id: its JSON text, `null` for NULL
-/// (`concat_ws` would drop a NULL, shifting the other parameters).
-pub fn jsonb_text(expr: &str) -> String {
-    jsonb_text_of(&format!("to_jsonb({expr})"))
-}
-
-/// [`jsonb_text`] of a value already converted to jsonb.
+/// A value (already jsonb) as it appears in a bucket id: its JSON text,
+/// `null` for NULL (`concat_ws` would drop a NULL, shifting the other
+/// parameters).
 pub fn jsonb_text_of(jsonb: &str) -> String {
     format!("coalesce(({jsonb})::text, 'null')")
 }

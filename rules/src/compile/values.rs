@@ -44,7 +44,9 @@ pub fn cast_type(e: &Expr) -> Option<&'static str> {
 /// writes it into a bucket id: the value the row data has (booleans 1/0,
 /// timestamps as PowerSync's text, numeric, json and arrays as their text),
 /// so that both sides of a bucket (the data query's `= bucket.p` and the
-/// parameter query's output) give the same bytes PowerSync does.
+/// parameter query's output) give the same bytes PowerSync does. A JSON
+/// value (a claim, a client parameter) is SQLite's value too: a boolean is
+/// 1/0, so a `true` claim names the `[1]` bucket of a boolean column.
 pub fn param_jsonb(e: &Expr, scope: &Scope) -> String {
     use crate::dialect::Kind;
     match kind_of(e, scope) {
@@ -53,6 +55,10 @@ pub fn param_jsonb(e: &Expr, scope: &Scope) -> String {
             sqlite_value(&e.to_string(), Some(&t), scope.options)
         ),
         (Kind::Bool, None) => format!("to_jsonb(({e})::int)"),
+        // One scalar subquery, so the request value is evaluated once.
+        (Kind::Json, None) => format!(
+            "(SELECT CASE WHEN jsonb_typeof(_b) = 'boolean' THEN to_jsonb(_b::boolean::int) ELSE _b END FROM (SELECT to_jsonb({e}) AS _b) _pb)"
+        ),
         _ => format!("to_jsonb({e})"),
     }
 }

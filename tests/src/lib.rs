@@ -7,6 +7,7 @@
 //! - [`fold_bucket`], [`Op`]: read a bucket's ops and replay them the way a client does.
 //! - [`relay`]: an in-process relay against a [`TestDb`] and a small HTTP client for it.
 //! - [`client`]: waits on client sync status and live queries.
+//! - [`dialect`]: deploy rules, a request's buckets, a bucket's rows (dialect tests).
 //! - [`replication`]: a primary and `pg_basebackup -R` standbys of its own, for
 //!   the hot-standby tests and bench.
 //! - `tests/`: the test files, one per area (extension, concurrency, relay, client).
@@ -14,6 +15,7 @@
 //! The extension must be installed (`scripts/setup.sh` does it).
 
 pub mod client;
+pub mod dialect;
 pub mod relay;
 pub mod replication;
 pub mod streams_fixture;

@@ -6,6 +6,7 @@
 //! Also: rules files written the way PowerSync's documentation writes them,
 //! deployed and ticked, with the buckets each user gets and what they hold.
 
+use outpost_tests::dialect::{deploy, request_buckets};
 use outpost_tests::{fold_bucket, ops, tick, TestDb};
 use postgres::Client;
 use serde_json::{json, Value};
@@ -206,11 +207,6 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn deploy(c: &mut Client, rules: &str) {
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
-        .unwrap_or_else(|e| panic!("deploy failed: {e:?}\n{rules}"));
-}
-
 fn rows(c: &mut Client, bucket: &str) -> Vec<Value> {
     let mut by_id: Vec<(i64, Value)> = fold_bucket(&ops(c, bucket))
         .into_values()
@@ -298,24 +294,6 @@ fn bad_values_do_not_stop_a_tick() {
     assert_eq!(rows(&mut c, "tagged[\"u1\"]"), vec![json!({"id": 5})]);
 }
 
-fn checkpoint_buckets(c: &mut Client, claims: Value, params: Value) -> Vec<String> {
-    let cp: Value = c
-        .query_one(
-            "SELECT outpost.sync_checkpoint($1, $2, 'dev')",
-            &[&claims, &params],
-        )
-        .unwrap()
-        .get(0);
-    let mut b: Vec<String> = cp["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["bucket"].as_str().unwrap().to_string())
-        .collect();
-    b.sort();
-    b
-}
-
 /// A rules file in the style of PowerSync's documentation: OR in a
 /// parameter query, json_each over a JWT claim, IN over an array column,
 /// request.parameter, _priority, and a global bucket filtered with NOT IN.
@@ -379,10 +357,10 @@ fn rules_written_like_powersync_docs_deploy_and_sync() {
     );
     deploy(&mut c, DOCS_RULES);
 
-    let alice = checkpoint_buckets(
+    let alice = request_buckets(
         &mut c,
-        json!({"sub": "alice", "tags": ["urgent"]}),
-        json!({"list": "l3"}),
+        &json!({"sub": "alice", "tags": ["urgent"]}),
+        &json!({"list": "l3"}),
     );
     assert_eq!(
         alice,
@@ -396,7 +374,7 @@ fn rules_written_like_powersync_docs_deploy_and_sync() {
     );
     // Without a `list` parameter, bob's `pinned` parameter is NULL: a
     // `null` bucket, as PowerSync gives (empty: `= bucket.list_id`).
-    let bob = checkpoint_buckets(&mut c, json!({"sub": "bob"}), json!({}));
+    let bob = request_buckets(&mut c, &json!({"sub": "bob"}), &json!({}));
     assert_eq!(
         bob,
         vec![
@@ -449,7 +427,7 @@ fn rules_written_like_powersync_docs_deploy_and_sync() {
     c.batch_execute("UPDATE lists SET shared_with = 'alice' WHERE id = 'l3'")
         .unwrap();
     tick(&mut c);
-    let alice = checkpoint_buckets(&mut c, json!({"sub": "alice"}), json!({}));
+    let alice = request_buckets(&mut c, &json!({"sub": "alice"}), &json!({}));
     assert!(
         alice.contains(&"user_lists[\"l3\"]".to_string()),
         "{alice:?}"
@@ -480,7 +458,7 @@ fn json_each_reads_arrays_objects_and_json_text() {
         (json!("a"), vec!["by_tag[\"a\"]"]),
         (json!(null), vec![]),
     ] {
-        let got = checkpoint_buckets(&mut c, json!({"sub": "u", "tags": tags}), json!({}));
+        let got = request_buckets(&mut c, &json!({"sub": "u", "tags": tags}), &json!({}));
         assert_eq!(got, want, "tags {tags}");
     }
 }

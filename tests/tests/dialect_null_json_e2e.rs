@@ -5,50 +5,9 @@
 //! streams; edition-3 streams give no bucket). Each case here differs from
 //! what comparing jsonb or dropping NULL parameters gave.
 
-use outpost_tests::{fold_bucket, ops, tick, TestDb};
-use postgres::Client;
-use serde_json::{json, Value};
-
-fn deploy(c: &mut Client, rules: &str) {
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
-        .unwrap_or_else(|e| panic!("deploy failed: {e:?}\n{rules}"));
-}
-
-fn sorted(cp: &Value) -> Vec<String> {
-    let mut b: Vec<String> = cp["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["bucket"].as_str().unwrap().to_string())
-        .collect();
-    b.sort();
-    b
-}
-
-/// The buckets a request gets, without Sync Streams (`user_buckets`) and
-/// with them (`_def_buckets`); they must agree.
-fn buckets(c: &mut Client, claims: Value, params: Value) -> Vec<String> {
-    let plain: Value = c
-        .query_one(
-            "SELECT outpost.sync_checkpoint($1, $2, 'dev')",
-            &[&claims, &params],
-        )
-        .unwrap()
-        .get(0);
-    let streams: Value = c
-        .query_one(
-            "SELECT outpost.sync_checkpoint($1, $2, 'dev', '{}'::jsonb)",
-            &[&claims, &params],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(sorted(&plain), sorted(&streams), "{claims} {params}");
-    sorted(&plain)
-}
-
-fn rows(c: &mut Client, bucket: &str) -> Vec<Value> {
-    fold_bucket(&ops(c, bucket)).into_values().collect()
-}
+use outpost_tests::dialect::{bucket_rows as rows, deploy, request_buckets_both_ways as buckets};
+use outpost_tests::{ops, tick, TestDb};
+use serde_json::json;
 
 const ARROW_TABLE: &str = r#"
 CREATE TABLE a (id int PRIMARY KEY, j jsonb, js json, t text);

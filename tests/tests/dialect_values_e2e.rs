@@ -6,36 +6,9 @@
 //! request side alike. Each case differs from what Postgres' `||` and
 //! `to_jsonb` gave.
 
-use outpost_tests::{fold_bucket, ops, tick, TestDb};
-use postgres::Client;
-use serde_json::{json, Value};
-
-fn deploy(c: &mut Client, rules: &str) {
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&rules])
-        .unwrap_or_else(|e| panic!("deploy failed: {e:?}\n{rules}"));
-}
-
-fn buckets(c: &mut Client, claims: Value) -> Vec<String> {
-    let cp: Value = c
-        .query_one(
-            "SELECT outpost.sync_checkpoint($1, '{}'::jsonb, 'dev')",
-            &[&claims],
-        )
-        .unwrap()
-        .get(0);
-    let mut b: Vec<String> = cp["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["bucket"].as_str().unwrap().to_string())
-        .collect();
-    b.sort();
-    b
-}
-
-fn rows(c: &mut Client, bucket: &str) -> Vec<Value> {
-    fold_bucket(&ops(c, bucket)).into_values().collect()
-}
+use outpost_tests::dialect::{bucket_rows as rows, deploy, request_buckets};
+use outpost_tests::{tick, TestDb};
+use serde_json::json;
 
 #[test]
 fn concat_joins_sqlite_text() {
@@ -114,7 +87,7 @@ fn bucket_parameters_are_the_row_values() {
     tick(&mut c);
     let alice = json!({"sub": "alice", "admin": true});
     assert_eq!(
-        buckets(&mut c, alice.clone()),
+        request_buckets(&mut c, &alice, &json!({})),
         vec![
             "by_claim[1]",
             "by_flag[1]",
@@ -143,7 +116,7 @@ fn bucket_parameters_are_the_row_values() {
     // timestamps_iso8601 (edition 2) writes the ISO text, as row values do.
     deploy(&mut c, &format!("config:\n  edition: 2\n{PARAM_RULES}"));
     tick(&mut c);
-    let got = buckets(&mut c, alice);
+    let got = request_buckets(&mut c, &alice, &json!({}));
     assert!(
         got.contains(&"by_time[\"2024-01-02T03:04:05.500000Z\"]".to_string()),
         "{got:?}"

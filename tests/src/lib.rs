@@ -196,6 +196,15 @@ pub fn bucket_names(cp: &serde_json::Value) -> Vec<String> {
     v
 }
 
+/// One bucket per list a user owns, holding the list's todos: the rules of
+/// the tick tests and of the bench's capture, tick and first-sync sections.
+pub const LIST_TODOS_RULES: &str = "
+bucket_definitions:
+  user_lists:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data: SELECT * FROM todos WHERE list_id = bucket.list_id
+";
+
 pub fn tick(c: &mut Client) -> i64 {
     c.query_one("SELECT outpost.tick()", &[]).unwrap().get(0)
 }

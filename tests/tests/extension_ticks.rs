@@ -5,7 +5,7 @@
 mod extension_support;
 
 use extension_support::*;
-use outpost_tests::{ops, sync_checkpoint, tick, TestDb};
+use outpost_tests::{ops, sync_checkpoint, tick, TestDb, LIST_TODOS_RULES};
 use postgres::Client;
 use serde_json::json;
 
@@ -185,16 +185,8 @@ fn ticks_of_many_removed_keys_stay_fast() {
          CREATE TABLE todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text);",
     )
     .unwrap();
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"
-bucket_definitions:
-  user_lists:
-    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
-    data: SELECT * FROM todos WHERE list_id = bucket.list_id
-"],
-    )
-    .unwrap();
+    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])
+        .unwrap();
     let insert = format!(
         "INSERT INTO todos SELECT g, 1 + g % 100, 'todo ' || g FROM generate_series(1, {N}) g"
     );

@@ -29,7 +29,7 @@ use outpost_client::sync::Instruction;
 use outpost_client::{Credentials, Http, SchemaMode, Store};
 use outpost_protocol::SyncLine;
 use outpost_tests::relay::Relay;
-use outpost_tests::TestDb;
+use outpost_tests::{TestDb, LIST_TODOS_RULES};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -133,13 +133,6 @@ impl Keys {
     }
 }
 
-const RULES: &str = "bucket_definitions:
-  user_lists:
-    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
-    data:
-      - SELECT * FROM todos WHERE list_id = bucket.list_id
-";
-
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     let n = row_count();
     let bin = release_binary("outpost-cli", "outpost")?;
@@ -150,7 +143,7 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         let mut c = pg.connect();
         c.batch_execute(&keys.setup_sql(n))?;
         eprintln!("bench client: materializing {n} rows ({})", keys.label());
-        c.query_one("SELECT outpost.deploy_rules($1)", &[&RULES])?;
+        c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
         c.batch_execute("VACUUM ANALYZE")?;
         let relay = Relay::start(&pg);
         let token = relay.token("bench", 3600);

@@ -4,7 +4,7 @@
 
 use crate::Row;
 use anyhow::Result;
-use outpost_tests::TestDb;
+use outpost_tests::{TestDb, LIST_TODOS_RULES};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,7 @@ fn schema(c: &mut Client) -> Result<()> {
          CREATE TABLE plain_todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text, done boolean NOT NULL DEFAULT false, created_at timestamptz NOT NULL DEFAULT now());
          CREATE TABLE todos (LIKE plain_todos INCLUDING ALL);",
     )?;
-    c.query_one(
-        "SELECT outpost.deploy_rules($1)",
-        &[&"
-bucket_definitions:
-  user_lists:
-    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
-    data: SELECT * FROM todos WHERE list_id = bucket.list_id
-"],
-    )?;
+    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
     Ok(())
 }
 

@@ -75,8 +75,7 @@ since() { # since START_MS → "1.234s"
   local d=$(($(now_ms) - $1))
   printf '%d.%03ds' $((d / 1000)) $((d % 1000))
 }
-export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
-psql_db() { psql "$PG dbname=$DBNAME" -X -q -v ON_ERROR_STOP=1 "$@"; }
+. scripts/lib/db.sh
 
 # A relay we started earlier: PID from the file, and only if it still is outpost-relay.
 our_relay_pid() {
@@ -137,16 +136,7 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   die "port $PORT is in use by another process; set OUTPOST_DEMO_PORT"
 fi
 rm -f "$DIR"/alice.db* "$DIR"/bob.db* "$DIR"/relay.log
-psql "$PG dbname=postgres" -X -q -v ON_ERROR_STOP=1 <<SQL
-DROP DATABASE IF EXISTS $DBNAME WITH (FORCE);
-CREATE DATABASE $DBNAME;
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$WRITE_ROLE') THEN
-    CREATE ROLE $WRITE_ROLE NOLOGIN;
-  END IF;
-EXCEPTION WHEN duplicate_object THEN NULL;
-END \$\$;
-SQL
+recreate_db
 info "database $DBNAME created"
 
 step "Schema, write policies and seed data ($TODOS todos)"

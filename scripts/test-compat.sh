@@ -53,8 +53,7 @@ die() {
   printf '\033[1;31m[test-compat] %s\033[0m\n' "$*" >&2
   exit 1
 }
-export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
-psql_db() { psql "$PG dbname=$DBNAME" -X -q -v ON_ERROR_STOP=1 "$@"; }
+. scripts/lib/db.sh
 
 command -v node >/dev/null || die "node not found (Node 20+ needed)"
 command -v npm >/dev/null || die "npm not found"
@@ -101,16 +100,7 @@ RELAY=${CARGO_TARGET_DIR:-$ROOT/target}/debug/outpost-relay
 
 # ---------------------------------------------------------- 3. the database --
 step "Database $DBNAME: schema, RLS, rows, rules"
-psql "$PG dbname=postgres" -X -q -v ON_ERROR_STOP=1 <<SQL
-DROP DATABASE IF EXISTS $DBNAME WITH (FORCE);
-CREATE DATABASE $DBNAME;
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$WRITE_ROLE') THEN
-    CREATE ROLE $WRITE_ROLE NOLOGIN;
-  END IF;
-EXCEPTION WHEN duplicate_object THEN NULL;
-END \$\$;
-SQL
+recreate_db
 psql_db <<SQL
 CREATE EXTENSION outpost;
 CREATE TABLE lists (id uuid PRIMARY KEY, owner_id text NOT NULL, name text NOT NULL);

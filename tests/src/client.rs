@@ -1,9 +1,14 @@
 //! Helpers for tests that drive `outpost_client::Database`s against a relay:
-//! a runtime, and waits on sync status and live queries — bounded by [`WAIT`],
-//! never fixed sleeps.
+//! a runtime, a client file opened and synced in the background, and waits on
+//! sync status and live queries — bounded by [`WAIT`], never fixed sleeps.
 
-use outpost_client::{Database, SyncStatus};
+use outpost_client::net::connector::open_with_relay_schema;
+use outpost_client::{
+    Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions, SyncStatus,
+};
 use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The longest any wait may take before the test fails.
@@ -18,6 +23,64 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The background task of [`spawn_sync`], as `SyncClient::run` ends.
+pub type SyncTask = tokio::task::JoinHandle<outpost_client::Result<Option<String>>>;
+
+/// Removes a client file with its `-wal` and `-shm` files (an earlier run's,
+/// or the test's own at its end).
+pub fn remove_db_file(path: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// Opens the client file `path` with the tables the relay's `/schema` gives.
+pub fn open_from_relay(rt: &tokio::runtime::Runtime, path: &Path, creds: &Credentials) -> Database {
+    rt.block_on(open_with_relay_schema(path, &Http::new(), creds))
+        .expect("open the client file with the relay's /schema")
+}
+
+/// Syncs `db` in the background. Reconnects start after 20 ms and back off
+/// to `max_backoff`: these tests stop relays and Postgres on purpose, and the
+/// client has to come back within the test's waits.
+pub fn spawn_sync(
+    rt: &tokio::runtime::Runtime,
+    db: &Database,
+    creds: Credentials,
+    max_backoff: Duration,
+) -> SyncTask {
+    let options = SyncOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff,
+        ..SyncOptions::default()
+    };
+    let d = db.clone();
+    rt.spawn(async move {
+        SyncClient::new(d, Arc::new(StaticConnector(creds)))
+            .run(options)
+            .await
+    })
+}
+
+/// Every checkpoint `db` applies from now on, in order (each once), for tests
+/// that check the client never goes back.
+pub fn record_checkpoints(rt: &tokio::runtime::Runtime, db: &Database) -> Arc<Mutex<Vec<i64>>> {
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let (mut rx, a) = (db.status(), applied.clone());
+    rt.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let cp = rx.borrow_and_update().last_checkpoint.clone();
+            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
+                let mut a = a.lock().unwrap();
+                if a.last() != Some(&cp) {
+                    a.push(cp);
+                }
+            }
+        }
+    });
+    applied
 }
 
 /// Waits until the database's sync status satisfies `pred`. `finished` tells,

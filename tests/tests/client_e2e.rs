@@ -13,16 +13,12 @@
 //! Every wait is on the client's sync status or a live query, bounded by
 //! [`WAIT`]; nothing sleeps for a fixed time.
 
-use outpost_client::net::connector::open_with_relay_schema;
-use outpost_client::{
-    Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions, SyncStatus,
-};
+use outpost_client::{Credentials, Database, SyncStatus};
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_tests::client::todo_app::{self, ALICE_LIST, BOB_LIST, SHARED, WRITE_ROLE};
@@ -32,7 +28,7 @@ fn setup(label: &str) -> (TestDb, postgres::Client) {
     todo_app::setup(label, "", &todo_app::seed(50, 30, 10))
 }
 
-use outpost_tests::client::runtime;
+use outpost_tests::client::{open_from_relay, remove_db_file, runtime, spawn_sync, SyncTask};
 
 static FILES: AtomicU32 = AtomicU32::new(0);
 
@@ -40,15 +36,13 @@ static FILES: AtomicU32 = AtomicU32::new(0);
 struct Client {
     db: Database,
     path: PathBuf,
-    task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
+    task: SyncTask,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.task.abort();
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
-        }
+        remove_db_file(&self.path);
     }
 }
 
@@ -60,27 +54,13 @@ fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, sub: &str) -> Clien
         std::process::id(),
         FILES.fetch_add(1, Ordering::SeqCst)
     ));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+    remove_db_file(&path);
     let creds = Credentials {
         endpoint: relay.url.clone(),
         token: relay.token(sub, 600),
     };
-    let db = rt
-        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
-        .expect("open client database");
-    let options = SyncOptions {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(500),
-        ..SyncOptions::default()
-    };
-    let d = db.clone();
-    let task = rt.spawn(async move {
-        SyncClient::new(d, Arc::new(StaticConnector(creds)))
-            .run(options)
-            .await
-    });
+    let db = open_from_relay(rt, &path, &creds);
+    let task = spawn_sync(rt, &db, creds, Duration::from_millis(500));
     Client { db, path, task }
 }
 

@@ -16,14 +16,15 @@
 mod faults_support;
 
 use faults_support::{try_get, wait_for};
-use outpost_client::net::connector::open_with_relay_schema;
-use outpost_client::{Credentials, Http, StaticConnector, SyncClient, SyncOptions};
-use outpost_tests::client::reached_checkpoint;
+use outpost_client::Credentials;
+use outpost_tests::client::{
+    open_from_relay, reached_checkpoint, record_checkpoints, remove_db_file, spawn_sync,
+};
 use outpost_tests::relay::Relay;
 use outpost_tests::{fold_bucket, ops, tick, TestDb};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -140,41 +141,14 @@ bucket_definitions:
         .build()
         .unwrap();
     let path = std::env::temp_dir().join(format!("outpost-faults-pg-{}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+    remove_db_file(&path);
     let creds = Credentials {
         endpoint: relay.url.clone(),
         token: relay.token("u1", 3600),
     };
-    let client = rt
-        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
-        .unwrap();
-    let options = SyncOptions {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(500),
-        ..SyncOptions::default()
-    };
-    let d = client.clone();
-    let task = rt.spawn(async move {
-        SyncClient::new(d, Arc::new(StaticConnector(creds)))
-            .run(options)
-            .await
-    });
-    // Every checkpoint the client applies, in order.
-    let applied = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let (mut rx, a) = (client.status(), applied.clone());
-    rt.spawn(async move {
-        while rx.changed().await.is_ok() {
-            let cp = rx.borrow_and_update().last_checkpoint.clone();
-            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
-                let mut a = a.lock().unwrap();
-                if a.last() != Some(&cp) {
-                    a.push(cp);
-                }
-            }
-        }
-    });
+    let client = open_from_relay(&rt, &path, &creds);
+    let task = spawn_sync(&rt, &client, creds, Duration::from_millis(500));
+    let applied = record_checkpoints(&rt, &client);
     let converge = |c: &mut postgres::Client, what: &str| {
         let cp = tick(c);
         let ok = reached_checkpoint(&rt, &client, cp, WAIT);
@@ -300,9 +274,7 @@ bucket_definitions:
         "the client's applied checkpoints went backwards or repeated: {applied:?}"
     );
     task.abort();
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+    remove_db_file(&path);
     eprintln!(
         "faults: Postgres restarted twice (fast stop during streaming: 503 after {down1:?}, 200 after {up1:?}, writer retried {writer_failures} times; immediate stop during a tick past op {before}: 503 after {down2:?}, 200 after {up2:?}); \
          client converged to {rows1} then {rows2} rows through {} checkpoints, strictly increasing; {ops2} ops checked",

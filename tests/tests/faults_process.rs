@@ -16,10 +16,8 @@
 mod faults_support;
 
 use faults_support::{binary, free_addr, spawn_relay, wait_for, CutProxy, Proc, TempDb};
-use outpost_client::net::connector::open_with_relay_schema;
-use outpost_client::{
-    Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions, SyncStatus,
-};
+use outpost_client::{Credentials, Database, SyncStatus};
+use outpost_tests::client::{open_from_relay, spawn_sync, SyncTask};
 use outpost_tests::relay::Relay;
 use outpost_tests::{tick, TestDb};
 use std::process::{Command, Stdio};
@@ -92,26 +90,14 @@ fn int(v: &serde_json::Value) -> i64 {
 /// A library client syncing `path` from `endpoint`, with its status history.
 struct LibClient {
     db: Database,
-    task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
+    task: SyncTask,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl LibClient {
     fn start(rt: &tokio::runtime::Runtime, path: &std::path::Path, creds: Credentials) -> Self {
-        let db = rt
-            .block_on(open_with_relay_schema(path, &Http::new(), &creds))
-            .expect("open client database");
-        let options = SyncOptions {
-            min_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(300),
-            ..SyncOptions::default()
-        };
-        let d = db.clone();
-        let task = rt.spawn(async move {
-            SyncClient::new(d, Arc::new(StaticConnector(creds)))
-                .run(options)
-                .await
-        });
+        let db = open_from_relay(rt, path, &creds);
+        let task = spawn_sync(rt, &db, creds, Duration::from_millis(300));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (mut rx, e) = (db.status(), errors.clone());
         rt.spawn(async move {
@@ -254,7 +240,7 @@ fn inspect(path: &std::path::Path) -> Inspected {
 }
 
 /// `outpost sync` (live, not `--once`) as a child process.
-fn spawn_sync(args: &[&str], stderr: Stdio) -> Proc {
+fn spawn_cli_sync(args: &[&str], stderr: Stdio) -> Proc {
     Proc {
         child: Command::new(binary("outpost"))
             .args(args)
@@ -312,7 +298,7 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
     // Timed like the kills below: spawn `outpost sync` and wait for its
     // "synced checkpoint" line (printed right after the apply commits).
     let t = Instant::now();
-    let mut p = spawn_sync(&sync_args, Stdio::piped());
+    let mut p = spawn_cli_sync(&sync_args, Stdio::piped());
     let stderr = p.child.stderr.take().unwrap();
     // Read on a thread so that a client that never applies fails the test
     // (with what it printed) instead of hanging it.
@@ -382,7 +368,7 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
         let f = delay.as_secs_f64() / full.as_secs_f64();
         version += 1;
         bump(&mut c, version);
-        let mut p = spawn_sync(&sync_args, Stdio::null());
+        let mut p = spawn_cli_sync(&sync_args, Stdio::null());
         std::thread::sleep(delay);
         p.kill9();
         let ((count, lo, hi), crud, ok) = inspect(&file.0);
@@ -434,7 +420,7 @@ fn client_killed_mid_apply_is_at_the_old_or_the_new_checkpoint() {
     for f in [0.3, 0.6, 0.9, 1.2] {
         version += 1;
         bump(&mut c, version);
-        let mut p = spawn_sync(&sync_args, Stdio::null());
+        let mut p = spawn_cli_sync(&sync_args, Stdio::null());
         std::thread::sleep(full.mul_f64(f));
         p.kill9();
         queued_kills += 1;

@@ -11,18 +11,16 @@
 //! Every wait is on the sync status or a live query, bounded by
 //! [`outpost_tests::client::WAIT`].
 
-use outpost_client::{
-    Credentials, Database, Schema, SchemaMode, StaticConnector, SubscribeOptions, SyncClient,
-    SyncOptions,
+use outpost_client::{Credentials, Database, Schema, SchemaMode, SubscribeOptions};
+use outpost_tests::client::{
+    remove_db_file, runtime, spawn_sync, wait_rows, wait_status, Rows, SyncTask, WAIT,
 };
-use outpost_tests::client::{runtime, wait_rows, wait_status, Rows, WAIT};
 use outpost_tests::relay::Relay;
 use outpost_tests::TestDb;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_tests::streams_fixture::{RULES, SCHEMA};
@@ -39,14 +37,8 @@ fn db_path(label: &str) -> PathBuf {
         std::process::id(),
         FILES.fetch_add(1, Ordering::SeqCst)
     ));
-    remove(&p);
+    remove_db_file(&p);
     p
-}
-
-fn remove(p: &Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
-    }
 }
 
 fn open(path: &Path) -> Database {
@@ -57,24 +49,12 @@ fn open(path: &Path) -> Database {
     .unwrap()
 }
 
-type Task = tokio::task::JoinHandle<outpost_client::Result<Option<String>>>;
-
-fn start(rt: &tokio::runtime::Runtime, relay: &Relay, db: &Database) -> Task {
+fn start(rt: &tokio::runtime::Runtime, relay: &Relay, db: &Database) -> SyncTask {
     let creds = Credentials {
         endpoint: relay.url.clone(),
         token: relay.token("u1", 600),
     };
-    let options = SyncOptions {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(500),
-        ..SyncOptions::default()
-    };
-    let d = db.clone();
-    rt.spawn(async move {
-        SyncClient::new(d, Arc::new(StaticConnector(creds)))
-            .run(options)
-            .await
-    })
+    spawn_sync(rt, db, creds, Duration::from_millis(500))
 }
 
 fn todo_lists(rows: &Rows) -> BTreeSet<String> {
@@ -207,7 +187,7 @@ fn subscribe_unsubscribe_with_ttls_and_resubscribe() {
     assert!(!task.is_finished());
     task.abort();
     drop((l1, l2));
-    remove(&path);
+    remove_db_file(&path);
 }
 
 #[test]
@@ -250,7 +230,7 @@ fn subscriptions_survive_a_restart() {
         .unwrap();
     wait_todos(&rt, &db, "l1's todos to leave", &[], 0);
     task.abort();
-    remove(&path);
+    remove_db_file(&path);
 }
 
 #[test]
@@ -300,5 +280,5 @@ fn per_stream_errors_while_the_others_sync() {
     assert!(status.last_error.is_none(), "{:?}", status.last_error);
     task.abort();
     drop((nope, missing, l3));
-    remove(&path);
+    remove_db_file(&path);
 }

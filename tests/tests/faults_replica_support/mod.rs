@@ -1,8 +1,9 @@
 //! Clients, convergence checks and metric lookups for `faults_replica.rs`.
 
-use outpost_client::net::connector::open_with_relay_schema;
-use outpost_client::{Credentials, Database, Http, StaticConnector, SyncClient, SyncOptions};
-use outpost_tests::client::reached_checkpoint;
+use outpost_client::{Credentials, Database};
+use outpost_tests::client::{
+    open_from_relay, reached_checkpoint, record_checkpoints, remove_db_file, spawn_sync, SyncTask,
+};
 use outpost_tests::relay::Relay;
 use outpost_tests::replication::Node;
 use postgres::Client;
@@ -24,7 +25,7 @@ pub const READS: [&str; 4] = [
 pub struct Synced {
     pub user: String,
     pub db: Database,
-    pub task: tokio::task::JoinHandle<outpost_client::Result<Option<String>>>,
+    pub task: SyncTask,
     /// Every checkpoint the client applied, in order.
     pub applied: Arc<Mutex<Vec<i64>>>,
     pub path: PathBuf,
@@ -33,40 +34,14 @@ pub struct Synced {
 pub fn start_client(rt: &tokio::runtime::Runtime, relay: &Relay, user: &str) -> Synced {
     let path =
         std::env::temp_dir().join(format!("outpost-replica-{}-{user}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+    remove_db_file(&path);
     let creds = Credentials {
         endpoint: relay.url.clone(),
         token: relay.token(user, 3600),
     };
-    let db = rt
-        .block_on(open_with_relay_schema(&path, &Http::new(), &creds))
-        .expect("open with the relay's /schema");
-    let options = SyncOptions {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(300),
-        ..SyncOptions::default()
-    };
-    let d = db.clone();
-    let task = rt.spawn(async move {
-        SyncClient::new(d, Arc::new(StaticConnector(creds)))
-            .run(options)
-            .await
-    });
-    let applied = Arc::new(Mutex::new(Vec::new()));
-    let (mut rx, a) = (db.status(), applied.clone());
-    rt.spawn(async move {
-        while rx.changed().await.is_ok() {
-            let cp = rx.borrow_and_update().last_checkpoint.clone();
-            if let Some(cp) = cp.and_then(|s| s.parse::<i64>().ok()) {
-                let mut a = a.lock().unwrap();
-                if a.last() != Some(&cp) {
-                    a.push(cp);
-                }
-            }
-        }
-    });
+    let db = open_from_relay(rt, &path, &creds);
+    let task = spawn_sync(rt, &db, creds, Duration::from_millis(300));
+    let applied = record_checkpoints(rt, &db);
     Synced {
         user: user.into(),
         db,

@@ -113,18 +113,17 @@ BEGIN
             ANALYZE outpost.bucket_rows;
         END IF;
     END IF;
-    -- Changed rows are updated in place (HOT: no index touched), new ones
-    -- inserted, removed ones deleted.
+    -- Changed rows are updated in place (HOT where the page has room), new
+    -- ones inserted, removed ones deleted. Existing rows are found by the
+    -- ctid the op's statement read them at (a TID scan per op, or a hash join
+    -- on ctid for big ticks): every writer of bucket_rows holds the tick
+    -- lock, and the caller has held it since that read.
     UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
       FROM outpost.work_ops w
-     WHERE w.op = 'PUT' AND w.existed
-       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
-       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+     WHERE w.op = 'PUT' AND w.existed AND b.ctid = w.old_ctid;
     DELETE FROM outpost.bucket_rows b
      USING outpost.work_ops w
-     WHERE w.op = 'REMOVE'
-       AND b.row_key = w.row_key AND b.bucket = w.bucket AND b.object_type = w.object_type
-       AND b.object_id = w.object_id AND b.subkey = w.subkey;
+     WHERE w.op = 'REMOVE' AND b.ctid = w.old_ctid;
     INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
     SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
       FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;

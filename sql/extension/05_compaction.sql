@@ -95,12 +95,12 @@ BEGIN
     PERFORM pg_advisory_xact_lock(outpost._lock_key() + 1);
     last_cp := outpost._op_id_base();
     INSERT INTO outpost.work_ops (op_id, row_key, bucket, op, object_type, object_id, subkey, data,
-                                  checksum, relid, pk, fingerprint, existed, old_op_id)
+                                  checksum, relid, pk, fingerprint, existed, old_op_id, old_ctid)
     SELECT last_cp + row_number() OVER (), r.row_key, r.bucket, 'PUT', r.object_type, r.object_id,
-           r.subkey, o.data, o.checksum, r.relid, r.pk, r.fingerprint, true, r.op_id
+           r.subkey, o.data, o.checksum, r.relid, r.pk, r.fingerprint, true, r.op_id, r.old_ctid
       FROM (SELECT r.* FROM unnest(buckets) d(bucket)
               CROSS JOIN LATERAL (
-                  SELECT * FROM outpost.bucket_rows r
+                  SELECT r.*, r.ctid AS old_ctid FROM outpost.bucket_rows r
                    WHERE hashtext(r.bucket) = hashtext(d.bucket) AND r.bucket = d.bucket
                      AND r.op_id <= since
                   OFFSET 0) r

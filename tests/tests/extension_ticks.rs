@@ -1,6 +1,7 @@
 //! The extension's ticks on real Postgres: value conversion for SQLite, write
 //! checkpoints, the isolation a tick needs, a late-committing writer, the
-//! stats view, and ticks of many keys whose rows are gone.
+//! stats view, and ticks of many keys whose rows are gone or whose parameter
+//! lookups change.
 
 mod extension_support;
 
@@ -245,4 +246,57 @@ fn ticks_of_many_removed_keys_stay_fast() {
     assert_eq!(timed_tick(&mut c), cp2 + N);
     assert_eq!(count(&mut c, removes), 2 * N);
     assert_eq!(count(&mut c, todo_rows), 0);
+}
+
+/// The same for parameter lookups: a parameter table of tens of thousands of
+/// rows changing while `outpost.param_rows` was last analyzed empty (its
+/// pages kept), so the planner expects one lookup where there are 30k. Each
+/// tick that replaces or removes the lookups runs under the statement
+/// timeout.
+#[test]
+fn ticks_of_many_parameter_rows_stay_fast() {
+    const N: i64 = 30_000;
+    let db = TestDb::new("param_rows_stats");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL);
+         CREATE TABLE todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text);",
+    )
+    .unwrap();
+    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])
+        .unwrap();
+    let insert =
+        format!("INSERT INTO lists SELECT g, 'u' || (g % 50) FROM generate_series(1, {N}) g");
+    let count = |c: &mut Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
+    let timed_tick = |c: &mut Client| {
+        c.batch_execute("SET statement_timeout = '30s'").unwrap();
+        c.query_one("SELECT outpost.tick()", &[])
+            .expect("tick within the statement timeout");
+        c.batch_execute("RESET statement_timeout").unwrap();
+    };
+    let lookups = "SELECT count(*) FROM outpost.param_rows";
+    let moved = "SELECT count(*) FROM outpost.param_rows WHERE lookup::text LIKE '%x%'";
+
+    c.batch_execute(&insert).unwrap();
+    timed_tick(&mut c);
+    assert_eq!(count(&mut c, lookups), N);
+    c.batch_execute("DELETE FROM lists").unwrap();
+    timed_tick(&mut c);
+    assert_eq!(count(&mut c, lookups), 0);
+    c.batch_execute("ANALYZE outpost.param_rows").unwrap();
+
+    // Lookups that fill the analyzed-empty table, then replace every one of them.
+    c.batch_execute(&insert).unwrap();
+    timed_tick(&mut c);
+    assert_eq!(count(&mut c, lookups), N);
+    c.batch_execute("UPDATE lists SET owner_id = owner_id || 'x'")
+        .unwrap();
+    timed_tick(&mut c);
+    assert_eq!(count(&mut c, lookups), N);
+    assert_eq!(count(&mut c, moved), N);
+
+    // Every lookup removed, the statistics still from the empty table.
+    c.batch_execute("DELETE FROM lists").unwrap();
+    timed_tick(&mut c);
+    assert_eq!(count(&mut c, lookups), 0);
 }

@@ -123,7 +123,11 @@ impl Store {
         // this). Commits stay as durable; the WAL may grow to ~400 MB during a
         // large download and is truncated to 64 MiB after the next checkpoint.
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_BYTES / page_size)?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            WAL_AUTOCHECKPOINT_BYTES / page_size,
+        )?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         Store::with_connection(conn, mode)
     }

@@ -10,10 +10,13 @@
 //! ```
 //!
 //! Keys: `text` (`t1…tN`, todo g in bucket g % 10), `uuid` (random v4), or
-//! `file:PATH` (NDJSON lines a relay sent, e.g. recorded with curl; ROWS
-//! must match): the relay's real stream, whose op ids interleave buckets
-//! and whose subkeys are longer, applied ~3x slower than the generated one
-//! (CONTRIBUTING.md, "A first sync end to end").
+//! `file:PATH` (NDJSON lines a relay sent, e.g. recorded with curl, or
+//! saved by an earlier run; ROWS must match). The generated stream has the
+//! relay's shape (op ids interleaved across buckets, `relid:["id"]`
+//! subkeys, Postgres' JSON text) and the size of a recorded one.
+//! `FIRST_SYNC_SAVE_STREAM=PATH` writes the generated lines to PATH;
+//! `FIRST_SYNC_STOP_BEFORE_APPLY=1` stops before `checkpoint_complete`,
+//! leaving the stored ops to time the apply's statements by hand.
 //! Prints the time split into decoding, storing data lines and applying the
 //! checkpoint, and the process's peak RSS. `make bench` (section `client`)
 //! measures the same end to end.
@@ -37,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args
         .get(3)
         .map_or("/tmp/outpost-first-sync.db", String::as_str);
+    // Leaves the file with every data line stored and the checkpoint not
+    // applied, to time the apply's statements by hand.
+    let stop_before_apply = std::env::var_os("FIRST_SYNC_STOP_BEFORE_APPLY").is_some();
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{path}{ext}"));
     }
@@ -48,6 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
         None => generate(&keys, rows),
     };
+    if let Some(out) = std::env::var_os("FIRST_SYNC_SAVE_STREAM") {
+        // For `file:` runs (and profiles) without the generator's time.
+        std::fs::write(&out, lines.join("\n") + "\n")?;
+    }
     let bytes: usize = lines.iter().map(String::len).sum();
     eprintln!("{} lines, {:.0} MB", lines.len(), bytes as f64 / 1e6);
 
@@ -72,6 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         };
         let complete = matches!(line, SyncLine::CheckpointComplete(_));
+        if complete && stop_before_apply {
+            eprintln!("stopped before the apply; {path} holds the stored ops");
+            return Ok(());
+        }
         let mut batch: Vec<Instruction> = machine.handle_line(line)?;
         while batch_open(&batch) && rest.peek().is_some_and(|l| l.starts_with("{\"data\"")) {
             if let Some(line) = parse_line(rest.next().unwrap())? {
@@ -109,8 +123,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The stream a relay sends a fresh client: checkpoint, data lines, complete.
+/// Shaped like the relay's real one: buckets one after the other, op ids
+/// interleaved across buckets (todo g is op g, in bucket g % 10, as a
+/// deploy's snapshot numbers them), subkeys `<relid>:["<id>"]`, and row data
+/// in Postgres' JSON text form (`{"id" : "t10", …}`).
 fn generate(keys: &str, rows: u64) -> Vec<String> {
-    let per_bucket = rows / BUCKETS;
     let lists: Vec<String> = (0..BUCKETS)
         .map(|b| match keys {
             "text" => format!("l{b}"),
@@ -119,31 +136,32 @@ fn generate(keys: &str, rows: u64) -> Vec<String> {
         .collect();
     let mut lines = vec![];
     let mut sums = vec![0u32; BUCKETS as usize];
+    let mut counts = vec![0u64; BUCKETS as usize];
     let mut data_lines = vec![];
-    let mut op_id = 0u64;
     for (b, list) in lists.iter().enumerate() {
+        let bucket = format!("user_lists[\"{list}\"]");
         let mut ops = vec![];
-        for j in 0..per_bucket {
-            op_id += 1;
-            let g = j * BUCKETS + b as u64 + 1;
+        let mut g = if b == 0 { BUCKETS } else { b as u64 };
+        while g <= rows {
             let id = match keys {
                 "text" => format!("t{g}"),
                 _ => uuid::Uuid::new_v4().to_string(),
             };
             let checksum = (g as u32).wrapping_mul(2_654_435_761);
             sums[b] = sums[b].wrapping_add(checksum);
-            let data = json!({"id": id, "list_id": list, "title": format!("todo number {g}"),
-                              "done": 0, "created_at": "2024-01-02 03:04:05Z"})
-            .to_string();
+            counts[b] += 1;
+            let data = format!(
+                "{{\"id\" : \"{id}\", \"list_id\" : \"{list}\", \"title\" : \"todo number {g}\", \"done\" : 0, \"created_at\" : \"2024-01-02 03:04:05Z\"}}"
+            );
             ops.push(
-                json!({"op_id": op_id.to_string(), "op": "PUT", "object_type": "todos",
-                            "object_id": id, "subkey": format!("{b}"), "checksum": checksum,
+                json!({"op_id": g.to_string(), "op": "PUT", "object_type": "todos",
+                            "object_id": id, "subkey": format!("19063:[\"{id}\"]"), "checksum": checksum,
                             "data": data}),
             );
-            if ops.len() as u64 == PER_LINE || j + 1 == per_bucket {
-                let bucket = format!("user_lists[\"{list}\"]");
+            g += BUCKETS;
+            if ops.len() as u64 == PER_LINE || g > rows {
                 data_lines.push(
-                    json!({"data": {"bucket": bucket, "has_more": j + 1 < per_bucket,
+                    json!({"data": {"bucket": bucket, "has_more": g <= rows,
                                     "data": std::mem::take(&mut ops)}})
                     .to_string(),
                 );
@@ -152,13 +170,13 @@ fn generate(keys: &str, rows: u64) -> Vec<String> {
     }
     let buckets: Vec<_> = lists
         .iter()
-        .zip(&sums)
-        .map(|(l, s)| json!({"bucket": format!("user_lists[\"{l}\"]"), "checksum": *s as i32, "count": per_bucket}))
+        .zip(sums.iter().zip(&counts))
+        .map(|(l, (s, c))| json!({"bucket": format!("user_lists[\"{l}\"]"), "checksum": *s as i32, "count": c}))
         .collect();
     lines.push(
-        json!({"checkpoint": {"last_op_id": op_id.to_string(), "buckets": buckets}}).to_string(),
+        json!({"checkpoint": {"last_op_id": rows.to_string(), "buckets": buckets}}).to_string(),
     );
     lines.extend(data_lines);
-    lines.push(json!({"checkpoint_complete": {"last_op_id": op_id.to_string()}}).to_string());
+    lines.push(json!({"checkpoint_complete": {"last_op_id": rows.to_string()}}).to_string());
     lines
 }

@@ -88,6 +88,12 @@ pub enum Effect {
     ChecksumFailed(Vec<String>),
 }
 
+/// The page size of a new database file.
+const PAGE_SIZE: i64 = 16 * 1024;
+/// How large the WAL grows before SQLite copies it back into the file
+/// (100,000 pages of 4 KiB, the size measured; see `Store::open`).
+const WAL_AUTOCHECKPOINT_BYTES: i64 = 100_000 * 4096;
+
 pub struct Store {
     conn: Connection,
     mode: SchemaMode,
@@ -96,6 +102,13 @@ pub struct Store {
 impl Store {
     pub fn open(path: impl AsRef<Path>, mode: SchemaMode) -> Result<Store> {
         let conn = Connection::open(path)?;
+        // A new file gets 16 KiB pages (an existing one keeps its size: WAL
+        // mode cannot change it): a first sync of 1M rows took ~15% less CPU
+        // and ~30% less time than with 4 KiB (fewer pages to fetch, balance
+        // and write as WAL frames; CONTRIBUTING.md, "Where a first sync
+        // spends its time in the client"). Must precede `journal_mode`,
+        // which creates the file.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         // WAL lets `outpost query` read while `outpost sync` writes; the busy timeout
         // lets `outpost exec` wait for a running apply instead of failing.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -109,7 +122,12 @@ impl Store {
         // and again (~10% of a 1M-row sync, which ran 1.5-1.8x faster with
         // this). Commits stay as durable; the WAL may grow to ~400 MB during a
         // large download and is truncated to 64 MiB after the next checkpoint.
-        conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            WAL_AUTOCHECKPOINT_BYTES / page_size,
+        )?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         Store::with_connection(conn, mode)
     }
@@ -334,5 +352,43 @@ impl Store {
             "buckets": buckets,
             "streams": streams,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pragma(store: &Store, name: &str) -> i64 {
+        store
+            .connection()
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A new file gets the larger pages; a file made with 4 KiB pages (by an
+    /// older client) keeps them, and both checkpoint the WAL at the same size.
+    #[test]
+    fn page_size_of_new_and_existing_files() {
+        let dir = std::env::temp_dir().join(format!("outpost-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (new, old) = (dir.join("new.db"), dir.join("old.db"));
+        {
+            let conn = Connection::open(&old).unwrap();
+            conn.pragma_update(None, "page_size", 4096).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            migrate(&conn).unwrap();
+        }
+        let store = Store::open(&new, SchemaMode::Inferred).unwrap();
+        assert_eq!(pragma(&store, "page_size"), PAGE_SIZE);
+        assert_eq!(
+            pragma(&store, "wal_autocheckpoint"),
+            WAL_AUTOCHECKPOINT_BYTES / PAGE_SIZE
+        );
+        let store = Store::open(&old, SchemaMode::Inferred).unwrap();
+        assert_eq!(pragma(&store, "page_size"), 4096);
+        assert_eq!(pragma(&store, "wal_autocheckpoint"), 100_000);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

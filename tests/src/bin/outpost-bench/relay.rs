@@ -113,7 +113,6 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
             ratio: ratio(3.0, factor, true),
         });
     }
-    drop(download);
     rows.push(Row {
         name: format!("relay: CPU time of one {BIG_ROWS}-row initial sync, by encoding (relay process; the relay's Postgres backends)"),
         value: cpu_rows.join("; "),

@@ -50,9 +50,15 @@ fn setup_sql(uuid: bool, rows: i64) -> String {
     )
 }
 
-/// Bytes of the source tables, of schema `outpost`, and the largest
-/// relations of `outpost` (tables with their indexes and TOAST) by name.
-fn sizes(c: &mut Client) -> Result<(i64, i64, Vec<(String, i64)>)> {
+/// Bytes of the source tables and of schema `outpost`.
+struct Sizes {
+    source: i64,
+    outpost: i64,
+    /// `outpost`'s tables (each with its indexes and TOAST), largest first.
+    rels: Vec<(String, i64)>,
+}
+
+fn sizes(c: &mut Client) -> Result<Sizes> {
     let source: i64 = c
         .query_one(
             "SELECT (pg_total_relation_size('lists') + pg_total_relation_size('todos'))::bigint",
@@ -71,7 +77,11 @@ fn sizes(c: &mut Client) -> Result<(i64, i64, Vec<(String, i64)>)> {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let outpost = rels.iter().map(|(_, b)| b).sum();
-    Ok((source, outpost, rels))
+    Ok(Sizes {
+        source,
+        outpost,
+        rels,
+    })
 }
 
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
@@ -84,7 +94,11 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         c.batch_execute(&setup_sql(uuid, n))?;
         eprintln!("bench storage: deploying rules over {n} rows ({label})");
         c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
-        let (source, outpost, rels) = sizes(&mut c)?;
+        let Sizes {
+            source,
+            outpost,
+            rels,
+        } = sizes(&mut c)?;
         let factor = outpost as f64 / source as f64;
         let top: Vec<String> = rels
             .iter()

@@ -289,9 +289,9 @@ $$;
 -- Buckets in the array's order, each from `after` up to the checkpoint in
 -- op_id order, at most max_ops rows in all. Measured on 1M ops in 10 buckets
 -- (CONTRIBUTING.md, "relay streaming"): one plain statement (a LATERAL scan
--- per bucket) cost 2.5 ms of backend CPU per 1000-op page against 1.0 ms for
--- this loop (0.25 ms for the bare index scan; sending the rows costs ~4 ms
--- more either way), so the loop stays. What the loop did badly was buckets
+-- per bucket) cost 2.0-2.8 ms of backend CPU per 1000-op page against
+-- 1.2-1.5 ms for this loop (0.25 ms for the bare index scan; sending the
+-- rows costs ~4 ms more either way), so the loop stays. What the loop did badly was buckets
 -- without new ops: the arrays were subscripted per step (each RETURN QUERY
 -- copied both arrays into its parameters) and every empty bucket cost a
 -- planned statement, 13-25 s for a page over 20,000 buckets. Now the loop

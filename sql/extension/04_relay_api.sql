@@ -286,22 +286,38 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                      LEFT JOIN outpost.compacted x ON x.bucket = b.bucket), '[]'::jsonb))
 $$;
 
+-- Buckets in the array's order, each from `after` up to the checkpoint in
+-- op_id order, at most max_ops rows in all. Measured on 1M ops in 10 buckets
+-- (CONTRIBUTING.md, "relay streaming"): one plain statement (a LATERAL scan
+-- per bucket) cost 2.0-2.8 ms of backend CPU per 1000-op page against
+-- 1.2-1.5 ms for this loop (0.25 ms for the bare index scan; sending the
+-- rows costs ~4 ms more either way), so the loop stays. What the loop did badly was buckets
+-- without new ops: the arrays were subscripted per step (each RETURN QUERY
+-- copied both arrays into its parameters) and every empty bucket cost a
+-- planned statement, 13-25 s for a page over 20,000 buckets. Now the loop
+-- reads the arrays once through unnest, and an index probe (EXISTS) skips
+-- empty buckets before any statement is planned for them: 0.28 s. The FOR
+-- query's cursor is read lazily (a nested loop over the unnest, so in the
+-- array's order), so a full page stops probing. STABLE: every
+-- statement sees the caller's snapshot.
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
                subkey text, data text, checksum bigint, target_op bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    i    int;
+    r         record;
     remaining int := max_ops;
-    n    bigint;
+    n         bigint;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(buckets, 1), 0) LOOP
+    FOR r IN SELECT u.b, u.a FROM unnest(buckets, afters) AS u(b, a)
+              WHERE EXISTS (SELECT FROM outpost.ops e
+                             WHERE e.bucket = u.b AND e.op_id > u.a AND e.op_id <= bucket_ops.checkpoint) LOOP
         EXIT WHEN remaining <= 0;
         RETURN QUERY
             SELECT x.bucket, x.op_id, x.op, x.object_type, x.object_id, x.subkey, x.data,
                    x.checksum, x.target_op
               FROM outpost.ops x
-             WHERE x.bucket = buckets[i] AND x.op_id > afters[i] AND x.op_id <= bucket_ops.checkpoint
+             WHERE x.bucket = r.b AND x.op_id > r.a AND x.op_id <= bucket_ops.checkpoint
              ORDER BY x.op_id
              LIMIT remaining;
         GET DIAGNOSTICS n = ROW_COUNT;

@@ -6,7 +6,8 @@
 //! `compaction_latency`: ticks while compaction runs), `client`, `relay`,
 //! `relay-connect`, `replica` (hot standbys), `rules`, `streams` (Sync
 //! Streams: rows moved through a subquery's table, a joined column renamed,
-//! fan-out to parameterized subscriptions). `OUTPOST_BENCH=extension,relay` runs a subset.
+//! fan-out to parameterized subscriptions), `storage` (schema `outpost`'s
+//! size against the source tables). `OUTPOST_BENCH=extension,relay` runs a subset.
 
 mod client;
 mod compaction;
@@ -16,6 +17,7 @@ mod relay_connect;
 mod relay_proc;
 mod replica;
 mod rules;
+mod storage;
 mod streams;
 
 use anyhow::Result;
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
         ("relay-connect", relay_connect::run),
         ("replica", replica::run),
         ("rules", rules::run),
+        ("storage", storage::run),
         ("streams", streams::run),
     ];
     let only = std::env::var("OUTPOST_BENCH").ok();

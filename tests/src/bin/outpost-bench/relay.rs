@@ -50,8 +50,11 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
     let relay = RelayProc::start(&db)?;
     let (rss0, _) = relay.memory()?;
     let addr = relay.addr;
-    let download = |accept: Option<&'static str>| {
-        rt.block_on(async move {
+    let mut pg = db.connect();
+    let mut cpu_rows: Vec<String> = Vec::new();
+    let mut download = |accept: Option<&'static str>| -> Result<(Duration, u64)> {
+        let (relay0, pg0) = (relay.cpu()?, backends_cpu(&mut pg)?);
+        let (took, wire) = rt.block_on(async move {
             let t = Instant::now();
             let mut s = Stream::open(addr, "bulk", accept).await?;
             let ops = s.until_complete().await?;
@@ -59,7 +62,20 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
                 bail!("streamed {ops} ops with {accept:?}, expected {BIG_ROWS}");
             }
             Ok::<_, anyhow::Error>((t.elapsed(), s.wire))
-        })
+        })?;
+        let pg1 = backends_cpu(&mut pg)?;
+        // The relay's connections (a backend opened meanwhile counts whole).
+        let pg_cpu: Duration = pg1
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(pg0.get(pid).copied().unwrap_or_default()))
+            .sum();
+        cpu_rows.push(format!(
+            "{}: relay {:.2} s, Postgres {:.2} s",
+            accept.unwrap_or("plain"),
+            (relay.cpu()? - relay0).as_secs_f64(),
+            pg_cpu.as_secs_f64()
+        ));
+        Ok((took, wire))
     };
     let (took, plain_bytes) = download(None)?;
     let (_, hwm) = relay.memory()?;
@@ -97,7 +113,45 @@ fn stream_big(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
             ratio: ratio(3.0, factor, true),
         });
     }
+    rows.push(Row {
+        name: format!("relay: CPU time of one {BIG_ROWS}-row initial sync, by encoding (relay process; the relay's Postgres backends)"),
+        value: cpu_rows.join("; "),
+        goal: "less is better (issue 19: relay + Postgres ≤ ~4 CPU-s per 1M rows for 250k rows/s end to end)".into(),
+        ratio: "-".into(),
+    });
     Ok(())
+}
+
+/// CPU time (user + system) of every other backend of this database, by pid,
+/// from /proc/<pid>/stat (the server is local).
+fn backends_cpu(c: &mut postgres::Client) -> Result<HashMap<i32, Duration>> {
+    let pids: Vec<i32> = c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = HashMap::new();
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() == 2 {
+            out.insert(pid, Duration::from_millis((f[0] + f[1]) * 10));
+        }
+    }
+    Ok(out)
 }
 
 /// (b) idle memory per stream, (c) fan-out of one write to all, (d) latency

@@ -232,7 +232,10 @@ fn fan_out(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
             })
             .collect();
         *t0.lock().unwrap() = Some(Instant::now());
-        c.batch_execute(&format!("INSERT INTO news VALUES ({}, 'to everyone')", w + 1))?;
+        c.batch_execute(&format!(
+            "INSERT INTO news VALUES ({}, 'to everyone')",
+            w + 1
+        ))?;
         for h in waiting {
             let (d, s) = rt.block_on(h)??;
             lat.push(d);

@@ -83,6 +83,8 @@ where
         streams,
         progress,
         close,
+        pending: Vec::new(),
+        pending_lines: 0,
     };
     tokio::spawn(stream.run(initial, checkpoints));
 
@@ -134,6 +136,9 @@ struct Stream {
     progress: Progress,
     /// Closes the stream's connection (set by the server; absent in router tests).
     close: Option<CloseConnection>,
+    /// Lines queued by [`Stream::queue`], sent as one chunk by [`Stream::flush`].
+    pending: Vec<u8>,
+    pending_lines: u64,
 }
 
 /// How sending a checkpoint's data ended.
@@ -150,6 +155,10 @@ enum Sent {
 /// The keepalive sent this long before the token expires, so that clients
 /// fetch a new token in time (PowerSync clients react to small values).
 const EXPIRY_WARNING: Duration = Duration::from_secs(20);
+
+/// Queued lines past this size are sent at once (a page of a big download
+/// goes out as it comes; coalescing is for the small lines of a live update).
+const COALESCE_BYTES: usize = 64 * 1024;
 
 impl Stream {
     async fn run(mut self, initial: CheckpointState, checkpoints: watch::Receiver<Announced>) {
@@ -176,7 +185,7 @@ impl Stream {
             buckets: initial.buckets.clone(),
             streams: initial.streams.clone(),
         });
-        if let Err(s) = self.send(&line).await {
+        if let Err(s) = self.queue(&line).await {
             return s;
         }
         let buckets = initial.buckets.clone();
@@ -266,7 +275,7 @@ impl Stream {
                 continue;
             };
             let to_send = self.progress.advance(&d, &next);
-            self.send(&SyncLine::CheckpointDiff(d)).await?;
+            self.queue(&SyncLine::CheckpointDiff(d)).await?;
             let sent = self
                 .send_data(next.checkpoint, &to_send, checkpoints, true)
                 .await?;
@@ -330,10 +339,17 @@ impl Stream {
     ) -> Result<Sent, Stop> {
         let max_ops = self.state.limits.max_ops_per_batch.max(1);
         let mut download = Download::new(cp, buckets, max_ops);
+        let mut fetched = false;
         loop {
             let superseded = checkpoints.borrow().checkpoint > cp.0;
             match download.next(&mut self.progress, superseded) {
                 Step::Fetch { buckets, afters } => {
+                    // The checkpoint line waits for the first page (the
+                    // client needs both); data never waits for a later read.
+                    if fetched {
+                        self.flush().await?;
+                    }
+                    fetched = true;
                     let rows = if shared {
                         self.state
                             .fanout
@@ -349,7 +365,7 @@ impl Stream {
                     };
                     for line in download.page(&mut self.progress, rows)? {
                         self.state.metrics.ops_sent.inc_by(line.data.len() as u64);
-                        self.send(&SyncLine::Data(line)).await?;
+                        self.queue(&SyncLine::Data(line)).await?;
                     }
                 }
                 Step::Partial(priority) => {
@@ -368,13 +384,40 @@ impl Stream {
                     .await?;
                     return Ok(Sent::Complete);
                 }
-                Step::Superseded => return Ok(Sent::Superseded),
+                Step::Superseded => {
+                    self.flush().await?;
+                    return Ok(Sent::Superseded);
+                }
             }
         }
     }
 
-    async fn send(&self, line: &SyncLine) -> Result<(), Stop> {
-        let text = line.to_ndjson();
+    /// Sends one line now (with whatever is queued before it).
+    async fn send(&mut self, line: &SyncLine) -> Result<(), Stop> {
+        self.queue(line).await?;
+        self.flush().await
+    }
+
+    /// Queues a line; the lines of one checkpoint (its diff, a small page,
+    /// `checkpoint_complete`) then reach the socket in one write, which is
+    /// most of what a write fanned out to many streams costs the relay
+    /// (CONTRIBUTING.md, "Sync Streams: the rename and the fan-out").
+    async fn queue(&mut self, line: &SyncLine) -> Result<(), Stop> {
+        self.pending.extend_from_slice(line.to_ndjson().as_bytes());
+        self.pending_lines += 1;
+        if self.pending.len() >= COALESCE_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued lines as one chunk.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.pending);
+        let lines = std::mem::take(&mut self.pending_lines);
         let len = text.len() as u64;
         let started = std::time::Instant::now();
         let mut shutdown = self.state.shutdown.clone();
@@ -395,7 +438,7 @@ impl Stream {
             _ = crate::stopped(&mut shutdown) => return Err(Stop::End(End::Shutdown)),
         }
         self.state.metrics.observe_send(started.elapsed());
-        self.state.metrics.lines_sent.inc();
+        self.state.metrics.lines_sent.inc_by(lines);
         self.state.metrics.bytes_sent.inc_by(len);
         Ok(())
     }

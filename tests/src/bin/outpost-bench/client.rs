@@ -39,10 +39,7 @@ const BUCKETS: i64 = 10;
 const GOAL: f64 = 250_000.0;
 
 fn row_count() -> i64 {
-    std::env::var("OUTPOST_BENCH_CLIENT_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
+    crate::env_num("OUTPOST_BENCH_CLIENT_ROWS", 1_000_000)
 }
 fn ratio(got: f64) -> String {
     format!(

@@ -144,10 +144,7 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 /// small writes, each ticked at once, first alone, then while
 /// `CALL outpost.compact_online()` runs in another session.
 pub fn run_latency(rows: &mut Vec<Row>) -> Result<()> {
-    let superseded: i64 = std::env::var("OUTPOST_BENCH_SUPERSEDED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let superseded: i64 = crate::env_num("OUTPOST_BENCH_SUPERSEDED", 1_000_000);
     let n = (superseded / 10).max(1000);
     let db = TestDb::new("bench_compact_latency");
     let mut c = db.connect();

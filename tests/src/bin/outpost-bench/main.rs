@@ -33,6 +33,15 @@ pub struct Row {
 
 type Section = fn(&mut Vec<Row>) -> Result<()>;
 
+/// A numeric setting from the environment (`OUTPOST_BENCH_…`), `default`
+/// when unset or not a number.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() -> Result<()> {
     let sections: &[(&str, Section)] = &[
         ("extension", extension::run),

@@ -209,38 +209,10 @@ fn connections(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> 
     });
 
     // (c) One write; each stream's time to its data line.
-    let (fan, streams_back) = {
-        let t0 = Arc::new(Mutex::new(None::<Instant>));
-        let waiting: Vec<_> = streams
-            .drain(..)
-            .map(|mut s| {
-                let t0 = t0.clone();
-                rt.spawn(async move {
-                    loop {
-                        let l = s.line().await?;
-                        if l.starts_with(br#"{"data""#) {
-                            let at = Instant::now();
-                            s.until_complete().await?;
-                            let start = t0.lock().unwrap().expect("write before data");
-                            return Ok::<_, anyhow::Error>((at - start, s));
-                        }
-                    }
-                })
-            })
-            .collect();
-        let started = Instant::now();
+    let (fan, streams_back) = time_fan_out(rt, std::mem::take(&mut streams), true, || {
         c.batch_execute("INSERT INTO live VALUES (1, 'fan-out')")?;
-        *t0.lock().unwrap() = Some(started);
-        let mut lat = Vec::with_capacity(CONNS);
-        let mut back = Vec::with_capacity(CONNS);
-        for h in waiting {
-            let (d, s) = rt.block_on(h)??;
-            lat.push(d);
-            back.push(s);
-        }
-        lat.sort();
-        (lat, back)
-    };
+        Ok(())
+    })?;
     let (p50, max) = (percentile(&fan, 0.5), *fan.last().unwrap());
     let m = relay.metrics()?;
     rows.push(Row {

@@ -12,7 +12,7 @@ use outpost_tests::TestDb;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub(crate) const SECRET: &str = "bench-secret-0123456789-0123456789";
@@ -176,6 +176,49 @@ pub(crate) fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
             .pool_max_idle_per_host(0)
             .build(connector)
     })
+}
+
+/// Runs `write` while every stream waits for its next data line, and gives
+/// back each stream's time from just before the write to that line (sorted)
+/// with the streams, in order. With `until_complete`, a stream also reads on
+/// to its `checkpoint_complete` before it is handed back.
+pub(crate) fn time_fan_out(
+    rt: &tokio::runtime::Runtime,
+    streams: Vec<Stream>,
+    until_complete: bool,
+    write: impl FnOnce() -> Result<()>,
+) -> Result<(Vec<Duration>, Vec<Stream>)> {
+    let t0 = Arc::new(Mutex::new(None::<Instant>));
+    let waiting: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let t0 = t0.clone();
+            rt.spawn(async move {
+                loop {
+                    let l = s.line().await?;
+                    if l.starts_with(br#"{"data""#) {
+                        let at = Instant::now();
+                        if until_complete {
+                            s.until_complete().await?;
+                        }
+                        let start = t0.lock().unwrap().expect("write before data");
+                        return Ok::<_, anyhow::Error>((at - start, s));
+                    }
+                }
+            })
+        })
+        .collect();
+    *t0.lock().unwrap() = Some(Instant::now());
+    write()?;
+    let mut lat = Vec::with_capacity(waiting.len());
+    let mut back = Vec::with_capacity(waiting.len());
+    for h in waiting {
+        let (d, s) = rt.block_on(h)??;
+        lat.push(d);
+        back.push(s);
+    }
+    lat.sort();
+    Ok((lat, back))
 }
 
 /// One open `POST /sync/stream`, yielding NDJSON lines, decoded from the

@@ -15,10 +15,7 @@ const BUCKETS: i64 = 10;
 const GOAL: f64 = 2.0;
 
 fn row_count() -> i64 {
-    std::env::var("OUTPOST_BENCH_STORAGE_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
+    crate::env_num("OUTPOST_BENCH_STORAGE_ROWS", 1_000_000)
 }
 
 fn setup_sql(uuid: bool, rows: i64) -> String {

@@ -10,12 +10,11 @@
 //!   once: one write that all of them receive, commit → each client's data
 //!   line (p50 / p99 / max).
 
-use crate::relay_proc::{client_runtime, ms, percentile, ratio, RelayProc, Stream};
+use crate::relay_proc::{client_runtime, ms, percentile, ratio, time_fan_out, RelayProc, Stream};
 use crate::Row;
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use outpost_tests::TestDb;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MOVED: i32 = 10_000;
@@ -201,11 +200,7 @@ fn fan_out(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
     })?;
     // More writes than one (`OUTPOST_BENCH_FANOUT_WRITES`, for profiling
     // the relay) pool their latencies; the default is the goal's one write.
-    let writes: usize = std::env::var("OUTPOST_BENCH_FANOUT_WRITES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let writes: usize = crate::env_num("OUTPOST_BENCH_FANOUT_WRITES", 1usize).max(1);
     let mut lat: Vec<Duration> = Vec::with_capacity(CLIENTS * writes);
     eprintln!("bench streams: {CLIENTS} clients connected; {writes} write(s)");
     if writes > 1 {
@@ -214,33 +209,15 @@ fn fan_out(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
     for w in 0..writes {
-        let t0 = Arc::new(Mutex::new(None::<Instant>));
-        let waiting: Vec<_> = streams
-            .drain(..)
-            .map(|mut s| {
-                let t0 = t0.clone();
-                rt.spawn(async move {
-                    loop {
-                        let l = s.line().await?;
-                        if l.starts_with(br#"{"data""#) {
-                            let at = Instant::now();
-                            let start = t0.lock().unwrap().expect("write before data");
-                            return Ok::<_, anyhow::Error>((at - start, s));
-                        }
-                    }
-                })
-            })
-            .collect();
-        *t0.lock().unwrap() = Some(Instant::now());
-        c.batch_execute(&format!(
-            "INSERT INTO news VALUES ({}, 'to everyone')",
-            w + 1
-        ))?;
-        for h in waiting {
-            let (d, s) = rt.block_on(h)??;
-            lat.push(d);
-            streams.push(s);
-        }
+        let (d, back) = time_fan_out(rt, std::mem::take(&mut streams), false, || {
+            c.batch_execute(&format!(
+                "INSERT INTO news VALUES ({}, 'to everyone')",
+                w + 1
+            ))?;
+            Ok(())
+        })?;
+        lat.extend(d);
+        streams = back;
     }
     lat.sort();
     let (p50, p99, max) = (

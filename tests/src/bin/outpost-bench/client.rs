@@ -85,7 +85,7 @@ impl Drop for TempDb {
 
 /// How the todos are keyed.
 #[derive(Clone, Copy)]
-enum Keys {
+pub(crate) enum Keys {
     /// `t1…tN` (text; arrives in no index order either: `t1, t11, t21, …`).
     Text,
     /// Random v4 UUIDs (`uuid` columns, synced as text).
@@ -93,7 +93,7 @@ enum Keys {
 }
 
 impl Keys {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Keys::Text => "text ids",
             Keys::Uuid => "UUID keys",
@@ -101,7 +101,7 @@ impl Keys {
     }
 
     /// Tables and rows: 10 lists of user `bench`, todo g in list g % 10.
-    fn setup_sql(self, rows: i64) -> String {
+    pub(crate) fn setup_sql(self, rows: i64) -> String {
         let (ty, lists, todos) = match self {
             Keys::Text => (
                 "text",

@@ -6,45 +6,16 @@
 //! UUID keys, side by side; the per-row figure is what an operator sizes a
 //! disk with.
 
+use crate::client::Keys;
 use crate::Row;
 use anyhow::Result;
 use outpost_tests::{TestDb, LIST_TODOS_RULES};
 use postgres::Client;
 
-const BUCKETS: i64 = 10;
 const GOAL: f64 = 2.0;
 
 fn row_count() -> i64 {
     crate::env_num("OUTPOST_BENCH_STORAGE_ROWS", 1_000_000)
-}
-
-fn setup_sql(uuid: bool, rows: i64) -> String {
-    let (ty, lists, todos) = if uuid {
-        (
-            "uuid",
-            "SELECT gen_random_uuid(), 'bench', 'list ' || g FROM generate_series(0, 9) g".to_string(),
-            format!(
-                "SELECT gen_random_uuid(), l.id, 'todo number ' || g FROM generate_series(1, {rows}) g
-                 JOIN (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM lists) l ON l.n = g % {BUCKETS}"
-            ),
-        )
-    } else {
-        (
-            "text",
-            "SELECT 'l' || g, 'bench', 'list ' || g FROM generate_series(0, 9) g".to_string(),
-            format!(
-                "SELECT 't' || g, 'l' || (g % {BUCKETS}), 'todo number ' || g FROM generate_series(1, {rows}) g"
-            ),
-        )
-    };
-    format!(
-        "CREATE TABLE lists (id {ty} PRIMARY KEY, owner_id text NOT NULL, name text NOT NULL);
-         CREATE TABLE todos (id {ty} PRIMARY KEY, list_id {ty} NOT NULL, title text NOT NULL,
-            done boolean NOT NULL DEFAULT false,
-            created_at timestamptz NOT NULL DEFAULT '2024-01-02 03:04:05Z');
-         INSERT INTO lists {lists};
-         INSERT INTO todos(id, list_id, title) {todos};"
-    )
 }
 
 /// Bytes of the source tables and of schema `outpost`.
@@ -84,11 +55,11 @@ fn sizes(c: &mut Client) -> Result<Sizes> {
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     let n = row_count();
     let mb = |b: i64| b as f64 / 1e6;
-    for uuid in [false, true] {
-        let label = if uuid { "UUID keys" } else { "text ids" };
+    for keys in [Keys::Text, Keys::Uuid] {
+        let label = keys.label();
         let db = TestDb::new("bench_storage");
         let mut c = db.connect();
-        c.batch_execute(&setup_sql(uuid, n))?;
+        c.batch_execute(&keys.setup_sql(n))?;
         eprintln!("bench storage: deploying rules over {n} rows ({label})");
         c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
         let Sizes {

@@ -178,28 +178,14 @@ fn stats_view_reports_counts() {
 #[test]
 fn ticks_of_many_removed_keys_stay_fast() {
     const N: i64 = 30_000;
-    let db = TestDb::new("removed_keys");
-    let mut c = db.connect();
-    c.batch_execute(
-        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL);
-         INSERT INTO lists SELECT g, 'u' || (g % 50) FROM generate_series(1, 100) g;
-         CREATE TABLE todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text);",
-    )
-    .unwrap();
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])
-        .unwrap();
+    let (_db, mut c) = list_todos_db(
+        "removed_keys",
+        "INSERT INTO lists SELECT g, 'u' || (g % 50) FROM generate_series(1, 100) g",
+    );
     let insert = format!(
         "INSERT INTO todos SELECT g, 1 + g % 100, 'todo ' || g FROM generate_series(1, {N}) g"
     );
-    let count = |c: &mut Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
-    let timed_tick = |c: &mut Client| -> i64 {
-        c.batch_execute("SET statement_timeout = '30s'").unwrap();
-        let cp = c
-            .query_one("SELECT outpost.tick()", &[])
-            .expect("tick within the statement timeout");
-        c.batch_execute("RESET statement_timeout").unwrap();
-        cp.get(0)
-    };
+    let timed_tick = |c: &mut Client| tick_within(c, "30s");
     let removes = "SELECT count(*) FROM outpost.ops WHERE op = 'REMOVE'";
     let todo_rows = "SELECT count(*) FROM outpost.bucket_rows WHERE object_type = 'todos'";
     let cp0 = tick(&mut c);
@@ -256,25 +242,13 @@ fn ticks_of_many_removed_keys_stay_fast() {
 #[test]
 fn ticks_of_many_parameter_rows_stay_fast() {
     const N: i64 = 30_000;
-    let db = TestDb::new("param_rows_stats");
-    let mut c = db.connect();
-    c.batch_execute(
-        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL);
-         CREATE TABLE todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text);",
-    )
-    .unwrap();
-    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])
-        .unwrap();
+    let (_db, mut c) = list_todos_db("param_rows_stats", "");
     let insert =
         format!("INSERT INTO lists SELECT g, 'u' || (g % 50) FROM generate_series(1, {N}) g");
-    let count = |c: &mut Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
     // A quadratic plan over 30k lookups takes minutes; the linear one a few
     // seconds even on a loaded machine: 60 s tells them apart with margin.
     let timed_tick = |c: &mut Client| {
-        c.batch_execute("SET statement_timeout = '60s'").unwrap();
-        c.query_one("SELECT outpost.tick()", &[])
-            .expect("tick within the statement timeout");
-        c.batch_execute("RESET statement_timeout").unwrap();
+        tick_within(c, "60s");
     };
     let lookups = "SELECT count(*) FROM outpost.param_rows";
     let moved = "SELECT count(*) FROM outpost.param_rows WHERE lookup::text LIKE '%x%'";
@@ -301,4 +275,36 @@ fn ticks_of_many_parameter_rows_stay_fast() {
     c.batch_execute("DELETE FROM lists").unwrap();
     timed_tick(&mut c);
     assert_eq!(count(&mut c, lookups), 0);
+}
+
+/// A database with the list-todos tables (`lists` filled by `lists_sql`) and
+/// their rules deployed.
+fn list_todos_db(label: &str, lists_sql: &str) -> (TestDb, Client) {
+    let db = TestDb::new(label);
+    let mut c = db.connect();
+    c.batch_execute(&format!(
+        "CREATE TABLE lists (id int PRIMARY KEY, owner_id text NOT NULL);
+         {lists_sql};
+         CREATE TABLE todos (id bigint PRIMARY KEY, list_id int NOT NULL, title text);"
+    ))
+    .unwrap();
+    c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])
+        .unwrap();
+    (db, c)
+}
+
+/// A tick under a statement timeout of `limit`: a plan that rescans per key
+/// fails the test instead of hanging it. Returns the checkpoint.
+fn tick_within(c: &mut Client, limit: &str) -> i64 {
+    c.batch_execute(&format!("SET statement_timeout = '{limit}'"))
+        .unwrap();
+    let cp = c
+        .query_one("SELECT outpost.tick()", &[])
+        .expect("tick within the statement timeout");
+    c.batch_execute("RESET statement_timeout").unwrap();
+    cp.get(0)
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
 }

@@ -47,8 +47,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn sizes() -> Result<Vec<i64>> {
-    let list = std::env::var("OUTPOST_BENCH_LATENCY_ROWS")
-        .unwrap_or_else(|_| "100000,1000000".into());
+    let list =
+        std::env::var("OUTPOST_BENCH_LATENCY_ROWS").unwrap_or_else(|_| "100000,1000000".into());
     list.split(',')
         .map(|s| {
             s.trim()

@@ -28,6 +28,7 @@ use outpost_client::store::Effect;
 use outpost_client::sync::Instruction;
 use outpost_client::{Credentials, Http, SchemaMode, Store};
 use outpost_protocol::SyncLine;
+use outpost_tests::client::remove_db_file;
 use outpost_tests::relay::Relay;
 use outpost_tests::{TestDb, LIST_TODOS_RULES};
 use serde_json::{json, Map, Value};
@@ -35,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BUCKETS: i64 = 10;
+pub(crate) const BUCKETS: i64 = 10;
 const GOAL: f64 = 250_000.0;
 
 fn row_count() -> i64 {
@@ -50,10 +51,10 @@ fn ratio(got: f64) -> String {
 }
 
 /// A database file in the temp dir, removed (with its WAL files) on drop.
-struct TempDb(PathBuf);
+pub(crate) struct TempDb(pub(crate) PathBuf);
 
 impl TempDb {
-    fn new(label: &str) -> TempDb {
+    pub(crate) fn new(label: &str) -> TempDb {
         let p = std::env::temp_dir().join(format!(
             "outpost-bench-client-{}-{label}.db",
             std::process::id()
@@ -63,9 +64,7 @@ impl TempDb {
         t
     }
     fn remove(&self) {
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", self.0.display()));
-        }
+        remove_db_file(&self.0);
     }
     fn size_mb(&self) -> f64 {
         ["", "-wal"]
@@ -100,22 +99,23 @@ impl Keys {
         }
     }
 
-    /// Tables and rows: 10 lists of user `bench`, todo g in list g % 10.
-    pub(crate) fn setup_sql(self, rows: i64) -> String {
+    /// Tables and rows: `buckets` lists of user `bench` (`l0`, `l1`, … with
+    /// text ids), todo g in list g % `buckets`.
+    pub(crate) fn setup_sql(self, rows: i64, buckets: i64) -> String {
         let (ty, lists, todos) = match self {
             Keys::Text => (
                 "text",
-                "SELECT 'l' || g, 'bench', 'list ' || g FROM generate_series(0, 9) g",
+                format!("SELECT 'l' || g, 'bench', 'list ' || g FROM generate_series(0, {buckets} - 1) g"),
                 format!(
-                    "SELECT 't' || g, 'l' || (g % {BUCKETS}), 'todo number ' || g FROM generate_series(1, {rows}) g"
+                    "SELECT 't' || g, 'l' || (g % {buckets}), 'todo number ' || g FROM generate_series(1, {rows}) g"
                 ),
             ),
             Keys::Uuid => (
                 "uuid",
-                "SELECT gen_random_uuid(), 'bench', 'list ' || g FROM generate_series(0, 9) g",
+                format!("SELECT gen_random_uuid(), 'bench', 'list ' || g FROM generate_series(0, {buckets} - 1) g"),
                 format!(
                     "SELECT gen_random_uuid(), l.id, 'todo number ' || g FROM generate_series(1, {rows}) g
-                     JOIN (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM lists) l ON l.n = g % {BUCKETS}"
+                     JOIN (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM lists) l ON l.n = g % {buckets}"
                 ),
             ),
         };
@@ -138,7 +138,7 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     for keys in [Keys::Text, Keys::Uuid] {
         let pg = TestDb::new("bench_client");
         let mut c = pg.connect();
-        c.batch_execute(&keys.setup_sql(n))?;
+        c.batch_execute(&keys.setup_sql(n, BUCKETS))?;
         eprintln!("bench client: materializing {n} rows ({})", keys.label());
         c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
         c.batch_execute("VACUUM ANALYZE")?;

@@ -3,7 +3,9 @@
 //!
 //! Sections (one module each): `extension` (capture overhead, tick and
 //! snapshot throughput), `compaction` (op-log shrinkage, fresh download;
-//! `compaction_latency`: ticks while compaction runs), `client`, `relay`,
+//! `compaction_latency`: ticks while compaction runs), `client`, `latency`
+//! (INSERT → Outpost's client live query at 100k and 1M rows in the
+//! bucket), `relay`,
 //! `relay-connect`, `replica` (hot standbys), `rules`, `streams` (Sync
 //! Streams: rows moved through a subquery's table, a joined column renamed,
 //! fan-out to parameterized subscriptions), `storage` (schema `outpost`'s
@@ -12,6 +14,7 @@
 mod client;
 mod compaction;
 mod extension;
+mod latency;
 mod relay;
 mod relay_connect;
 mod relay_proc;
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
         ("compaction", compaction::run),
         ("compaction_latency", compaction::run_latency),
         ("client", client::run),
+        ("latency", latency::run),
         ("relay", relay::run),
         ("relay-connect", relay_connect::run),
         ("replica", replica::run),

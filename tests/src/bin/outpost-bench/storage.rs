@@ -59,7 +59,7 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
         let label = keys.label();
         let db = TestDb::new("bench_storage");
         let mut c = db.connect();
-        c.batch_execute(&keys.setup_sql(n))?;
+        c.batch_execute(&keys.setup_sql(n, crate::client::BUCKETS))?;
         eprintln!("bench storage: deploying rules over {n} rows ({label})");
         c.query_one("SELECT outpost.deploy_rules($1)", &[&LIST_TODOS_RULES])?;
         let Sizes {

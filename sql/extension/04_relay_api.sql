@@ -296,10 +296,10 @@ $$;
 -- copied both arrays into its parameters) and every empty bucket cost a
 -- planned statement, 13-25 s for a page over 20,000 buckets. Now the loop
 -- reads the arrays once through unnest, and an index probe (EXISTS) skips
--- empty buckets before any statement is planned for them: 0.28 s. The FOR
--- query's cursor is read lazily (a nested loop over the unnest, so in the
--- array's order), so a full page stops probing. STABLE: every
--- statement sees the caller's snapshot.
+-- empty buckets before any statement is planned for them: 0.28 s. The
+-- order is the array's by ORDER BY, not by the plan's shape: Postgres 18
+-- may run the EXISTS as a right semi join, which returns the buckets in
+-- the op log's order. STABLE: every statement sees the caller's snapshot.
 CREATE FUNCTION outpost.bucket_ops(buckets text[], afters bigint[], checkpoint bigint, max_ops int)
 RETURNS TABLE (bucket text, op_id bigint, op text, object_type text, object_id text,
                subkey text, data text, checksum bigint, target_op bigint)
@@ -309,9 +309,10 @@ DECLARE
     remaining int := max_ops;
     n         bigint;
 BEGIN
-    FOR r IN SELECT u.b, u.a FROM unnest(buckets, afters) AS u(b, a)
+    FOR r IN SELECT u.b, u.a FROM unnest(buckets, afters) WITH ORDINALITY AS u(b, a, i)
               WHERE EXISTS (SELECT FROM outpost.ops e
-                             WHERE e.bucket = u.b AND e.op_id > u.a AND e.op_id <= bucket_ops.checkpoint) LOOP
+                             WHERE e.bucket = u.b AND e.op_id > u.a AND e.op_id <= bucket_ops.checkpoint)
+              ORDER BY u.i LOOP
         EXIT WHEN remaining <= 0;
         RETURN QUERY
             SELECT x.bucket, x.op_id, x.op, x.object_type, x.object_id, x.subkey, x.data,

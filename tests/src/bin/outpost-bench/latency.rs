@@ -39,13 +39,6 @@ const FIRST_SYNC: Duration = Duration::from_secs(900);
 /// One write's wait, before the bench gives up on it.
 const ONE_WRITE: Duration = Duration::from_secs(60);
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn sizes() -> Result<Vec<i64>> {
     let list =
         std::env::var("OUTPOST_BENCH_LATENCY_ROWS").unwrap_or_else(|_| "100000,1000000".into());
@@ -70,7 +63,7 @@ struct Measured {
 }
 
 pub fn run(rows: &mut Vec<Row>) -> Result<()> {
-    let writes: usize = env_or("OUTPOST_BENCH_LATENCY_WRITES", 200).max(1);
+    let writes: usize = crate::env_num("OUTPOST_BENCH_LATENCY_WRITES", 200usize).max(1);
     let rt = client_runtime()?;
     let mut all = Vec::new();
     for n in sizes()? {

@@ -133,25 +133,11 @@ fn backends_cpu(c: &mut postgres::Client) -> Result<HashMap<i32, Duration>> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut out = HashMap::new();
-    for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        if f.len() == 2 {
-            out.insert(pid, Duration::from_millis((f[0] + f[1]) * 10));
-        }
-    }
-    Ok(out)
+    // A backend that ended since pg_stat_activity listed it is left out.
+    Ok(pids
+        .into_iter()
+        .filter_map(|pid| Some((pid, process_cpu(pid as u32).ok()?)))
+        .collect())
 }
 
 /// (b) idle memory per stream, (c) fan-out of one write to all, (d) latency

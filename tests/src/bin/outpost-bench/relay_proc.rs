@@ -132,27 +132,32 @@ impl RelayProc {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
-    /// The relay's CPU time so far (user + system, all threads), from
-    /// /proc/<pid>/stat: on a shared machine CPU time compares better than
-    /// wall-clock time.
+    /// The relay's CPU time so far (user + system, all threads): on a shared
+    /// machine CPU time compares better than wall-clock time.
     pub(crate) fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesized command name; utime and stime are
-        // fields 14 and 15 of the whole line.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("malformed /proc stat"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<u64> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("no field {i} in /proc stat"))
-        };
-        // USER_HZ is 100 on Linux.
-        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+        process_cpu(self.child.id())
     }
+}
+
+/// A local process's CPU time so far (user + system, all threads), from
+/// /proc/<pid>/stat.
+pub(crate) fn process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name; utime and stime are
+    // fields 14 and 15 of the whole line.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no field {i} in /proc stat"))
+    };
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 impl Drop for RelayProc {

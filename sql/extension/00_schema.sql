@@ -190,6 +190,9 @@ CREATE UNLOGGED TABLE outpost.work_old_params (
     query_id text, relid oid, pk jsonb, lookup jsonb, bucket text
 );
 CREATE UNLOGGED TABLE outpost.work_write_checkpoints (user_id text, client_id text, seq bigint);
+-- The tick fills only op_id, op, fingerprint, existed and old_ctid, for ops
+-- on existing bucket_rows entries (its statement writes everything else
+-- itself); compaction's defragmentation fills every column.
 CREATE UNLOGGED TABLE outpost.work_ops (
     op_id bigint, row_key bigint, bucket text, op text, object_type text, object_id text, subkey text,
     data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint, existed boolean,

@@ -1,7 +1,7 @@
 -- 02_tick.sql — the tick: runs the compiled one-snapshot statement (which
--- also diffs its rows against bucket_rows and allocates op ids), appends ops,
--- updates running totals and parameter lookups, publishes a checkpoint and
--- NOTIFYs it.
+-- also diffs its rows against bucket_rows, allocates op ids and appends the
+-- ops with their running totals), updates the existing bucket_rows entries
+-- and the parameter lookups, publishes a checkpoint and NOTIFYs it.
 
 -- The one place op ids are allocated from. Every allocator (the tick, rules
 -- activation — deploy_rules, define_bucket, drop_bucket, redeploy, ALTER
@@ -97,9 +97,11 @@ BEGIN
 END
 $$;
 
--- Appends the ops in outpost.work_ops to the op log and brings bucket_rows,
--- bucket_state and the superseded list up to date. Caller holds the tick lock.
-CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
+-- Brings the bucket_rows entries that outpost.work_ops names by ctid
+-- (`existed`) up to date: changed rows get their new op id and fingerprint,
+-- removed ones are deleted. n_ops is the number of such ops. Caller holds
+-- the tick lock.
+CREATE FUNCTION outpost._update_bucket_rows(n_ops bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
     IF n_ops > 5000 THEN
@@ -109,7 +111,7 @@ BEGIN
         -- ~190 ms of 10,000 ops against ~25 ms for a few narrow columns.
         ANALYZE outpost.work_ops (op, existed, old_ctid);
         -- Statistics of bucket_rows taken while it held fewer rows than this
-        -- tick touches (typically analyzed empty after a big removal, pages
+        -- step touches (typically analyzed empty after a big removal, pages
         -- kept) make the planner expect one row and run the joins below as
         -- a scan of work_ops per row of bucket_rows: minutes for 30k ops.
         IF (SELECT c.reltuples FROM pg_catalog.pg_class c
@@ -117,17 +119,28 @@ BEGIN
             ANALYZE outpost.bucket_rows;
         END IF;
     END IF;
-    -- Changed rows are updated in place (HOT where the page has room), new
-    -- ones inserted, removed ones deleted. Existing rows are found by the
-    -- ctid the op's statement read them at (a TID scan per op, or a hash join
-    -- on ctid for big ticks): every writer of bucket_rows holds the tick
-    -- lock, and the caller has held it since that read.
+    -- Changed rows are updated in place (HOT where the page has room),
+    -- removed ones deleted. Existing rows are found by the ctid the op's
+    -- statement read them at (a TID scan per op, or a hash join on ctid for
+    -- big ticks): every writer of bucket_rows holds the tick lock, and the
+    -- caller has held it since that read.
     UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
       FROM outpost.work_ops w
      WHERE w.op = 'PUT' AND w.existed AND b.ctid = w.old_ctid;
     DELETE FROM outpost.bucket_rows b
      USING outpost.work_ops w
      WHERE w.op = 'REMOVE' AND b.ctid = w.old_ctid;
+END
+$$;
+
+-- Appends the ops in outpost.work_ops to the op log and brings bucket_rows,
+-- bucket_state and the superseded list up to date (compaction's
+-- defragmentation; the tick's statement does all but the bucket_rows
+-- update itself). Caller holds the tick lock.
+CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+BEGIN
+    PERFORM outpost._update_bucket_rows(n_ops);
     INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
     SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
       FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
@@ -152,6 +165,7 @@ DECLARE
     stmt           text;
     last_cp        bigint;
     n_ops          bigint;
+    n_old          bigint;
     n_wc           bigint;
     params_changed boolean;
     cp             bigint;
@@ -165,11 +179,12 @@ BEGIN
     -- The caller holds the tick lock, so nothing allocates op ids meanwhile.
     last_cp := outpost._op_id_base();
     -- One statement, one snapshot: every read of user tables happens here,
-    -- and so does the diff against bucket_rows (ops land in work_ops with
-    -- their ids). When it fails, keys nobody can read are set aside and it
-    -- runs once more.
+    -- and so do the diff against bucket_rows and the writes of its ops (the
+    -- op log, new bucket_rows, running totals, superseded ops); the ops on
+    -- existing bucket_rows entries wait in work_ops. When it fails, keys
+    -- nobody can read are set aside and it runs once more.
     BEGIN
-        EXECUTE stmt INTO n_changes, n_ops USING last_cp;
+        EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
     EXCEPTION WHEN OTHERS THEN
         IF outpost._quarantine_keys() = 0 THEN
             PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
@@ -178,7 +193,7 @@ BEGIN
     END;
     IF retry THEN
         BEGIN
-            EXECUTE stmt INTO n_changes, n_ops USING last_cp;
+            EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
         EXCEPTION WHEN OTHERS THEN
             PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
         END;
@@ -189,8 +204,8 @@ BEGIN
         ANALYZE outpost.work_keys, outpost.work_params;
     END IF;
 
-    IF n_ops > 0 THEN
-        PERFORM outpost._apply_work_ops(n_ops);
+    IF n_old > 0 THEN
+        PERFORM outpost._update_bucket_rows(n_old);
     END IF;
 
     -- Parameter lookups of the touched rows: replace, and note whether any changed.
@@ -237,7 +252,7 @@ BEGIN
 
     -- TRUNCATE leaves no dead rows to scan but rewrites catalog entries, so
     -- it is reserved for big ticks.
-    IF n_changes > 5000 OR n_ops > 5000 THEN
+    IF n_changes > 5000 OR n_old > 5000 THEN
         TRUNCATE outpost.work_keys, outpost.work_params,
                  outpost.work_write_checkpoints, outpost.work_ops, outpost.work_old_params;
     ELSE

@@ -2,6 +2,7 @@
 //! each changed row's winner set-based, in one transaction.
 
 use super::bulk;
+use super::bulk_winners::{self, Target};
 use super::infer::refresh_inferred_views;
 use super::query::{get_kv, now_string, set_kv, table_exists};
 use super::{SchemaMode, Store};
@@ -184,6 +185,7 @@ impl Store {
                (SELECT 1 FROM ps_oplog o WHERE o.row_type = u.row_type AND o.row_id = u.row_id AND {f})"
         );
         let mut deletes = vec![];
+        let mut targets = vec![];
         for ty in &types {
             let dt = data_table(ty);
             let mut has_table = table_exists(&tx, &dt)?;
@@ -202,23 +204,42 @@ impl Store {
             }
             let (upsert, delete) = if has_table {
                 let dt = quote_ident(&dt);
+                if bulk {
+                    targets.push(Target {
+                        row_type: ty.clone(),
+                        sql: format!("INSERT OR REPLACE INTO {dt}(id, data) VALUES (?1, ?2)"),
+                        with_type: false,
+                    });
+                }
                 (
                     format!("INSERT OR REPLACE INTO {dt}(id, data) SELECT row_id, data FROM ({winners})"),
                     format!("DELETE FROM {dt} WHERE id IN ({gone})"),
                 )
             } else {
+                if bulk {
+                    targets.push(Target {
+                        row_type: ty.clone(),
+                        sql: "INSERT OR REPLACE INTO ps_untyped(type, id, data) VALUES (?1, ?2, ?3)"
+                            .to_string(),
+                        with_type: true,
+                    });
+                }
                 (
                     format!("INSERT OR REPLACE INTO ps_untyped(type, id, data) SELECT ?1, row_id, data FROM ({winners})"),
                     format!("DELETE FROM ps_untyped WHERE type = ?1 AND id IN ({gone})"),
                 )
             };
-            tx.execute(&upsert, [ty])?;
+            if !bulk {
+                tx.execute(&upsert, [ty])?;
+            }
             if full {
                 deletes.push((delete, ty));
             }
         }
-        // The winners above were read by a sort; the rest looks rows up by key.
+        // A bulk download's winners by one scan and a sort in Rust (the
+        // statements above would sort in SQLite); the rest looks rows up by key.
         if bulk {
+            bulk_winners::fill(&tx, &f, &targets)?;
             bulk::finish(&tx)?;
         }
         for (delete, ty) in deletes {

@@ -28,6 +28,7 @@
 //!
 //! Files: [`migrations`] (layout versions), [`oplog`] (data lines, bucket
 //! deletes), [`bulk`] (a first download without the unique oplog index),
+//! [`bulk_winners`] (its first apply, sorted in Rust),
 //! [`apply`] (checkpoint validation and apply), [`crud_queue`] (local
 //! write transactions and the upload queue), [`infer`] (views inferred from the
 //! synced rows), [`query`] (JSON rows, `ps_kv`, small SQL helpers), [`subscriptions`]
@@ -37,6 +38,7 @@
 
 mod apply;
 mod bulk;
+mod bulk_winners;
 mod crud_queue;
 mod infer;
 mod migrations;

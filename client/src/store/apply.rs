@@ -4,6 +4,7 @@
 use super::bulk;
 use super::bulk_winners::{self, Target};
 use super::infer::refresh_inferred_views;
+use super::journal;
 use super::query::{get_kv, now_string, set_kv, table_exists};
 use super::{SchemaMode, Store};
 use crate::error::Result;
@@ -43,6 +44,22 @@ fn changed_winners_sql(filter: &str) -> String {
 }
 
 impl Store {
+    /// Builds the op log's unique index if a first download left it out (see
+    /// [`bulk`]), in a transaction of its own. The driver calls it after the
+    /// first checkpoint is visible; anything that needs the index earlier
+    /// builds it itself.
+    pub fn finish_bulk(&mut self) -> Result<()> {
+        if !bulk::in_bulk(&self.conn)? {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        bulk::finish(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Validates and applies a checkpoint in one transaction (reference §7, `sync_local`).
     pub fn sync_local(
         &mut self,
@@ -240,7 +257,16 @@ impl Store {
         // statements above would sort in SQLite); the rest looks rows up by key.
         if bulk {
             bulk_winners::fill(&tx, &f, &targets)?;
-            bulk::finish(&tx)?;
+            // The index is needed here only to find the rows left without an
+            // op; otherwise it is built after this checkpoint is visible
+            // (`Store::finish_bulk`) or when the next change needs it.
+            let updated: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM ps_updated_rows)", [], |r| {
+                    r.get(0)
+                })?;
+            if updated {
+                bulk::finish(&tx)?;
+            }
         }
         for (delete, ty) in deletes {
             tx.execute(&delete, [ty])?;
@@ -282,6 +308,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        journal::after_apply(&self.conn);
         Ok(SyncLocalOutcome::Applied)
     }
 }

@@ -236,8 +236,9 @@ impl Store {
                 if bulk {
                     targets.push(Target {
                         row_type: ty.clone(),
-                        sql: "INSERT OR REPLACE INTO ps_untyped(type, id, data) VALUES (?1, ?2, ?3)"
-                            .to_string(),
+                        sql:
+                            "INSERT OR REPLACE INTO ps_untyped(type, id, data) VALUES (?1, ?2, ?3)"
+                                .to_string(),
                         with_type: true,
                     });
                 }

@@ -104,4 +104,63 @@ mod tests {
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A first download killed mid-transaction (its pages already spilled
+    /// into the file, the journal hot): the next open rolls it back to the
+    /// last commit. The copy of the file and its journal stands in for the
+    /// killed process's leftovers.
+    #[test]
+    fn a_download_killed_mid_transaction_is_rolled_back_at_the_next_open() {
+        let dir = std::env::temp_dir().join(format!("outpost-journal-kill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, copy) = (dir.join("db.sqlite"), dir.join("copy.sqlite"));
+        let mut store = Store::open(&path, SchemaMode::Inferred).unwrap();
+        let conn = store.connection_mut();
+        conn.execute_batch(
+            "INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash)
+               VALUES (1, 1, 'todos', 'committed', 'k', '{}', 0)",
+        )
+        .unwrap();
+        let committed = std::fs::metadata(&path).unwrap().len();
+        // A small cache makes the transaction write into the file before its commit.
+        conn.pragma_update(None, "cache_size", 10).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(
+            "WITH RECURSIVE g(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM g WHERE n < 20000)
+             INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash)
+               SELECT 1, n, 'todos', 'r' || n, 'k' || n, printf('%.200c', 'x'), 0 FROM g",
+        )
+        .unwrap();
+        let journal = |p: &std::path::Path| {
+            let mut s = p.as_os_str().to_owned();
+            s.push("-journal");
+            std::path::PathBuf::from(s)
+        };
+        assert!(journal(&path).exists(), "a rollback journal, not a WAL");
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > committed,
+            "the transaction's pages are in the file before its commit"
+        );
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::copy(journal(&path), journal(&copy)).unwrap();
+        drop(tx);
+        drop(store);
+
+        let store = Store::open(&copy, SchemaMode::Inferred).unwrap();
+        let conn = store.connection();
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let ids: Vec<String> = conn
+            .prepare("SELECT row_id FROM ps_oplog")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ids, vec!["committed".to_string()]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,7 +5,9 @@
 //! hook attribute every change to a write we can announce. Read-only queries of a
 //! file database use a second, read-only connection: in WAL mode it reads the last
 //! committed state without waiting for a checkpoint being applied meanwhile, so
-//! live queries keep answering during a long apply.
+//! live queries keep answering during a long apply. (A file whose first checkpoint
+//! is not applied yet uses a rollback journal instead, see `store::journal`: there
+//! the reader waits out commits; there is nothing applied to read yet.)
 
 use crate::error::Result;
 use crate::status::SyncStatus;

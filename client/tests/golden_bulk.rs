@@ -1,7 +1,8 @@
 //! Golden transcripts of bulk mode: a first download into an empty op log is
-//! stored without the unique `ps_oplog_row` index, which is built when the
-//! checkpoint is applied (or when a REMOVE needs it earlier). The resulting
-//! rows, op log and checksums must be those of the indexed path.
+//! stored without the unique `ps_oplog_row` index, which is built after the
+//! checkpoint is applied (`Store::finish_bulk`, or when the next change, a
+//! REMOVE or rows to delete need it). The resulting rows, op log and
+//! checksums must be those of the indexed path.
 
 mod golden_support;
 
@@ -17,6 +18,13 @@ fn has_row_index(h: &Harness) -> bool {
             [],
             |r| r.get(0),
         )
+        .unwrap()
+}
+
+fn journal_mode(h: &Harness) -> String {
+    h.store
+        .connection()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap()
 }
 
@@ -64,6 +72,10 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
             json!({"id":"t3","title":"three","done":0}),
         ]
     );
+    // The rows are visible before the index is built.
+    assert!(!has_row_index(&h));
+    assert_eq!(h.oplog_count(), 5);
+    h.store.finish_bulk().unwrap();
     assert!(has_row_index(&h));
     assert_eq!(h.store.kv("oplog_bulk").unwrap(), None);
     // Op 1 is gone; its checksum moved from op_checksum to add_checksum.
@@ -89,6 +101,36 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
         json!({"id":"t1","title":"one, third","done":0})
     );
     assert_eq!(h.oplog_count(), 4);
+}
+
+#[test]
+fn the_next_change_builds_the_index_a_first_apply_left_out() {
+    let mut h = Harness::new();
+    let effects = h
+        .feed(&format!(
+            "{}\n{}\n{}",
+            r#"{"checkpoint":{"last_op_id":"2","buckets":[{"bucket":"a[]","checksum":3}]}}"#,
+            data("a[]", &[put(1, "t1", "one", 1), put(2, "t2", "two", 2)]),
+            r#"{"checkpoint_complete":{"last_op_id":"2"}}"#
+        ))
+        .unwrap();
+    assert_eq!(effects, vec![applied(2)]);
+    assert!(!has_row_index(&h));
+    // A change to the applied bucket: it supersedes t1's op through the index.
+    let effects = h
+        .feed(&format!(
+            "{}\n{}\n{}",
+            r#"{"checkpoint_diff":{"last_op_id":"3","updated_buckets":[{"bucket":"a[]","checksum":7}],"removed_buckets":[]}}"#,
+            data("a[]", &[put(3, "t1", "one again", 4)]),
+            r#"{"checkpoint_complete":{"last_op_id":"3"}}"#
+        ))
+        .unwrap();
+    assert_eq!(effects, vec![applied(3)]);
+    assert!(has_row_index(&h));
+    assert!(h.store.kv("oplog_bulk").unwrap().is_none());
+    assert_eq!(h.oplog_count(), 2);
+    assert_eq!(checksums(&h.store), vec![("a[]".into(), 1, 6)]);
+    assert_eq!(h.rows()[0]["title"], json!("one again"));
 }
 
 #[test]
@@ -138,6 +180,8 @@ fn bulk_mode_survives_a_restart_mid_download() {
     machine.start();
     let mut h = Harness { store, machine };
     assert_eq!(h.store.kv("oplog_bulk").unwrap().as_deref(), Some("1"));
+    // A rollback journal until the first apply (the `journal` module).
+    assert_eq!(journal_mode(&h), "delete");
     let effects = h
         .feed(&format!(
             "{}\n{}\n{}",
@@ -149,6 +193,9 @@ fn bulk_mode_survives_a_restart_mid_download() {
     assert_eq!(effects, vec![applied(3)]);
     assert_eq!(h.ids(), vec!["t1", "t2"]);
     assert_eq!(h.rows()[0]["title"], json!("one again"));
+    assert_eq!(journal_mode(&h), "wal");
+    assert!(!has_row_index(&h));
+    h.store.finish_bulk().unwrap();
     assert!(has_row_index(&h));
     drop(h);
     let _ = std::fs::remove_dir_all(&dir);

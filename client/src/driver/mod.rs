@@ -359,6 +359,10 @@ impl<C: Connector> SyncClient<C> {
                                 if options.once {
                                     return Ok(Iteration::Done(cp));
                                 }
+                                // After a first download, the op log's index
+                                // is built now that its rows are visible
+                                // (`--once` leaves it to the next change).
+                                db.with_store_blocking(|s| s.finish_bulk()).await?;
                             }
                         }
                         Effect::Blocked { .. } => {}

@@ -2,7 +2,9 @@
 //! each changed row's winner set-based, in one transaction.
 
 use super::bulk;
+use super::bulk_winners::{self, Target};
 use super::infer::refresh_inferred_views;
+use super::journal;
 use super::query::{get_kv, now_string, set_kv, table_exists};
 use super::{SchemaMode, Store};
 use crate::error::Result;
@@ -42,6 +44,22 @@ fn changed_winners_sql(filter: &str) -> String {
 }
 
 impl Store {
+    /// Builds the op log's unique index if a first download left it out (see
+    /// [`bulk`]), in a transaction of its own. The driver calls it after the
+    /// first checkpoint is visible; anything that needs the index earlier
+    /// builds it itself.
+    pub fn finish_bulk(&mut self) -> Result<()> {
+        if !bulk::in_bulk(&self.conn)? {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        bulk::finish(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Validates and applies a checkpoint in one transaction (reference §7, `sync_local`).
     pub fn sync_local(
         &mut self,
@@ -184,6 +202,7 @@ impl Store {
                (SELECT 1 FROM ps_oplog o WHERE o.row_type = u.row_type AND o.row_id = u.row_id AND {f})"
         );
         let mut deletes = vec![];
+        let mut targets = vec![];
         for ty in &types {
             let dt = data_table(ty);
             let mut has_table = table_exists(&tx, &dt)?;
@@ -202,24 +221,53 @@ impl Store {
             }
             let (upsert, delete) = if has_table {
                 let dt = quote_ident(&dt);
+                if bulk {
+                    targets.push(Target {
+                        row_type: ty.clone(),
+                        sql: format!("INSERT OR REPLACE INTO {dt}(id, data) VALUES (?1, ?2)"),
+                        with_type: false,
+                    });
+                }
                 (
                     format!("INSERT OR REPLACE INTO {dt}(id, data) SELECT row_id, data FROM ({winners})"),
                     format!("DELETE FROM {dt} WHERE id IN ({gone})"),
                 )
             } else {
+                if bulk {
+                    targets.push(Target {
+                        row_type: ty.clone(),
+                        sql:
+                            "INSERT OR REPLACE INTO ps_untyped(type, id, data) VALUES (?1, ?2, ?3)"
+                                .to_string(),
+                        with_type: true,
+                    });
+                }
                 (
                     format!("INSERT OR REPLACE INTO ps_untyped(type, id, data) SELECT ?1, row_id, data FROM ({winners})"),
                     format!("DELETE FROM ps_untyped WHERE type = ?1 AND id IN ({gone})"),
                 )
             };
-            tx.execute(&upsert, [ty])?;
+            if !bulk {
+                tx.execute(&upsert, [ty])?;
+            }
             if full {
                 deletes.push((delete, ty));
             }
         }
-        // The winners above were read by a sort; the rest looks rows up by key.
+        // A bulk download's winners by one scan and a sort in Rust (the
+        // statements above would sort in SQLite); the rest looks rows up by key.
         if bulk {
-            bulk::finish(&tx)?;
+            bulk_winners::fill(&tx, &f, &targets)?;
+            // The index is needed here only to find the rows left without an
+            // op; otherwise it is built after this checkpoint is visible
+            // (`Store::finish_bulk`) or when the next change needs it.
+            let updated: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM ps_updated_rows)", [], |r| {
+                    r.get(0)
+                })?;
+            if updated {
+                bulk::finish(&tx)?;
+            }
         }
         for (delete, ty) in deletes {
             tx.execute(&delete, [ty])?;
@@ -261,6 +309,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        journal::after_apply(&self.conn);
         Ok(SyncLocalOutcome::Applied)
     }
 }

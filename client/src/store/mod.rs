@@ -28,6 +28,8 @@
 //!
 //! Files: [`migrations`] (layout versions), [`oplog`] (data lines, bucket
 //! deletes), [`bulk`] (a first download without the unique oplog index),
+//! [`bulk_winners`] (its first apply, sorted in Rust), [`journal`] (no WAL
+//! until the first apply),
 //! [`apply`] (checkpoint validation and apply), [`crud_queue`] (local
 //! write transactions and the upload queue), [`infer`] (views inferred from the
 //! synced rows), [`query`] (JSON rows, `ps_kv`, small SQL helpers), [`subscriptions`]
@@ -37,8 +39,10 @@
 
 mod apply;
 mod bulk;
+mod bulk_winners;
 mod crud_queue;
 mod infer;
+mod journal;
 mod migrations;
 mod oplog;
 mod query;
@@ -102,21 +106,12 @@ pub struct Store {
 impl Store {
     pub fn open(path: impl AsRef<Path>, mode: SchemaMode) -> Result<Store> {
         let conn = Connection::open(path)?;
-        // A new file gets 16 KiB pages (an existing one keeps its size: WAL
-        // mode cannot change it): a first sync of 1M rows took ~15% less CPU
-        // and ~30% less time than with 4 KiB (fewer pages to fetch, balance
-        // and write as WAL frames; CONTRIBUTING.md, "Where a first sync
-        // spends its time in the client"). Must precede `journal_mode`,
-        // which creates the file.
+        // A new file gets 16 KiB pages (an existing one keeps its size): a
+        // first sync of 1M rows took ~15% less CPU and ~30% less time than
+        // with 4 KiB (fewer pages to fetch, balance and write; CONTRIBUTING.md,
+        // "Where a first sync spends its time in the client"). Must precede
+        // the first write, which creates the file.
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-        // WAL lets `outpost query` read while `outpost sync` writes; the busy timeout
-        // lets `outpost exec` wait for a running apply instead of failing.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // In WAL mode, NORMAL syncs at checkpoints, not at every commit: a crash of
-        // the app or the OS never corrupts the file or splits a transaction; power
-        // loss may lose the last commits (a re-download; local writes are the
-        // app's last few). Without it every data line would cost an fsync.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // A first sync writes every page several times; checkpointing the WAL
         // every 1,000 pages (the default) copied each back to the file again
         // and again (~10% of a 1M-row sync, which ran 1.5-1.8x faster with
@@ -129,7 +124,12 @@ impl Store {
             WAL_AUTOCHECKPOINT_BYTES / page_size,
         )?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        Store::with_connection(conn, mode)
+        let store = Store::with_connection(conn, mode)?;
+        // The busy timeout (set there) lets `outpost exec` wait for a running
+        // apply instead of failing; the journal is WAL once a checkpoint was
+        // applied, a rollback journal before (see `journal`).
+        journal::settle(&store.conn)?;
+        Ok(store)
     }
 
     pub fn open_in_memory(mode: SchemaMode) -> Result<Store> {

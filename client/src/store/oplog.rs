@@ -50,6 +50,18 @@ impl Store {
 pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<()> {
     tx.prepare_cached("INSERT INTO ps_buckets(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
         .execute([&line.bucket])?;
+    let mut bulk = bulk::in_bulk(tx)?;
+    if bulk {
+        // A bucket applied before gets changes, not a first download: they
+        // would only pile up duplicates for the index build to resolve.
+        let applied: bool = tx
+            .prepare_cached("SELECT last_applied_op <> 0 FROM ps_buckets WHERE name = ?1")?
+            .query_row([&line.bucket], |r| r.get(0))?;
+        if applied {
+            bulk::finish(tx)?;
+            bulk = false;
+        }
+    }
     let (bucket, mut last_op, add, opc): (i64, i64, i64, i64) = tx
         .prepare_cached(
             "SELECT id, last_op, add_checksum, op_checksum FROM ps_buckets WHERE name = ?1",
@@ -60,7 +72,6 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
     let mut add = Checksum(add as u32);
     let mut opc = Checksum(opc as u32);
     let mut cleared = false;
-    let mut bulk = bulk::in_bulk(tx)?;
     if !bulk && line.data.iter().any(|op| op.op == OpType::Put) {
         let fresh: bool = tx
             .prepare_cached("SELECT last_applied_op = 0 FROM ps_buckets WHERE id = ?1")?

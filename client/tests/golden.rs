@@ -44,12 +44,7 @@ fn checksum_mismatch_drops_bucket_and_rerequests_from_zero() {
     ))
     .unwrap();
     let effects = h
-        .feed(&format!(
-            "{}\n{}\n{}",
-            r#"{"checkpoint_diff":{"last_op_id":"3","updated_buckets":[{"bucket":"b[]","checksum":1000}],"removed_buckets":[]}}"#,
-            data("b[]", &[put(3, "t1", "changed", 4)]),
-            r#"{"checkpoint_complete":{"last_op_id":"3"}}"#
-        ))
+        .feed(&diff_of(3, "b[]", 1000, &[put(3, "t1", "changed", 4)]))
         .unwrap();
     assert_eq!(effects[0], Effect::ChecksumFailed(vec!["b[]".into()]));
     let Effect::Io(Instruction::EstablishStream(req)) = &effects[1] else {

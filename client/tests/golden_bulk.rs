@@ -87,12 +87,7 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
 
     // Later lines take the indexed path: a PUT supersedes in place.
     let effects = h
-        .feed(&format!(
-            "{}\n{}\n{}",
-            r#"{"checkpoint_diff":{"last_op_id":"6","updated_buckets":[{"bucket":"a[]","checksum":39}],"removed_buckets":[]}}"#,
-            data("a[]", &[put(6, "t1", "one, third", 32)]),
-            r#"{"checkpoint_complete":{"last_op_id":"6"}}"#
-        ))
+        .feed(&diff_of(6, "a[]", 39, &[put(6, "t1", "one, third", 32)]))
         .unwrap();
     assert_eq!(effects, vec![applied(6)]);
     assert!(h.store.kv("oplog_bulk").unwrap().is_none());
@@ -118,12 +113,7 @@ fn the_next_change_builds_the_index_a_first_apply_left_out() {
     assert!(!has_row_index(&h));
     // A change to the applied bucket: it supersedes t1's op through the index.
     let effects = h
-        .feed(&format!(
-            "{}\n{}\n{}",
-            r#"{"checkpoint_diff":{"last_op_id":"3","updated_buckets":[{"bucket":"a[]","checksum":7}],"removed_buckets":[]}}"#,
-            data("a[]", &[put(3, "t1", "one again", 4)]),
-            r#"{"checkpoint_complete":{"last_op_id":"3"}}"#
-        ))
+        .feed(&diff_of(3, "a[]", 7, &[put(3, "t1", "one again", 4)]))
         .unwrap();
     assert_eq!(effects, vec![applied(3)]);
     assert!(has_row_index(&h));

@@ -94,6 +94,19 @@ pub fn data(bucket: &str, ops: &[String]) -> String {
     )
 }
 
+/// A checkpoint diff that updates one bucket, that bucket's data line and
+/// the checkpoint's completion: a change to a synced bucket, as the relay
+/// sends it.
+pub fn diff_of(last_op: u64, bucket: &str, checksum: u32, ops: &[String]) -> String {
+    let diff = json!({"checkpoint_diff": {
+        "last_op_id": last_op.to_string(),
+        "updated_buckets": [{"bucket": bucket, "checksum": checksum}],
+        "removed_buckets": [],
+    }});
+    let complete = json!({"checkpoint_complete": {"last_op_id": last_op.to_string()}});
+    format!("{diff}\n{}\n{complete}", data(bucket, ops))
+}
+
 pub fn applied(cp: u64) -> Effect {
     Effect::Applied {
         checkpoint: OpId(cp),

@@ -498,7 +498,7 @@ impl Key {
             return out;
         }
         // Deformed once up to the last key column; then read in place.
-        if ((*slot).tts_nvalid as i16) < self.max_col {
+        if (*slot).tts_nvalid < self.max_col {
             pg_sys::slot_getsomeattrs_int(slot, self.max_col as _);
         }
         for (a, &col) in out.iter_mut().zip(&self.cols[..self.n]) {

@@ -3,8 +3,9 @@
 //!
 //! Statement-level AFTER triggers with transition tables call it (rules/src/
 //! tick_sql.rs installs them). It reads the primary keys of the changed rows
-//! from the transition tables and appends them to `outpost.changes` with one
-//! multi-row heap insert. What it replaced and why (measured, Postgres 18,
+//! from the transition tables and appends them to `outpost.changes` with
+//! multi-row heap inserts, many keys per queue row (kind `b`, a jsonb array
+//! of keys that the tick unnests; see `Writer`). What it replaced and why (measured, Postgres 18,
 //! CONTRIBUTING.md has the profiles): a PL/pgSQL function per table did the
 //! same with `INSERT … SELECT`, which cost an executor round and a WAL record
 //! per queued key, a SECURITY DEFINER call (user switch and a pinned
@@ -19,8 +20,8 @@
 //! Security: the function runs as the writer but evaluates nothing the writer
 //! controls — no SQL, no operators, no search_path lookups; it builds each key
 //! as the jsonb value `jsonb_build_array` gives (the compiled rules compute
-//! keys with it): integer, text and uuid keys directly, others by calling
-//! that function by OID; it writes with `heap_multi_insert`, which checks no
+//! keys with it): integer, text and uuid keys directly (batched), others by
+//! calling that function by OID (a queue row per key); it writes with `heap_multi_insert`, which checks no
 //! privilege. So writers need no privilege in schema `outpost`, and only real
 //! row changes reach the queue: EXECUTE on this function is revoked from
 //! PUBLIC, and creating a trigger needs it. The wake-up of the ticker reads
@@ -34,6 +35,7 @@ use std::ffi::CStr;
 
 /// Queue kinds (see `outpost.changes`).
 const KIND_KEY: u8 = b'k';
+const KIND_BATCH: u8 = b'b';
 const KIND_TRUNCATE: u8 = b't';
 
 /// Writers wake the ticker at most once per this many milliseconds.
@@ -43,7 +45,12 @@ const WAKE_EVERY_MS: i64 = 5;
 const PG_EPOCH_MS: i64 = 946_684_800_000;
 
 /// Queue rows per `heap_multi_insert` call.
-const BATCH: usize = 64;
+const ROWS_PER_INSERT: usize = 64;
+
+/// A batch row's jsonb is closed at about this many bytes: the tuple stays
+/// under the 2 kB at which the heap would try to compress it or move it to
+/// the TOAST table (a key longer than that gets a row of its own, as before).
+const BATCH_BYTES: usize = 1800;
 
 thread_local! {
     /// `(outpost namespace, outpost.changes)`, resolved by name once per
@@ -84,7 +91,7 @@ unsafe fn capture(td: &pg_sys::TriggerData) {
         enqueue(queue, relid, None, KIND_TRUNCATE);
     } else {
         let key = pk_columns(rel);
-        let mut w = Writer::new(queue);
+        let mut w = Writer::new(queue, relid, key.n);
         let (first, second) = match op {
             pg_sys::TRIGGER_EVENT_INSERT => (td.tg_newtable, std::ptr::null_mut()),
             pg_sys::TRIGGER_EVENT_DELETE => (td.tg_oldtable, std::ptr::null_mut()),
@@ -94,19 +101,18 @@ unsafe fn capture(td: &pg_sys::TriggerData) {
         let mut a = Rows::open(rel, first);
         let mut b = Rows::open(rel, second);
         loop {
-            w.make_room(2);
-            let ka = a.next_key(&key, w.cx);
-            let kb = b.next_key(&key, w.cx);
-            if ka.is_none() && kb.is_none() {
+            w.make_room();
+            let (ha, hb) = (a.next(), b.next());
+            if !ha && !hb {
                 break;
             }
-            if let Some(k) = ka {
-                w.push(relid, k);
+            let (va, vb) = (key.values(a.slot, ha), key.values(b.slot, hb));
+            let unchanged = ha && hb && key.same(&va, &vb);
+            if ha {
+                w.push(&key, &va);
             }
-            if let Some(k) = kb {
-                if ka.is_none_or(|n| !same_varlena(n, k)) {
-                    w.push(relid, k);
-                }
+            if hb && !unchanged {
+                w.push(&key, &vb);
             }
         }
         a.close();
@@ -142,16 +148,13 @@ impl Rows {
         Rows { table, ptr, slot }
     }
 
-    /// The next row's primary key as jsonb, allocated in `cx`.
-    unsafe fn next_key(&mut self, key: &Key, cx: pg_sys::MemoryContext) -> Option<pg_sys::Datum> {
+    /// Moves to the next row (in `slot`); false at the end.
+    unsafe fn next(&mut self) -> bool {
         if self.table.is_null() {
-            return None;
+            return false;
         }
         pg_sys::tuplestore_select_read_pointer(self.table, self.ptr);
-        if !pg_sys::tuplestore_gettupleslot(self.table, true, false, self.slot) {
-            return None;
-        }
-        Some(key.of_slot(self.slot, cx))
+        pg_sys::tuplestore_gettupleslot(self.table, true, false, self.slot)
     }
 
     unsafe fn close(self) {
@@ -162,20 +165,40 @@ impl Rows {
     }
 }
 
-/// Queue rows `(relid, key, 'k', NULL)`, written BATCH at a time; each
-/// batch's keys and tuples live in `cx`, reset after the batch is written.
+/// A row's key column values, in key order.
+type Values = [pg_sys::NullableDatum; 32];
+
+/// Queue rows, written ROWS_PER_INSERT at a time. Keys whose jsonb the
+/// capture builds itself (`Key::direct`) are gathered into batch rows
+/// `(relid, [key, key, …], 'b', NULL)` of up to BATCH_BYTES, the tick unnests
+/// them (a batch of one is written as a key row); other keys get a row
+/// `(relid, key, 'k', NULL)` each. One tuple header, line pointer and WAL
+/// share per batch instead of per key, and one jsonb to build.
+/// The rows' tuples (and the numerics of batched keys) live in `cx`, reset
+/// after each multi-row insert.
 struct Writer {
     queue: pg_sys::Relation,
+    relid: pg_sys::Oid,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,
     cid: pg_sys::CommandId,
     cx: pg_sys::MemoryContext,
+    /// The open batch: its keys' elements (`ncols` per key; a string's
+    /// `val` holds its offset in `text` until the batch is closed), the
+    /// string bytes (copied: the transition table's tuple may be gone by
+    /// then) and its estimated jsonb size.
+    ncols: usize,
+    elems: Vec<pg_sys::JsonbValue>,
+    text: Vec<u8>,
+    bytes: usize,
+    keys: Vec<pg_sys::JsonbValue>,
 }
 
 impl Writer {
-    unsafe fn new(queue: pg_sys::Relation) -> Writer {
+    unsafe fn new(queue: pg_sys::Relation, relid: pg_sys::Oid, ncols: usize) -> Writer {
         Writer {
             queue,
+            relid,
             slots: Vec::new(),
             used: 0,
             cid: pg_sys::GetCurrentCommandId(true),
@@ -186,18 +209,149 @@ impl Writer {
                 8 * 1024,
                 8 * 1024 * 1024,
             ),
+            ncols,
+            elems: Vec::new(),
+            text: Vec::new(),
+            bytes: 0,
+            keys: Vec::new(),
         }
     }
 
-    /// Writes the batch if fewer than `n` rows fit (keys made after this
-    /// stay valid until the next call).
-    unsafe fn make_room(&mut self, n: usize) {
-        if self.used + n > BATCH {
+    /// Writes the rows so far if the next two keys might not fit (a key
+    /// closes at most one batch row, and the open batch needs one more).
+    unsafe fn make_room(&mut self) {
+        if self.used + 3 > ROWS_PER_INSERT {
+            self.close_batch();
             self.write();
         }
     }
 
-    unsafe fn push(&mut self, relid: pg_sys::Oid, key: pg_sys::Datum) {
+    /// Queues one key (values of `key`'s columns).
+    unsafe fn push(&mut self, key: &Key, values: &Values) {
+        if !key.direct {
+            let old = pg_sys::MemoryContextSwitchTo(self.cx);
+            let k = build_array(&key.types[..key.n], &values[..key.n]);
+            pg_sys::MemoryContextSwitchTo(old);
+            self.add_row(k, KIND_KEY);
+            return;
+        }
+        let start = self.elems.len();
+        let mut size = 8;
+        for (&t, a) in key.types[..key.n].iter().zip(&values[..key.n]) {
+            let mut e = pg_sys::JsonbValue {
+                type_: pg_sys::jbvType::jbvNull,
+                val: std::mem::zeroed(),
+            };
+            size += 4;
+            if !a.isnull {
+                let d = a.value;
+                match t {
+                    pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                        let v = match t {
+                            pg_sys::INT2OID => d.value() as i16 as i64,
+                            pg_sys::INT4OID => d.value() as i32 as i64,
+                            _ => d.value() as i64,
+                        };
+                        let old = pg_sys::MemoryContextSwitchTo(self.cx);
+                        e.val.numeric = pg_sys::int64_to_numeric(v);
+                        pg_sys::MemoryContextSwitchTo(old);
+                        e.type_ = pg_sys::jbvType::jbvNumeric;
+                        size += 3 + pgrx::varsize_any(e.val.numeric.cast());
+                    }
+                    pg_sys::UUIDOID => {
+                        let u = &*d.cast_mut_ptr::<[u8; 16]>();
+                        e.type_ = pg_sys::jbvType::jbvString;
+                        e.val.string.val = self.text.len() as *mut std::ffi::c_char;
+                        e.val.string.len = 36;
+                        uuid_text(u, &mut self.text);
+                        size += 36;
+                    }
+                    _ => {
+                        let old = pg_sys::MemoryContextSwitchTo(self.cx);
+                        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                        pg_sys::MemoryContextSwitchTo(old);
+                        let len = pgrx::varsize_any_exhdr(v);
+                        e.type_ = pg_sys::jbvType::jbvString;
+                        e.val.string.val = self.text.len() as *mut std::ffi::c_char;
+                        e.val.string.len = len as _;
+                        self.text.extend_from_slice(std::slice::from_raw_parts(
+                            pgrx::vardata_any(v).cast::<u8>(),
+                            len,
+                        ));
+                        size += len;
+                    }
+                }
+            }
+            self.elems.push(e);
+        }
+        if self.bytes > 0 && self.bytes + size > BATCH_BYTES {
+            // Close the batch without this key, then start the next with it.
+            let tail: Vec<pg_sys::JsonbValue> = self.elems.drain(start..).collect();
+            let text_start = tail
+                .iter()
+                .filter(|e| e.type_ == pg_sys::jbvType::jbvString)
+                .map(|e| e.val.string.val as usize)
+                .min();
+            let tail_text = text_start.map(|s| self.text.split_off(s));
+            self.close_batch();
+            for mut e in tail {
+                if e.type_ == pg_sys::jbvType::jbvString {
+                    let off = e.val.string.val as usize - text_start.unwrap_or(0);
+                    e.val.string.val = off as *mut std::ffi::c_char;
+                }
+                self.elems.push(e);
+            }
+            if let Some(t) = tail_text {
+                self.text = t;
+            }
+        }
+        self.bytes += size;
+    }
+
+    /// Turns the open batch into a queue row.
+    unsafe fn close_batch(&mut self) {
+        let n = self.ncols;
+        if self.elems.is_empty() || n == 0 {
+            return;
+        }
+        let base = self.text.as_mut_ptr().cast::<std::ffi::c_char>();
+        for e in &mut self.elems {
+            if e.type_ == pg_sys::jbvType::jbvString {
+                e.val.string.val = base.add(e.val.string.val as usize);
+            }
+        }
+        self.keys.clear();
+        for k in self.elems.chunks_exact_mut(n) {
+            let mut a = pg_sys::JsonbValue {
+                type_: pg_sys::jbvType::jbvArray,
+                val: std::mem::zeroed(),
+            };
+            a.val.array.nElems = n as _;
+            a.val.array.elems = k.as_mut_ptr();
+            a.val.array.rawScalar = false;
+            self.keys.push(a);
+        }
+        let old = pg_sys::MemoryContextSwitchTo(self.cx);
+        let (jsonb, kind) = if self.keys.len() == 1 {
+            (pg_sys::JsonbValueToJsonb(&mut self.keys[0]), KIND_KEY)
+        } else {
+            let mut all = pg_sys::JsonbValue {
+                type_: pg_sys::jbvType::jbvArray,
+                val: std::mem::zeroed(),
+            };
+            all.val.array.nElems = self.keys.len() as _;
+            all.val.array.elems = self.keys.as_mut_ptr();
+            all.val.array.rawScalar = false;
+            (pg_sys::JsonbValueToJsonb(&mut all), KIND_BATCH)
+        };
+        pg_sys::MemoryContextSwitchTo(old);
+        self.elems.clear();
+        self.text.clear();
+        self.bytes = 0;
+        self.add_row(pg_sys::Datum::from(jsonb), kind);
+    }
+
+    unsafe fn add_row(&mut self, pk: pg_sys::Datum, kind: u8) {
         // Slots are made as needed: a single-row statement needs one.
         if self.used == self.slots.len() {
             self.slots.push(pg_sys::MakeSingleTupleTableSlot(
@@ -206,9 +360,9 @@ impl Writer {
             ));
         }
         let mut values = [
-            pg_sys::Datum::from(relid),
-            key,
-            pg_sys::Datum::from(KIND_KEY as i8),
+            pg_sys::Datum::from(self.relid),
+            pk,
+            pg_sys::Datum::from(kind as i8),
             pg_sys::Datum::from(0),
         ];
         let mut nulls = [false, false, false, true];
@@ -223,6 +377,8 @@ impl Writer {
         self.used += 1;
     }
 
+    /// Inserts the rows so far; the open batch must be empty (its numerics
+    /// live in `cx`).
     unsafe fn write(&mut self) {
         if self.used > 0 {
             let old = pg_sys::MemoryContextSwitchTo(self.cx);
@@ -244,11 +400,24 @@ impl Writer {
     }
 
     unsafe fn finish(mut self) {
+        self.close_batch();
         self.write();
         for slot in self.slots.drain(..) {
             pg_sys::ExecDropSingleTupleTableSlot(slot);
         }
         pg_sys::MemoryContextDelete(self.cx);
+    }
+}
+
+/// A uuid's text form (as `uuid_out` writes it), appended to `out`.
+fn uuid_text(u: &[u8; 16], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push(b'-');
+        }
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
     }
 }
 
@@ -315,31 +484,72 @@ struct Key {
     n: usize,
     /// Every column's type is a `direct_type`.
     direct: bool,
+    /// The highest attribute number among the columns.
+    max_col: i16,
     cols: [i16; 32],
     types: [pg_sys::Oid; 32],
 }
 
 impl Key {
-    /// The key of the row in `slot` as jsonb, allocated in `cx`.
-    unsafe fn of_slot(
-        &self,
-        slot: *mut pg_sys::TupleTableSlot,
-        cx: pg_sys::MemoryContext,
-    ) -> pg_sys::Datum {
-        let mut args = [pg_sys::NullableDatum::default(); 32];
-        for (a, &col) in args.iter_mut().zip(&self.cols[..self.n]) {
-            let mut isnull = false;
-            a.value = pg_sys::slot_getattr(slot, col as _, &mut isnull);
-            a.isnull = isnull;
+    /// The key column values of the row in `slot` (`has` false: none).
+    unsafe fn values(&self, slot: *mut pg_sys::TupleTableSlot, has: bool) -> Values {
+        let mut out = [pg_sys::NullableDatum::default(); 32];
+        if !has {
+            return out;
         }
-        let old = pg_sys::MemoryContextSwitchTo(cx);
-        let k = if self.direct {
-            direct_array(&self.types[..self.n], &args[..self.n])
-        } else {
-            build_array(&self.types[..self.n], &args[..self.n])
-        };
-        pg_sys::MemoryContextSwitchTo(old);
-        k
+        // Deformed once up to the last key column; then read in place.
+        if (*slot).tts_nvalid < self.max_col {
+            pg_sys::slot_getsomeattrs_int(slot, self.max_col as _);
+        }
+        for (a, &col) in out.iter_mut().zip(&self.cols[..self.n]) {
+            let i = col as usize - 1;
+            a.value = *(*slot).tts_values.add(i);
+            a.isnull = *(*slot).tts_isnull.add(i);
+        }
+        out
+    }
+
+    /// Whether two rows have the same key, for keys of `direct` types
+    /// (false for others: a key queued twice costs only queue space, the
+    /// tick reads each key once).
+    unsafe fn same(&self, a: &Values, b: &Values) -> bool {
+        if !self.direct {
+            return false;
+        }
+        for ((&t, x), y) in self.types[..self.n].iter().zip(a).zip(b) {
+            if x.isnull || y.isnull {
+                return false;
+            }
+            let equal = match t {
+                pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                    x.value.value() == y.value.value()
+                }
+                pg_sys::UUIDOID => {
+                    *x.value.cast_mut_ptr::<[u8; 16]>() == *y.value.cast_mut_ptr::<[u8; 16]>()
+                }
+                _ => {
+                    // Compressed values are expanded (rare for keys: the
+                    // copies live until the statement ends).
+                    let plain = |d: pg_sys::Datum| {
+                        let v = d.cast_mut_ptr::<pg_sys::varlena>();
+                        if plain_varlena(v) {
+                            v
+                        } else {
+                            pg_sys::pg_detoast_datum_packed(v)
+                        }
+                    };
+                    let (p, q) = (plain(x.value), plain(y.value));
+                    let (lp, lq) = (pgrx::varsize_any_exhdr(p), pgrx::varsize_any_exhdr(q));
+                    lp == lq
+                        && std::slice::from_raw_parts(pgrx::vardata_any(p).cast::<u8>(), lp)
+                            == std::slice::from_raw_parts(pgrx::vardata_any(q).cast::<u8>(), lq)
+                }
+            };
+            if !equal {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -356,56 +566,6 @@ fn direct_type(t: pg_sys::Oid) -> bool {
         pg_sys::UUIDOID,
     ]
     .contains(&t)
-}
-
-/// `jsonb_build_array(args…)` for keys of `direct_type`s (none NULL: they
-/// are primary key columns).
-unsafe fn direct_array(types: &[pg_sys::Oid], args: &[pg_sys::NullableDatum]) -> pg_sys::Datum {
-    let mut elems = [pg_sys::JsonbValue {
-        type_: pg_sys::jbvType::jbvNull,
-        val: std::mem::zeroed(),
-    }; 32];
-    for ((e, &t), a) in elems.iter_mut().zip(types).zip(args) {
-        if a.isnull {
-            e.type_ = pg_sys::jbvType::jbvNull;
-            continue;
-        }
-        let d = a.value;
-        match t {
-            pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
-                let v = match t {
-                    pg_sys::INT2OID => d.value() as i16 as i64,
-                    pg_sys::INT4OID => d.value() as i32 as i64,
-                    _ => d.value() as i64,
-                };
-                e.type_ = pg_sys::jbvType::jbvNumeric;
-                e.val.numeric = pg_sys::int64_to_numeric(v);
-            }
-            pg_sys::UUIDOID => {
-                let s: *mut std::ffi::c_char =
-                    pgrx::direct_function_call_as_datum(pg_sys::uuid_out, &[Some(d)])
-                        .expect("uuid_out returns a string")
-                        .cast_mut_ptr();
-                e.type_ = pg_sys::jbvType::jbvString;
-                e.val.string.val = s;
-                e.val.string.len = 36;
-            }
-            _ => {
-                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                e.type_ = pg_sys::jbvType::jbvString;
-                e.val.string.val = pgrx::vardata_any(v).cast_mut().cast();
-                e.val.string.len = pgrx::varsize_any_exhdr(v) as _;
-            }
-        }
-    }
-    let mut array = pg_sys::JsonbValue {
-        type_: pg_sys::jbvType::jbvArray,
-        val: std::mem::zeroed(),
-    };
-    array.val.array.nElems = args.len() as _;
-    array.val.array.elems = elems.as_mut_ptr();
-    array.val.array.rawScalar = false;
-    pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut array))
 }
 
 /// The primary key's columns (in key order) and their types.
@@ -426,6 +586,7 @@ unsafe fn pk_columns(rel: pg_sys::Relation) -> Key {
     let mut key = Key {
         n,
         direct: false,
+        max_col: 0,
         cols: [0; 32],
         types: [pg_sys::InvalidOid; 32],
     };
@@ -439,6 +600,7 @@ unsafe fn pk_columns(rel: pg_sys::Relation) -> Key {
             .atttypid;
     }
     key.direct = key.types[..n].iter().all(|&t| direct_type(t));
+    key.max_col = key.cols[..n].iter().copied().max().unwrap_or(0);
     key
 }
 
@@ -491,15 +653,9 @@ unsafe fn build_array(types: &[pg_sys::Oid], args: &[pg_sys::NullableDatum]) -> 
     d
 }
 
-unsafe fn same_varlena(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
-    let (a, b) = (
-        a.cast_mut_ptr::<pg_sys::varlena>(),
-        b.cast_mut_ptr::<pg_sys::varlena>(),
-    );
-    let (la, lb) = (pgrx::varsize_any(a), pgrx::varsize_any(b));
-    la == lb
-        && std::slice::from_raw_parts(a.cast::<u8>(), la)
-            == std::slice::from_raw_parts(b.cast::<u8>(), lb)
+/// A varlena neither compressed nor out of line (its bytes are the value).
+unsafe fn plain_varlena(p: *const pg_sys::varlena) -> bool {
+    pgrx::varatt_is_4b_u(p) || pgrx::varatt_is_1b(p) && !pgrx::varatt_is_1b_e(p)
 }
 
 /// NOTIFY serializes committing transactions (a cluster-wide lock held

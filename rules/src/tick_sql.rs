@@ -13,9 +13,13 @@
 //! `work_ops` (their ctid, new op id and fingerprint) for the step after it.
 //! The rest of the tick only touches tables that the tick lock protects.
 //! The statement takes the last checkpoint as `$1` and returns the number of
-//! queue entries, of ops, and of ops on existing rows (`work_ops`).
+//! queue entries (a batch counting its keys), of ops, and of ops on existing
+//! rows (`work_ops`).
 //!
-//! Queue entries (`outpost.changes.kind`): `k` a row key changed, `t` the table
+//! Queue entries (`outpost.changes.kind`): `k` a row key changed, `b` a batch
+//! of changed keys (a jsonb array of keys; the capture trigger writes most
+//! keys this way, one queue row per ~2 kB of keys; `_changes` unnests them
+//! into `k` entries, so nothing after it sees batches), `t` the table
 //! was truncated (re-check every row it had), `f` re-evaluate the whole table
 //! for one bucket definition (`def`; a rules deploy). Keys queued by `f` carry
 //! their definition, so only that definition's queries and old rows take part.
@@ -61,7 +65,12 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
         }
     }
     let mut s = String::from(
-        "WITH _changes AS (DELETE FROM outpost.changes RETURNING relid, pk, kind, def),
+        "WITH _queue AS (DELETE FROM outpost.changes RETURNING relid, pk, kind, def),
+_changes AS (
+  SELECT relid, pk, kind, def FROM _queue WHERE kind <> 'b'
+  UNION ALL SELECT q.relid, e.pk, 'k', NULL FROM _queue q
+          CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(q.pk) = 'array' THEN q.pk END) e(pk)
+         WHERE q.kind = 'b'),
 _full AS MATERIALIZED (SELECT DISTINCT relid, def FROM _changes WHERE kind = 'f'),
 _trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 't'),
 _keys AS MATERIALIZED (

@@ -47,7 +47,9 @@ CREATE TABLE outpost.captured_tables (
 
 -- ---------------------------------------------------------------- capture --
 
--- kind: 'k' a row key changed, 't' table truncated, 'f' re-evaluate the whole
+-- kind: 'k' a row key changed, 'b' a batch of changed keys (pk is a jsonb
+-- array of keys: the capture trigger's usual form, one row per ~2 kB of keys,
+-- unnested by the tick), 't' table truncated, 'f' re-evaluate the whole
 -- table for bucket definition `def` (a deploy).
 -- Written by the capture trigger with simple_heap_insert (pg_ext/src/capture.rs):
 -- it must keep these four columns in this order and have no index or trigger.

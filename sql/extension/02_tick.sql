@@ -25,8 +25,8 @@ BEGIN
 END
 $$;
 
--- Defence in depth for the capture queue: sets aside every queued key the
--- tick cannot read (values that do not convert to the table's primary key
+-- Defence in depth for the capture queue: sets aside every queued key (of a
+-- key row or a batch) the tick cannot read (values that do not convert to the table's primary key
 -- types), recording table and key in outpost.problems, so that one bad row
 -- never halts every user's sync. Only the capture triggers and the extension
 -- owner can queue keys; this runs only after a tick statement failed.
@@ -38,6 +38,16 @@ DECLARE
     k     record;
     n     bigint := 0;
 BEGIN
+    -- Keys are judged one by one: a batch of keys (kind 'b', the capture
+    -- trigger's usual form) becomes one queue row per key first, in one
+    -- statement (one snapshot: a batch committed meanwhile is either moved
+    -- whole or left for the next tick). A batch whose pk is not an array
+    -- holds no key and goes.
+    WITH b AS (DELETE FROM outpost.changes q WHERE q.kind = 'b' RETURNING q.relid, q.pk)
+    INSERT INTO outpost.changes (relid, pk, kind)
+    SELECT b.relid, e.pk, 'k'
+      FROM b CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(
+               CASE WHEN pg_catalog.jsonb_typeof(b.pk) OPERATOR(pg_catalog.=) 'array' THEN b.pk END) e(pk);
     FOR rel IN
         SELECT c.oid AS relid, pg_catalog.format('%I.%I', ns.nspname, c.relname) AS qualified,
                (SELECT pg_catalog.string_agg(pg_catalog.format('(q.pk ->> %s)::%s', x.i - 1,

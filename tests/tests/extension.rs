@@ -342,21 +342,53 @@ bucket_definitions:
          INSERT INTO kc VALUES ('', 0, ''), ('hé \"q\" \\ ☃', -32768, 'x'), (repeat('long', 5000), 32767, 'y');",
     )
     .unwrap();
+    // Keys come in batches (kind 'b', a jsonb array of keys) except where a
+    // batch would hold one key: a statement's last, or one too long to share.
+    let queued = "(SELECT q.relid, q.pk FROM outpost.changes q WHERE q.kind = 'k'
+                   UNION ALL SELECT q.relid, e.pk FROM outpost.changes q, jsonb_array_elements(q.pk) e(pk)
+                    WHERE q.kind = 'b')";
     let n: i64 = c
-        .query_one("SELECT count(*) FROM outpost.changes WHERE kind = 'k'", &[])
+        .query_one(&format!("SELECT count(*) FROM {queued} c"), &[])
         .unwrap()
         .get(0);
     assert_eq!(n, 15, "one queued key per inserted row");
+    let kinds: Vec<(String, i64)> = c
+        .query(
+            "SELECT relid::regclass::text || ' ' || kind::text, count(*) FROM outpost.changes GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("k4 b".to_string(), 1),
+            ("k8 b".to_string(), 1),
+            ("kc b".to_string(), 1),
+            ("kc k".to_string(), 1),
+            ("ku b".to_string(), 1),
+        ],
+        "the long key has a row of its own"
+    );
+    let pending: i64 = c
+        .query_one("SELECT pending_changes FROM outpost.stats", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 15, "pending_changes counts keys, not queue rows");
     let wrong: Vec<String> = c
         .query(
-            "SELECT c.relid::regclass::text || ' ' || left(c.pk::text, 40) FROM outpost.changes c
-              WHERE c.kind = 'k' AND NOT EXISTS (
+            &format!(
+                "SELECT c.relid::regclass::text || ' ' || left(c.pk::text, 40) FROM {queued} c
+              WHERE NOT EXISTS (
                 SELECT 1 FROM (
                   SELECT 'k8'::regclass AS relid, jsonb_build_array(id) AS pk FROM k8
                   UNION ALL SELECT 'k4'::regclass, jsonb_build_array(id) FROM k4
                   UNION ALL SELECT 'ku'::regclass, jsonb_build_array(id) FROM ku
                   UNION ALL SELECT 'kc'::regclass, jsonb_build_array(a, b, c) FROM kc) w
-                 WHERE w.relid = c.relid AND w.pk = c.pk AND w.pk::text = c.pk::text)",
+                 WHERE w.relid = c.relid AND w.pk = c.pk AND w.pk::text = c.pk::text)"
+            ),
             &[],
         )
         .unwrap()
@@ -364,4 +396,23 @@ bucket_definitions:
         .map(|r| r.get(0))
         .collect();
     assert!(wrong.is_empty(), "keys unlike jsonb_build_array: {wrong:?}");
+
+    // An update queues a row's key once when it stays, old and new when it
+    // changes (text keys compared by value, whatever their header).
+    tick(&mut c);
+    c.batch_execute(
+        "UPDATE k8 SET id = id; UPDATE k4 SET id = 11 WHERE id = 10; UPDATE kc SET b = b;",
+    )
+    .unwrap();
+    let keys: Vec<String> = c
+        .query(
+            &format!("SELECT c.relid::regclass::text || ' ' || left(c.pk::text, 12) FROM {queued} c ORDER BY 1"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys.len(), 6 + 2 + 3, "{keys:?}");
+    assert!(keys.contains(&"k4 [10]".to_string()) && keys.contains(&"k4 [11]".to_string()));
 }

@@ -166,6 +166,49 @@ fn a_key_nobody_can_read_is_quarantined_and_ticks_go_on() {
     assert_eq!(n, 1);
 }
 
+/// The capture trigger queues most keys in batches (kind 'b'): a bad key in
+/// a batch is set aside alone, and the batch's other keys still sync.
+#[test]
+fn a_bad_key_in_a_batch_is_quarantined_alone() {
+    let (_db, mut c) = setup("sec_quarantine_batch");
+    c.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO todos VALUES ('00000000-0000-0000-0000-000000000006', 'batched');
+         RESET session_replication_role;
+         INSERT INTO outpost.changes (relid, pk, kind) VALUES ('todos'::regclass,
+           '[[\"00000000-0000-0000-0000-000000000006\"], [\"not-a-uuid\"]]', 'b'),
+           ('todos'::regclass, '\"not an array\"', 'b');
+         INSERT INTO todos VALUES ('00000000-0000-0000-0000-000000000007', 'honest'),
+                                  ('00000000-0000-0000-0000-000000000008', 'honest too');",
+    )
+    .unwrap();
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM outpost.changes WHERE kind = 'b'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 3, "the two honest keys came as one batch");
+    tick(&mut c);
+    let t = titles(&mut c);
+    for want in ["batched", "honest", "honest too"] {
+        assert!(t.contains(want), "{want} missing from {t:?}");
+    }
+    let problems: Vec<(String, String)> = c
+        .query("SELECT kind, key::text FROM outpost.problems", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        problems,
+        [("quarantine".to_string(), "[\"not-a-uuid\"]".to_string())]
+    );
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM outpost.changes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
 #[test]
 fn a_table_owners_search_path_runs_nothing_as_the_extension_owner() {
     let (db, mut c) = setup("sec_hijack");

@@ -48,7 +48,7 @@ pub fn compile_data_query<'c>(
         json_each: None,
         options: &src.options,
     };
-    let (pk_json, keyed_cond) = pk_exprs(t, &alias, &src.name)?;
+    let (pk_json, keyed_from) = pk_exprs(t, &alias, &src.name)?;
     let a = quote_ident(&alias);
     let joins = joined::resolve(left_joins, catalog, t, &alias)?;
 
@@ -158,21 +158,28 @@ pub fn compile_data_query<'c>(
         may_duplicate |= !b.laterals.is_empty();
         let mut filters = b.filters;
         filters.push(format!("({id_expr}) IS NOT NULL"));
-        let select_from = format!(
-            "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data FROM {tbl} AS {a} {joins} {laterals}",
+        let select = format!(
+            "SELECT {bucket} AS bucket, {otype} AS object_type, ({id_expr})::text AS object_id, {subkey} AS subkey, {oid}::oid AS relid, {pk_json} AS pk, {data} AS data",
             bucket = bucket_id_sql(&src.name, &b.values),
             otype = quote_literal(&object_type),
             oid = t.oid,
-            tbl = t.qualified(),
-            joins = joins.iter().map(|j| j.sql.as_str()).collect::<Vec<_>>().join(" "),
-            laterals = b.laterals.join(" "),
         );
         let q = RowQuery {
-            select_from,
+            select,
+            from_table: format!("{} AS {a}", t.qualified()),
+            from_rest: format!(
+                "{} {}",
+                joins
+                    .iter()
+                    .map(|j| j.sql.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                b.laterals.join(" ")
+            ),
             conds: filters,
             table: t,
             bucket: &src.name,
-            keyed_cond: keyed_cond.clone(),
+            keyed_from: keyed_from.clone(),
         };
         keyed.push(q.keyed());
         full.push(q.full());

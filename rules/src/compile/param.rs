@@ -189,7 +189,7 @@ pub fn compile_param_query(
             })
         }
         Some((t, alias)) => {
-            let (pk_json, keyed_cond) = pk_exprs(t, alias, &src.name)?;
+            let (pk_json, keyed_from) = pk_exprs(t, alias, &src.name)?;
             let mixes = |e: &Expr| {
                 let mut e = e.clone();
                 rewrite(&mut e, scope)
@@ -209,8 +209,8 @@ pub fn compile_param_query(
                 let req_lookup: Vec<String> = tag.into_iter().chain(b.req_lookup).collect();
                 let mut conds = b.row_filters;
                 conds.extend(not_null_row.iter().cloned());
-                let select_from = format!(
-                    "SELECT {id_lit} AS query_id, {oid}::oid AS relid, {pk_json} AS pk, jsonb_build_array({lookup}) AS lookup, {bucket} AS bucket FROM {tbl} AS {alias_q} {laterals}",
+                let select = format!(
+                    "SELECT {id_lit} AS query_id, {oid}::oid AS relid, {pk_json} AS pk, jsonb_build_array({lookup}) AS lookup, {bucket} AS bucket",
                     id_lit = quote_literal(&id),
                     oid = t.oid,
                     lookup = row_lookup.join(", "),
@@ -221,16 +221,15 @@ pub fn compile_param_query(
                     } else {
                         bucket_id_sql(&src.name, &values)
                     },
-                    tbl = t.qualified(),
-                    alias_q = quote_ident(alias),
-                    laterals = b.row_laterals.join(" "),
                 );
                 let q = RowQuery {
-                    select_from,
+                    select,
+                    from_table: format!("{} AS {}", t.qualified(), quote_ident(alias)),
+                    from_rest: b.row_laterals.join(" "),
                     conds,
                     table: t,
                     bucket: &src.name,
-                    keyed_cond: keyed_cond.clone(),
+                    keyed_from: keyed_from.clone(),
                 };
                 keyed.push(q.keyed());
                 full.push(q.full());

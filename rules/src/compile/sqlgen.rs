@@ -76,47 +76,52 @@ pub fn keys_of(def: &str) -> String {
     format!("(k.def IS NULL OR k.def = {})", quote_literal(def))
 }
 
-/// The primary key of a row as `jsonb_build_array(...)`, and the condition
-/// that selects the rows of definition `def` whose keys the tick saw change.
+/// The primary key of a row as `jsonb_build_array(...)`, and the FROM item
+/// that reads only the rows of definition `def` whose keys the tick saw
+/// change, in place of `table AS alias`.
+///
+/// The keys drive: their distinct values, then one primary-key probe each
+/// (`OFFSET 0` keeps the planner from flattening the probe). Written as
+/// `key IN (SELECT … FROM _keys)`, the planner was free to scan the table
+/// and rescan the keys for every row, which it did whenever the table's
+/// statistics said it was empty (analyzed after a big `DELETE`, pages kept):
+/// 30k parameter rows then ticked in 3 minutes instead of 2 seconds.
 pub fn pk_exprs(t: &Table, alias: &str, def: &str) -> Result<(String, String), String> {
     let json = pk_json(t, alias)?;
-    let a = quote_ident(alias);
-    let cols: Vec<String> = t
-        .primary_key
-        .iter()
-        .map(|c| format!("{a}.{}", quote_ident(c)))
-        .collect();
-    let casts: Vec<String> = t
-        .primary_key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let ty = &t.column(c).expect("pk columns exist").type_name;
-            format!("(k.pk ->> {i})::{ty}")
-        })
-        .collect();
-    let lhs = if cols.len() == 1 {
-        cols[0].clone()
-    } else {
-        format!("({})", cols.join(", "))
-    };
-    let keyed = format!(
-        "{lhs} IN (SELECT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND {})",
+    let mut casts = Vec::new();
+    let mut probes = Vec::new();
+    for (i, c) in t.primary_key.iter().enumerate() {
+        let ty = &t.column(c).expect("pk columns exist").type_name;
+        casts.push(format!("(k.pk ->> {i})::{ty} AS _k{i}"));
+        probes.push(format!("_t.{} = _k._k{i}", quote_ident(c)));
+    }
+    let keyed_from = format!(
+        "(SELECT _t.* FROM (SELECT DISTINCT {} FROM {KEYS_CTE} k WHERE k.relid = {} AND {}) _k \
+         CROSS JOIN LATERAL (SELECT * FROM {} AS _t WHERE {} OFFSET 0) _t) AS {}",
         casts.join(", "),
         t.oid,
-        keys_of(def)
+        keys_of(def),
+        t.qualified(),
+        probes.join(" AND "),
+        quote_ident(alias)
     );
-    Ok((json, keyed))
+    Ok((json, keyed_from))
 }
 
 /// One per-row query before it is specialised: what it selects, its own
 /// conditions, and how the tick narrows it to the rows it must evaluate.
 pub struct RowQuery<'a> {
-    pub select_from: String,
+    /// `SELECT <outputs>`, without FROM.
+    pub select: String,
+    /// The query's table as a FROM item (`table AS alias`).
+    pub from_table: String,
+    /// What follows the query's table in FROM (joins, laterals).
+    pub from_rest: String,
     pub conds: Vec<String>,
     pub table: &'a Table,
     pub bucket: &'a str,
-    pub keyed_cond: String,
+    /// The FROM item of the keyed variant ([`pk_exprs`]).
+    pub keyed_from: String,
 }
 
 impl RowQuery<'_> {
@@ -129,22 +134,23 @@ impl RowQuery<'_> {
         )
     }
 
-    fn with(&self, extra: &[String]) -> String {
+    fn with(&self, from: &str, extra: &[String]) -> String {
         let conds: Vec<&str> = self.conds.iter().chain(extra).map(String::as_str).collect();
         format!(
-            "{} WHERE {}",
-            self.select_from.trim_end(),
+            "{} FROM {from} {} WHERE {}",
+            self.select,
+            self.from_rest,
             conds.join(" AND ")
         )
     }
 
     /// Evaluates the whole table when a deploy (re)defines the bucket.
     pub fn full(&self) -> String {
-        self.with(&[self.full_mark()])
+        self.with(&self.from_table, &[self.full_mark()])
     }
 
     /// Evaluates the rows whose keys changed.
     pub fn keyed(&self) -> String {
-        self.with(&[format!("NOT {}", self.full_mark()), self.keyed_cond.clone()])
+        self.with(&self.keyed_from, &[format!("NOT {}", self.full_mark())])
     }
 }

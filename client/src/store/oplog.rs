@@ -62,21 +62,20 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
             bulk = false;
         }
     }
-    let (bucket, mut last_op, add, opc): (i64, i64, i64, i64) = tx
+    // Read after any `bulk::finish` above: it moves checksums between the totals.
+    let (bucket, mut last_op, add, opc, fresh): (i64, i64, i64, i64, bool) = tx
         .prepare_cached(
-            "SELECT id, last_op, add_checksum, op_checksum FROM ps_buckets WHERE name = ?1",
+            "SELECT id, last_op, add_checksum, op_checksum, last_applied_op = 0
+               FROM ps_buckets WHERE name = ?1",
         )?
         .query_row([&line.bucket], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
     let mut add = Checksum(add as u32);
     let mut opc = Checksum(opc as u32);
     let mut cleared = false;
-    if !bulk && line.data.iter().any(|op| op.op == OpType::Put) {
-        let fresh: bool = tx
-            .prepare_cached("SELECT last_applied_op = 0 FROM ps_buckets WHERE id = ?1")?
-            .query_row([bucket], |r| r.get(0))?;
-        bulk = fresh && bulk::enter_if_empty(tx)?;
+    if !bulk && fresh && line.data.iter().any(|op| op.op == OpType::Put) {
+        bulk = bulk::enter_if_empty(tx)?;
     }
     {
         let mut insert = tx.prepare_cached(

@@ -235,75 +235,72 @@ impl Writer {
             self.add_row(k, KIND_KEY);
             return;
         }
-        let start = self.elems.len();
+        // The key's elements and jsonb size first; its strings still point
+        // into the row (valid until the next row is read) and are copied
+        // into `text` once it is known which batch the key goes to.
+        let mut elems = [pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvNull,
+            val: std::mem::zeroed(),
+        }; 32];
+        let mut strings: [Option<Str>; 32] = [None; 32];
         let mut size = 8;
-        for (&t, a) in key.types[..key.n].iter().zip(&values[..key.n]) {
-            let mut e = pg_sys::JsonbValue {
-                type_: pg_sys::jbvType::jbvNull,
-                val: std::mem::zeroed(),
-            };
+        for (((&t, a), e), st) in key.types[..key.n]
+            .iter()
+            .zip(&values[..key.n])
+            .zip(&mut elems)
+            .zip(&mut strings)
+        {
             size += 4;
-            if !a.isnull {
-                let d = a.value;
-                match t {
-                    pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
-                        let v = match t {
-                            pg_sys::INT2OID => d.value() as i16 as i64,
-                            pg_sys::INT4OID => d.value() as i32 as i64,
-                            _ => d.value() as i64,
-                        };
-                        let old = pg_sys::MemoryContextSwitchTo(self.cx);
-                        e.val.numeric = pg_sys::int64_to_numeric(v);
-                        pg_sys::MemoryContextSwitchTo(old);
-                        e.type_ = pg_sys::jbvType::jbvNumeric;
-                        size += 3 + pgrx::varsize_any(e.val.numeric.cast());
-                    }
-                    pg_sys::UUIDOID => {
-                        let u = &*d.cast_mut_ptr::<[u8; 16]>();
-                        e.type_ = pg_sys::jbvType::jbvString;
-                        e.val.string.val = self.text.len() as *mut std::ffi::c_char;
-                        e.val.string.len = 36;
-                        uuid_text(u, &mut self.text);
-                        size += 36;
-                    }
-                    _ => {
-                        let old = pg_sys::MemoryContextSwitchTo(self.cx);
-                        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                        pg_sys::MemoryContextSwitchTo(old);
-                        let len = pgrx::varsize_any_exhdr(v);
-                        e.type_ = pg_sys::jbvType::jbvString;
-                        e.val.string.val = self.text.len() as *mut std::ffi::c_char;
-                        e.val.string.len = len as _;
-                        self.text.extend_from_slice(std::slice::from_raw_parts(
-                            pgrx::vardata_any(v).cast::<u8>(),
-                            len,
-                        ));
-                        size += len;
-                    }
+            if a.isnull {
+                continue;
+            }
+            let d = a.value;
+            match t {
+                pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                    let v = match t {
+                        pg_sys::INT2OID => d.value() as i16 as i64,
+                        pg_sys::INT4OID => d.value() as i32 as i64,
+                        _ => d.value() as i64,
+                    };
+                    let old = pg_sys::MemoryContextSwitchTo(self.cx);
+                    e.val.numeric = pg_sys::int64_to_numeric(v);
+                    pg_sys::MemoryContextSwitchTo(old);
+                    e.type_ = pg_sys::jbvType::jbvNumeric;
+                    size += 3 + pgrx::varsize_any(e.val.numeric.cast());
+                }
+                pg_sys::UUIDOID => {
+                    *st = Some(Str::Uuid(d.cast_mut_ptr::<[u8; 16]>()));
+                    size += 36;
+                }
+                _ => {
+                    let old = pg_sys::MemoryContextSwitchTo(self.cx);
+                    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                    pg_sys::MemoryContextSwitchTo(old);
+                    let len = pgrx::varsize_any_exhdr(v);
+                    *st = Some(Str::Text(pgrx::vardata_any(v).cast::<u8>(), len));
+                    size += len;
                 }
             }
-            self.elems.push(e);
         }
         if self.bytes > 0 && self.bytes + size > BATCH_BYTES {
-            // Close the batch without this key, then start the next with it.
-            let tail: Vec<pg_sys::JsonbValue> = self.elems.drain(start..).collect();
-            let text_start = tail
-                .iter()
-                .filter(|e| e.type_ == pg_sys::jbvType::jbvString)
-                .map(|e| e.val.string.val as usize)
-                .min();
-            let tail_text = text_start.map(|s| self.text.split_off(s));
             self.close_batch();
-            for mut e in tail {
-                if e.type_ == pg_sys::jbvType::jbvString {
-                    let off = e.val.string.val as usize - text_start.unwrap_or(0);
-                    e.val.string.val = off as *mut std::ffi::c_char;
+        }
+        for (mut e, st) in elems.into_iter().zip(strings).take(key.n) {
+            if let Some(st) = st {
+                // An offset into `text` until the batch is closed (`text`
+                // may move as it grows).
+                let start = self.text.len();
+                match st {
+                    Str::Uuid(u) => uuid_text(&*u, &mut self.text),
+                    Str::Text(p, len) => self
+                        .text
+                        .extend_from_slice(std::slice::from_raw_parts(p, len)),
                 }
-                self.elems.push(e);
+                e.type_ = pg_sys::jbvType::jbvString;
+                e.val.string.val = start as *mut std::ffi::c_char;
+                e.val.string.len = (self.text.len() - start) as _;
             }
-            if let Some(t) = tail_text {
-                self.text = t;
-            }
+            self.elems.push(e);
         }
         self.bytes += size;
     }
@@ -407,6 +404,14 @@ impl Writer {
         }
         pg_sys::MemoryContextDelete(self.cx);
     }
+}
+
+/// A key column's string before it is copied into a batch: a uuid (written
+/// as text then) or a text value's bytes.
+#[derive(Clone, Copy)]
+enum Str {
+    Uuid(*const [u8; 16]),
+    Text(*const u8, usize),
 }
 
 /// A uuid's text form (as `uuid_out` writes it), appended to `out`.

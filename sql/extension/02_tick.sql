@@ -181,6 +181,9 @@ DECLARE
     cp             bigint;
     n_changes      bigint;
     retry          boolean := false;
+    small          boolean;
+    hashagg        text := pg_catalog.current_setting('enable_hashagg');
+    hashjoin       text := pg_catalog.current_setting('enable_hashjoin');
 BEGIN
     SELECT r.tick_sql INTO stmt FROM outpost.rules r WHERE r.active;
     IF stmt IS NULL THEN
@@ -193,20 +196,56 @@ BEGIN
     -- op log, new bucket_rows, running totals, superseded ops); the ops on
     -- existing bucket_rows entries wait in work_ops. When it fails, keys
     -- nobody can read are set aside and it runs once more.
-    BEGIN
-        EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
-    EXCEPTION WHEN OTHERS THEN
-        IF outpost._quarantine_keys() = 0 THEN
-            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+    --
+    -- With nothing queued it has nothing to read, and planning it is most
+    -- of a tick: the trailing tick after every wake-up (and the idle
+    -- fallback) is then two probes instead of ~3 ms of CPU competing with
+    -- the write that woke it. A commit after this look wakes a later tick
+    -- (its NOTIFY, or the ticker's trailing tick), as one after the
+    -- statement's snapshot would.
+    IF NOT EXISTS (SELECT FROM outpost.changes) AND NOT EXISTS (SELECT FROM outpost.write_checkpoint_requests) THEN
+        n_changes := 0;
+        n_ops := 0;
+        n_old := 0;
+    ELSE
+        -- A small tick (a few queued keys or batches, no truncation or
+        -- deploy, no joined table whose one changed row can stand for a
+        -- whole bucket's rows) runs without hash aggregates and hash joins.
+        -- The planner sizes their tables from estimates that follow
+        -- bucket_rows (the branches of _keys over it), not from the few
+        -- keys there are: each tick allocated, zeroed and walked hash tables
+        -- of ~a million buckets, ~40% of a one-row tick's backend CPU with
+        -- 1M rows in the bucket (CONTRIBUTING.md, "Commit -> client
+        -- latency"). Sorts of a few rows cost nothing. A burst queued after
+        -- this look only gets the slower plan for one tick.
+        small := coalesce((SELECT pg_catalog.count(*) <= 32 AND pg_catalog.bool_and(q.kind IN ('k', 'b'))
+                             FROM (SELECT q.kind FROM outpost.changes q LIMIT 33) q), true)
+                 AND NOT EXISTS (SELECT FROM outpost.bucket_defs d,
+                                             pg_catalog.jsonb_array_elements(d.compiled -> 'data_queries') dq
+                                  WHERE dq ? 'joined');
+        IF small THEN
+            PERFORM pg_catalog.set_config('enable_hashagg', 'off', true),
+                    pg_catalog.set_config('enable_hashjoin', 'off', true);
         END IF;
-        retry := true;
-    END;
-    IF retry THEN
         BEGIN
             EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
         EXCEPTION WHEN OTHERS THEN
-            PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+            IF outpost._quarantine_keys() = 0 THEN
+                PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+            END IF;
+            retry := true;
         END;
+        IF retry THEN
+            BEGIN
+                EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
+            END;
+        END IF;
+        IF small THEN
+            PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true),
+                    pg_catalog.set_config('enable_hashjoin', hashjoin, true);
+        END IF;
     END IF;
 
     -- Big ticks get real statistics so the joins below plan as hash joins.

@@ -101,7 +101,7 @@ impl Store for FakeStore {
                     let ops: Vec<&OpRow> = db
                         .ops
                         .iter()
-                        .filter(|o| &o.bucket == name && o.entry.op_id.0 <= cp)
+                        .filter(|o| *o.bucket == **name && o.entry.op_id.0 <= cp)
                         .collect();
                     BucketChecksum {
                         bucket: name.clone(),
@@ -139,7 +139,7 @@ impl Store for FakeStore {
                     .ops
                     .iter()
                     .filter(|o| {
-                        &o.bucket == b && o.entry.op_id > *after && o.entry.op_id <= checkpoint
+                        *o.bucket == **b && o.entry.op_id > *after && o.entry.op_id <= checkpoint
                     })
                     .collect();
                 ops.sort_by_key(|o| o.entry.op_id);
@@ -162,11 +162,11 @@ impl Store for FakeStore {
             let db = self.db.lock().unwrap();
             let mut buckets: HashMap<String, (Checksum, u64)> = HashMap::new();
             for o in db.ops.iter().filter(|o| o.entry.op_id > since) {
-                buckets.entry(o.bucket.clone()).or_default();
+                buckets.entry(o.bucket.to_string()).or_default();
             }
             let mut new_bucket = false;
             for (name, v) in buckets.iter_mut() {
-                let ops: Vec<&OpRow> = db.ops.iter().filter(|o| &o.bucket == name).collect();
+                let ops: Vec<&OpRow> = db.ops.iter().filter(|o| *o.bucket == **name).collect();
                 new_bucket |= ops.iter().all(|o| o.entry.op_id > since);
                 *v = (ops.iter().map(|o| o.entry.checksum).sum(), ops.len() as u64);
             }

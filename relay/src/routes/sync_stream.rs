@@ -15,7 +15,7 @@ use crate::compress::Encoding;
 use crate::listener::Announced;
 use crate::metrics::GaugeGuard;
 use crate::store::CheckpointState;
-use crate::sync::{apply_changes, Download, Progress, Step};
+use crate::sync::{apply_changes, write_data_line, Download, Progress, Step};
 use crate::Error;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -365,7 +365,8 @@ impl Stream {
                     };
                     for line in download.page(&mut self.progress, rows)? {
                         self.state.metrics.ops_sent.inc_by(line.data.len() as u64);
-                        self.queue(&SyncLine::Data(line)).await?;
+                        write_data_line(&mut self.pending, &line);
+                        self.queued().await?;
                     }
                 }
                 Step::Partial(priority) => {
@@ -403,7 +404,13 @@ impl Stream {
     /// most of what a write fanned out to many streams costs the relay
     /// (CONTRIBUTING.md, "Sync Streams: the rename and the fan-out").
     async fn queue(&mut self, line: &SyncLine) -> Result<(), Stop> {
-        self.pending.extend_from_slice(line.to_ndjson().as_bytes());
+        serde_json::to_writer(&mut self.pending, line).expect("sync lines always serialize");
+        self.pending.push(b'\n');
+        self.queued().await
+    }
+
+    /// Counts the line just written to `pending`; sends when enough is queued.
+    async fn queued(&mut self) -> Result<(), Stop> {
         self.pending_lines += 1;
         if self.pending.len() >= COALESCE_BYTES {
             self.flush().await?;

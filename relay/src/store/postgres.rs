@@ -157,14 +157,20 @@ impl Store for PgStore {
             let rows = client
                 .query(&stmt, &[&buckets, &afters, &to_i64(checkpoint), &max_ops])
                 .await?;
+            let mut bucket: Option<std::sync::Arc<str>> = None;
             rows.into_iter()
                 .map(|r| {
+                    let name: &str = r.get(0);
+                    let bucket = match &bucket {
+                        Some(b) if **b == *name => b.clone(),
+                        _ => bucket.insert(std::sync::Arc::from(name)).clone(),
+                    };
                     let checksum: i64 = r.get(7);
                     let checksum = u32::try_from(checksum).map_err(|_| {
                         Error::Decode(format!("checksum {checksum} out of u32 range"))
                     })?;
                     Ok(OpRow {
-                        bucket: r.get(0),
+                        bucket,
                         entry: OplogEntry {
                             op_id: op_id(r.get(1))?,
                             op: op_type(r.get(2))?,

@@ -4,6 +4,7 @@
 use outpost_protocol::{BucketChecksum, Checksum, OpId, OplogEntry, StreamDescription};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A user's view at one checkpoint: the result of `outpost.sync_checkpoint`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -44,7 +45,9 @@ pub struct Changes {
 /// One row of `outpost.bucket_ops`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpRow {
-    pub bucket: String,
+    /// Shared by the rows of one bucket in a page (one allocation per
+    /// bucket rather than per row of a million-row download).
+    pub bucket: Arc<str>,
     pub entry: OplogEntry,
     /// MOVE/CLEAR from compaction: the op that superseded what it replaced.
     /// A checkpoint below it must not be completed (its rows would be wrong).

@@ -41,10 +41,10 @@ pub fn page(pending: &[(String, OpId)], rows: Vec<OpRow>, max_ops: u32) -> Resul
     let mut max_target: Option<OpId> = None;
     for row in rows {
         max_target = max_target.max(row.target_op);
-        if lines.last().map(|l| l.bucket != row.bucket).unwrap_or(true) {
+        if lines.last().map(|l| *l.bucket != *row.bucket).unwrap_or(true) {
             let idx = pending[pos..]
                 .iter()
-                .position(|(b, _)| *b == row.bucket)
+                .position(|(b, _)| **b == *row.bucket)
                 .map(|i| i + pos)
                 .ok_or_else(|| {
                     Error::Decode(format!(
@@ -54,7 +54,7 @@ pub fn page(pending: &[(String, OpId)], rows: Vec<OpRow>, max_ops: u32) -> Resul
                 })?;
             pos = idx;
             lines.push(DataLine {
-                bucket: row.bucket.clone(),
+                bucket: row.bucket.to_string(),
                 has_more: false,
                 after: Some(pending[idx].1),
                 next_after: None,

@@ -14,9 +14,9 @@
 pub mod diff;
 pub mod page;
 pub mod progress;
-pub mod wire;
 #[cfg(test)]
 mod test_util;
+pub mod wire;
 
 pub use diff::{apply_changes, diff};
 pub use page::{page, priority_groups, Page};

@@ -41,7 +41,11 @@ pub fn page(pending: &[(String, OpId)], rows: Vec<OpRow>, max_ops: u32) -> Resul
     let mut max_target: Option<OpId> = None;
     for row in rows {
         max_target = max_target.max(row.target_op);
-        if lines.last().map(|l| *l.bucket != *row.bucket).unwrap_or(true) {
+        if lines
+            .last()
+            .map(|l| *l.bucket != *row.bucket)
+            .unwrap_or(true)
+        {
             let idx = pending[pos..]
                 .iter()
                 .position(|(b, _)| **b == *row.bucket)

@@ -190,7 +190,12 @@ mod tests {
                 ),
                 entry(
                     OpType::Put,
-                    [Some("t"), Some("1"), None, Some(r#"{"id" : "t1", "x" : "a\"b\\c"}"#)],
+                    [
+                        Some("t"),
+                        Some("1"),
+                        None,
+                        Some(r#"{"id" : "t1", "x" : "a\"b\\c"}"#),
+                    ],
                     0,
                     8,
                 ),
@@ -206,7 +211,12 @@ mod tests {
             after: None,
             next_after: None,
             data: vec![
-                entry(OpType::Remove, [Some("t"), Some("1"), Some("k"), None], 5, 1),
+                entry(
+                    OpType::Remove,
+                    [Some("t"), Some("1"), Some("k"), None],
+                    5,
+                    1,
+                ),
                 entry(OpType::Move, [None, None, None, None], 6, 2),
                 entry(OpType::Clear, [None, None, None, None], 7, 3),
                 entry(OpType::Put, [None, None, None, Some("")], 8, 4),

@@ -71,6 +71,11 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
             }
         }
     }
+    // The keys of a truncated table's or a redeployed definition's current
+    // rows come from their subkeys (`<relid>:<pk>`; bucket_rows keeps no other
+    // copy of them), by a scan of bucket_rows that runs only when some queue
+    // entry asks for it (the EXISTS is a one-time filter: after a big
+    // removal, the scan's first visible row can be a whole table away).
     let mut s = String::from(
         "WITH _queue AS (DELETE FROM outpost.changes RETURNING relid, pk, kind, def),
 _changes AS (
@@ -82,12 +87,16 @@ _full AS MATERIALIZED (SELECT DISTINCT relid, def FROM _changes WHERE kind = 'f'
 _trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 't'),
 _keys AS MATERIALIZED (
   SELECT relid, pk, NULL::text AS def FROM _changes WHERE kind = 'k'
-  UNION ALL SELECT b.relid, b.pk, NULL FROM (SELECT split_part(b.subkey, ':', 1)::oid AS relid, substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk FROM outpost.bucket_rows b) b
-             WHERE b.relid IN (SELECT relid FROM _trunc)
+  UNION ALL SELECT b.relid, b.pk, NULL
+          FROM (SELECT split_part(b.subkey, ':', 1)::oid AS relid,
+                       substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk FROM outpost.bucket_rows b) b
+         WHERE EXISTS (SELECT FROM _trunc) AND b.relid IN (SELECT relid FROM _trunc)
   UNION ALL SELECT p.relid, p.pk, NULL FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)
   UNION ALL SELECT b.relid, b.pk, f.def FROM _full f
-          JOIN (SELECT split_part(b.subkey, ':', 1)::oid AS relid, substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk, split_part(b.bucket, '[', 1) AS def
+          JOIN (SELECT split_part(b.subkey, ':', 1)::oid AS relid,
+                       substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk, split_part(b.bucket, '[', 1) AS def
                   FROM outpost.bucket_rows b) b ON b.relid = f.relid AND b.def = f.def
+         WHERE EXISTS (SELECT FROM _full)
   UNION ALL SELECT p.relid, p.pk, f.def FROM _full f
           JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def",
     );
@@ -163,7 +172,10 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 /// are matched with the rows those keys produce now in one hash full join.
 /// `_keys` keeps duplicates (`UNION ALL`): every reader groups or
 /// deduplicates the keys itself, so a `UNION` only hashed 100k jsonb keys
-/// once more. A new
+/// once more. A key's definitions are collected only when it has some (most
+/// keys have none, and an `array_agg` state per key is ~1 kB); every current
+/// row the probe returns already passed the definition filter, so a row that
+/// no longer comes out is a REMOVE without testing it again. A new
 /// row whose fingerprint differs from its current one becomes a PUT, a
 /// current row that no longer comes out a REMOVE (for keys queued by a deploy,
 /// only in the redeployed definition's buckets); op ids follow `$1` (the
@@ -182,8 +194,9 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 const DIFF_CTE: &str = ",
 _old AS MATERIALIZED (
   SELECT outpost._row_key(b.bucket, b.object_type, b.object_id, b.subkey) AS row_key,
-         b.bucket, b.object_type, b.object_id, b.subkey, b.op_id, b.fingerprint, k.all_defs, k.defs, b.old_ctid
-    FROM (SELECT src_key, subkey, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
+         b.bucket, b.object_type, b.object_id, b.subkey, b.op_id, b.fingerprint, b.old_ctid
+    FROM (SELECT src_key, subkey, bool_or(def IS NULL) AS all_defs,
+                   array_agg(def) FILTER (WHERE def IS NOT NULL) AS defs
             FROM (SELECT outpost._src_key(relid, pk) AS src_key, relid::text || ':' || pk::text AS subkey, def
                     FROM _keys) _k
            GROUP BY src_key, subkey) k
@@ -201,8 +214,7 @@ _d AS (
     FROM _n n FULL JOIN _old o
       ON o.row_key = n.row_key AND o.bucket = n.bucket AND o.object_type = n.object_type
      AND o.object_id = n.object_id AND o.subkey = n.subkey
-   WHERE CASE WHEN n.bucket IS NULL THEN o.all_defs OR split_part(o.bucket, '[', 1) = ANY (o.defs)
-              ELSE o.fingerprint IS DISTINCT FROM n.fp END),
+   WHERE n.bucket IS NULL OR o.fingerprint IS DISTINCT FROM n.fp),
 _o AS MATERIALIZED (
   SELECT $1 + row_number() OVER () AS op_id,
          d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,

@@ -110,7 +110,7 @@ _keys AS MATERIALIZED (
         s.push_str(j);
         s.push_str(") _j");
     }
-    s.push_str(")");
+    s.push(')');
     if !param_relids.is_empty() {
         let ids: Vec<String> = param_relids.iter().map(u32::to_string).collect();
         s.push_str(&format!(

@@ -5,8 +5,9 @@
 //! spread over several statements could see a writer's changed rows without
 //! its queue entries (or the reverse) and publish half a transaction. All reads
 //! of user tables therefore happen in this single statement. Its
-//! data-modifying CTEs park the keys (`work_keys`) and the parameter lookups
-//! (`work_params`) in `outpost.work_*` tables, diff the keys' rows against
+//! data-modifying CTEs park the keys of tables that parameter queries read
+//! (`work_keys`) and the parameter lookups (`work_params`) in
+//! `outpost.work_*` tables, diff the keys' rows against
 //! `bucket_rows`, and write the resulting ops with their ids straight to the
 //! op log, the new rows to `bucket_rows`, the running totals and the
 //! superseded list; only the changes to existing `bucket_rows` entries wait in
@@ -35,6 +36,9 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
     let mut data = Vec::new();
     let mut params = Vec::new();
     let mut may_duplicate = false;
+    // Tables read by table parameter queries: only their keys go to
+    // `work_keys`, for the tick's lookup step (02_tick.sql).
+    let mut param_relids: Vec<u32> = Vec::new();
     // (joining definition, key query): one key set per definition that joins.
     let mut joins: Vec<(&str, &str)> = Vec::new();
     for b in &rules.buckets {
@@ -60,10 +64,18 @@ pub fn tick_statement(rules: &CompiledRules) -> String {
             } = q
             {
                 params.push(only_with_keys(sql_keyed, *relid, &b.source.name));
+                if !param_relids.contains(relid) {
+                    param_relids.push(*relid);
+                }
                 params.push(sql_full.clone());
             }
         }
     }
+    // The keys of a truncated table's or a redeployed definition's current
+    // rows come from their subkeys (`<relid>:<pk>`; bucket_rows keeps no other
+    // copy of them), by a scan of bucket_rows that runs only when some queue
+    // entry asks for it (the EXISTS is a one-time filter: after a big
+    // removal, the scan's first visible row can be a whole table away).
     let mut s = String::from(
         "WITH _queue AS (DELETE FROM outpost.changes RETURNING relid, pk, kind, def),
 _changes AS (
@@ -75,29 +87,39 @@ _full AS MATERIALIZED (SELECT DISTINCT relid, def FROM _changes WHERE kind = 'f'
 _trunc AS MATERIALIZED (SELECT DISTINCT relid FROM _changes WHERE kind = 't'),
 _keys AS MATERIALIZED (
   SELECT relid, pk, NULL::text AS def FROM _changes WHERE kind = 'k'
-  UNION SELECT b.relid, b.pk, NULL FROM outpost.bucket_rows b WHERE b.relid IN (SELECT relid FROM _trunc)
-  UNION SELECT p.relid, p.pk, NULL FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)
-  UNION SELECT b.relid, b.pk, f.def FROM _full f
-          JOIN outpost.bucket_state s ON s.def = f.def
-          CROSS JOIN LATERAL (SELECT r.relid, r.pk FROM outpost.bucket_rows r
-                               WHERE hashtext(r.bucket) = hashtext(s.bucket) AND r.bucket = s.bucket
-                                 AND r.relid = f.relid OFFSET 0) b
-  UNION SELECT p.relid, p.pk, f.def FROM _full f
+  UNION ALL SELECT b.relid, b.pk, NULL
+          FROM (SELECT split_part(b.subkey, ':', 1)::oid AS relid,
+                       substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk FROM outpost.bucket_rows b) b
+         WHERE EXISTS (SELECT FROM _trunc) AND b.relid IN (SELECT relid FROM _trunc)
+  UNION ALL SELECT p.relid, p.pk, NULL FROM outpost.param_rows p WHERE p.relid IN (SELECT relid FROM _trunc)
+  UNION ALL SELECT b.relid, b.pk, f.def FROM _full f
+          JOIN (SELECT split_part(b.subkey, ':', 1)::oid AS relid,
+                       substr(b.subkey, strpos(b.subkey, ':') + 1)::jsonb AS pk, split_part(b.bucket, '[', 1) AS def
+                  FROM outpost.bucket_rows b) b ON b.relid = f.relid AND b.def = f.def
+         WHERE EXISTS (SELECT FROM _full)
+  UNION ALL SELECT p.relid, p.pk, f.def FROM _full f
           JOIN outpost.param_rows p ON p.relid = f.relid AND split_part(p.query_id, '#', 1) = f.def",
     );
     // Rows whose data reads a joined table's changed row (compile/joined.rs),
     // tagged with the definition that joins: only its queries re-evaluate
     // them, and only its current rows of them can become REMOVEs.
     for (def, j) in &joins {
-        s.push_str("\n  UNION SELECT _j.relid, _j.pk, ");
+        s.push_str("\n  UNION ALL SELECT _j.relid, _j.pk, ");
         s.push_str(&quote_literal(def));
         s.push_str(" FROM (");
         s.push_str(j);
         s.push_str(") _j");
     }
+    s.push(')');
+    if !param_relids.is_empty() {
+        let ids: Vec<String> = param_relids.iter().map(u32::to_string).collect();
+        s.push_str(&format!(
+            ",\n_wk AS (INSERT INTO outpost.work_keys (relid, pk, def) SELECT relid, pk, def FROM _keys WHERE relid IN ({}))",
+            ids.join(", ")
+        ));
+    }
     s.push_str(
-        "),
-_wk AS (INSERT INTO outpost.work_keys (relid, pk, def) SELECT relid, pk, def FROM _keys),
+        ",
 _wcr AS (DELETE FROM outpost.write_checkpoint_requests RETURNING user_id, client_id, seq),
 _wc AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
   SELECT user_id, client_id, max(seq) FROM _wcr GROUP BY user_id, client_id)",
@@ -146,8 +168,14 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 /// keys are grouped with their `src_key` first, so the sort the planner picks
 /// for the grouping compares integers rather than jsonb — that sort had been
 /// ~12% of a 100k-key tick — and each row's ctid goes along for the apply
-/// step) are
-/// matched with the rows those keys produce now in one hash full join. A new
+/// step; a row is its key's when its subkey, `<relid>:<pk>`, is the key's)
+/// are matched with the rows those keys produce now in one hash full join.
+/// `_keys` keeps duplicates (`UNION ALL`): every reader groups or
+/// deduplicates the keys itself, so a `UNION` only hashed 100k jsonb keys
+/// once more. A key's definitions are collected only when it has some (most
+/// keys have none, and an `array_agg` state per key is ~1 kB); every current
+/// row the probe returns already passed the definition filter, so a row that
+/// no longer comes out is a REMOVE without testing it again. A new
 /// row whose fingerprint differs from its current one becomes a PUT, a
 /// current row that no longer comes out a REMOVE (for keys queued by a deploy,
 /// only in the redeployed definition's buckets); op ids follow `$1` (the
@@ -165,48 +193,50 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 /// can still analyze `bucket_rows` before planning it (02_tick.sql).
 const DIFF_CTE: &str = ",
 _old AS MATERIALIZED (
-  SELECT b.row_key, b.bucket, b.object_type, b.object_id, b.subkey, b.relid, b.pk, b.op_id, b.fingerprint,
-         k.all_defs, k.defs, b.old_ctid
-    FROM (SELECT src_key, relid, pk, bool_or(def IS NULL) AS all_defs, array_agg(def) AS defs
-            FROM (SELECT outpost._src_key(relid, pk) AS src_key, relid, pk, def FROM _keys) _k
-           GROUP BY src_key, relid, pk) k
+  SELECT outpost._row_key(b.bucket, b.object_type, b.object_id, b.subkey) AS row_key,
+         b.bucket, b.object_type, b.object_id, b.subkey, b.op_id, b.fingerprint, b.old_ctid
+    FROM (SELECT src_key, subkey, bool_or(def IS NULL) AS all_defs,
+                   array_agg(def) FILTER (WHERE def IS NOT NULL) AS defs
+            FROM (SELECT outpost._src_key(relid, pk) AS src_key, relid::text || ':' || pk::text AS subkey, def
+                    FROM _keys) _k
+           GROUP BY src_key, subkey) k
    CROSS JOIN LATERAL (
         SELECT b.*, b.ctid AS old_ctid FROM outpost.bucket_rows b
-         WHERE b.src_key = k.src_key AND b.pk = k.pk AND b.relid = k.relid
+         WHERE b.src_key = k.src_key AND b.subkey = k.subkey
            AND (k.all_defs OR split_part(b.bucket, '[', 1) = ANY (k.defs))
         OFFSET 0) b),
 _d AS (
   SELECT coalesce(n.row_key, o.row_key) AS row_key, coalesce(n.bucket, o.bucket) AS bucket,
          coalesce(n.object_type, o.object_type) AS object_type, coalesce(n.object_id, o.object_id) AS object_id,
          coalesce(n.subkey, o.subkey) AS subkey, CASE WHEN n.bucket IS NULL THEN 'REMOVE' ELSE 'PUT' END AS op,
-         n.data, coalesce(n.relid, o.relid) AS relid, coalesce(n.pk, o.pk) AS pk, n.fp,
+         n.data, n.relid, n.pk, n.fp,
          o.bucket IS NOT NULL AS existed, o.op_id AS old_op_id, o.old_ctid
     FROM _n n FULL JOIN _old o
       ON o.row_key = n.row_key AND o.bucket = n.bucket AND o.object_type = n.object_type
      AND o.object_id = n.object_id AND o.subkey = n.subkey
-   WHERE CASE WHEN n.bucket IS NULL THEN o.all_defs OR split_part(o.bucket, '[', 1) = ANY (o.defs)
-              ELSE o.fingerprint IS DISTINCT FROM n.fp END),
+   WHERE n.bucket IS NULL OR o.fingerprint IS DISTINCT FROM n.fp),
 _o AS MATERIALIZED (
   SELECT $1 + row_number() OVER () AS op_id,
-         d.row_key, d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
+         d.bucket, d.op, d.object_type, d.object_id, d.subkey, d.data,
          outpost._op_checksum(d.op, d.object_type, d.object_id, d.subkey, d.data) AS checksum,
          d.relid, d.pk, d.fp, d.existed, d.old_op_id, d.old_ctid
     FROM _d d),
 _ops AS (INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
   SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM _o),
-_new AS (INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk,
-                                         op_id, fingerprint)
-  SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fp
+_new AS (INSERT INTO outpost.bucket_rows (src_key, op_id, fingerprint, bucket, object_type, object_id, subkey)
+  SELECT outpost._src_key(relid, pk), op_id, fp, bucket, object_type, object_id, subkey
     FROM _o WHERE op = 'PUT' AND NOT existed),
 _wo AS (INSERT INTO outpost.work_ops (op_id, op, fingerprint, existed, old_ctid)
   SELECT op_id, op, fp, existed, old_ctid FROM _o WHERE existed),
-_bs AS (INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
-  SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
+_bs AS (INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id, live_rows)
+  SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id),
+         sum(CASE WHEN op = 'REMOVE' THEN -1 WHEN existed THEN 0 ELSE 1 END)
     FROM _o GROUP BY bucket
   ON CONFLICT (bucket) DO UPDATE
      SET checksum = (s.checksum + excluded.checksum) % 4294967296,
          op_count = s.op_count + excluded.op_count,
-         last_op_id = excluded.last_op_id),
+         last_op_id = excluded.last_op_id,
+         live_rows = s.live_rows + excluded.live_rows),
 _sup AS (INSERT INTO outpost.superseded (bucket, op_id, by_op)
   SELECT bucket, old_op_id, op_id FROM _o WHERE old_op_id IS NOT NULL)";
 

@@ -214,7 +214,7 @@ fn a_joined_tables_keys_reach_only_the_stream_that_joins() {
     assert!(mine.data_queries[0].joined.is_empty());
     assert!(
         p.tick_sql.contains(&format!(
-            "UNION SELECT _j.relid, _j.pk, 'named|0' FROM ({keys}) _j"
+            "UNION ALL SELECT _j.relid, _j.pk, 'named|0' FROM ({keys}) _j"
         )),
         "the join's keys carry the joining stream: {}",
         p.tick_sql

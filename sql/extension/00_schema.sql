@@ -76,28 +76,30 @@ CREATE TABLE outpost.write_checkpoint_requests (
 
 -- ----------------------------------------------------------------- op log --
 
+-- Fixed-width columns first: after a text, each bigint would start at the
+-- next multiple of 8 (~8 bytes of padding per row).
 CREATE TABLE outpost.ops (
-    bucket      text NOT NULL,
     op_id       bigint NOT NULL,
-    op          text NOT NULL,
-    object_type text,
-    object_id   text,
-    subkey      text,
-    data        text,
     checksum    bigint NOT NULL,
     -- MOVE/CLEAR: the op that superseded what this op replaced. A client
     -- streaming checkpoint C that receives an op with target_op > C must not
     -- complete C (its rows would be wrong although checksums match).
     target_op   bigint,
+    bucket      text NOT NULL,
+    op          text NOT NULL,
+    object_type text,
+    object_id   text,
+    subkey      text,
+    data        text,
     PRIMARY KEY (bucket, op_id)
 );
 
 -- Ops superseded by a later op of the same row in the same bucket, written by
 -- the tick that superseded them; outpost.compact() turns them into MOVEs.
 CREATE TABLE outpost.superseded (
-    bucket text NOT NULL,
     op_id  bigint NOT NULL,
-    by_op  bigint NOT NULL
+    by_op  bigint NOT NULL,
+    bucket text NOT NULL
 );
 
 -- Ops removed per bucket by compaction (bucket_state.op_count counts ops ever
@@ -107,29 +109,30 @@ CREATE TABLE outpost.compacted (
     removed bigint NOT NULL
 );
 
--- The current PUT of every row in every bucket: what the next tick diffs against.
--- Lookups go through 64-bit hashes (int8 btrees insert far faster than
--- indexes on the texts and jsonb they stand for); every lookup also compares
--- the real columns, so a hash collision costs a row comparison, never a
--- wrong answer. row_key = outpost._row_key(bucket, object_type, object_id,
--- subkey), src_key = outpost._src_key(relid, pk). row_key has no index: the
--- tick finds a key's rows through src_key, matches them by row_key in a hash
--- join, and updates or deletes them by the ctid it read them at (two indexes
--- written per new row or non-HOT update instead of three).
+-- The current PUT of every row in every bucket: what the next tick diffs
+-- against. One index: src_key = outpost._src_key(relid, pk) of the source
+-- row (int8 btrees insert far faster than indexes on the texts and jsonb
+-- they stand for; every lookup also compares subkey, so a hash collision
+-- costs a row comparison, never a wrong answer). The source row's table and
+-- key are not stored again: subkey is `<relid>:<pk as jsonb text>`
+-- (rules/src/compile/data.rs), and the few readers that need them (a
+-- TRUNCATE's keys, a deploy's) take them from it. A bucket's rows have no
+-- index of their own: the tick finds them through their keys, and a deploy,
+-- a removed definition and compaction's defragmentation (which need a
+-- bucket's rows without knowing their keys) scan the table; bucket_state.live_rows
+-- counts them. The tick matches a key's rows by (bucket, object_type,
+-- object_id, subkey) in a hash join and updates or deletes them by the ctid
+-- it read them at. Fixed-width columns first: no alignment padding.
 CREATE TABLE outpost.bucket_rows (
-    row_key     bigint NOT NULL,
     src_key     bigint NOT NULL,
+    op_id       bigint NOT NULL,
+    fingerprint bigint NOT NULL,
     bucket      text NOT NULL,
     object_type text NOT NULL,
     object_id   text NOT NULL,
-    subkey      text NOT NULL,
-    relid       oid NOT NULL,
-    pk          jsonb NOT NULL,
-    op_id       bigint NOT NULL,
-    fingerprint bigint NOT NULL
+    subkey      text NOT NULL
 ) WITH (fillfactor = 80);  -- room for HOT updates: a changed row rewrites no index
 CREATE INDEX bucket_rows_source ON outpost.bucket_rows (src_key);
-CREATE INDEX bucket_rows_bucket ON outpost.bucket_rows (hashtext(bucket));
 
 -- Running totals, kept current by every tick so a checkpoint costs O(buckets).
 CREATE TABLE outpost.bucket_state (
@@ -137,7 +140,10 @@ CREATE TABLE outpost.bucket_state (
     def        text NOT NULL,
     checksum   bigint NOT NULL DEFAULT 0,
     op_count   bigint NOT NULL DEFAULT 0,
-    last_op_id bigint NOT NULL DEFAULT 0
+    last_op_id bigint NOT NULL DEFAULT 0,
+    -- Live rows (its bucket_rows entries): what compaction's
+    -- defragmentation compares the op count with.
+    live_rows  bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX bucket_state_def ON outpost.bucket_state (def);
 CREATE INDEX bucket_state_last_op ON outpost.bucket_state (last_op_id);
@@ -196,7 +202,7 @@ CREATE UNLOGGED TABLE outpost.work_write_checkpoints (user_id text, client_id te
 -- on existing bucket_rows entries (its statement writes everything else
 -- itself); compaction's defragmentation fills every column.
 CREATE UNLOGGED TABLE outpost.work_ops (
-    op_id bigint, row_key bigint, bucket text, op text, object_type text, object_id text, subkey text,
+    op_id bigint, bucket text, op text, object_type text, object_id text, subkey text,
     data text, checksum bigint, relid oid, pk jsonb, fingerprint bigint, existed boolean,
     old_op_id bigint,
     -- Where the row's current bucket_rows entry is (existed): read in the

@@ -151,18 +151,20 @@ CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
     PERFORM outpost._update_bucket_rows(n_ops);
-    INSERT INTO outpost.bucket_rows (row_key, src_key, bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint)
-    SELECT row_key, outpost._src_key(relid, pk), bucket, object_type, object_id, subkey, relid, pk, op_id, fingerprint
+    INSERT INTO outpost.bucket_rows (src_key, op_id, fingerprint, bucket, object_type, object_id, subkey)
+    SELECT outpost._src_key(relid, pk), op_id, fingerprint, bucket, object_type, object_id, subkey
       FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
     INSERT INTO outpost.ops (bucket, op_id, op, object_type, object_id, subkey, data, checksum)
     SELECT bucket, op_id, op, object_type, object_id, subkey, data, checksum FROM outpost.work_ops;
-    INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id)
-    SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id)
+    INSERT INTO outpost.bucket_state AS s (bucket, def, checksum, op_count, last_op_id, live_rows)
+    SELECT bucket, split_part(bucket, '[', 1), sum(checksum) % 4294967296, count(*), max(op_id),
+           sum(CASE WHEN op = 'REMOVE' THEN -1 WHEN existed THEN 0 ELSE 1 END)
       FROM outpost.work_ops GROUP BY bucket
     ON CONFLICT (bucket) DO UPDATE
        SET checksum = (s.checksum + excluded.checksum) % 4294967296,
            op_count = s.op_count + excluded.op_count,
-           last_op_id = excluded.last_op_id;
+           last_op_id = excluded.last_op_id,
+           live_rows = s.live_rows + excluded.live_rows;
     INSERT INTO outpost.superseded (bucket, op_id, by_op)
     SELECT bucket, old_op_id, op_id FROM outpost.work_ops WHERE old_op_id IS NOT NULL;
 END

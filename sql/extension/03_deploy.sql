@@ -67,8 +67,8 @@ BEGIN
     IF pg_catalog.cardinality(removed_defs) > 0 THEN
         gone := ARRAY(SELECT s.bucket FROM outpost.bucket_state s WHERE s.def = ANY (removed_defs));
         DELETE FROM outpost.ops o WHERE o.bucket = ANY (gone);
-        DELETE FROM outpost.bucket_rows r USING pg_catalog.unnest(gone) g(bucket)
-         WHERE pg_catalog.hashtext(r.bucket) = pg_catalog.hashtext(g.bucket) AND r.bucket = g.bucket;
+        -- A scan of bucket_rows: a bucket's rows have no index of their own.
+        DELETE FROM outpost.bucket_rows r WHERE r.bucket = ANY (gone);
         DELETE FROM outpost.superseded x WHERE x.bucket = ANY (gone);
         DELETE FROM outpost.compacted x WHERE x.bucket = ANY (gone);
         DELETE FROM outpost.bucket_state s WHERE s.bucket = ANY (gone);

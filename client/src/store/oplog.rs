@@ -224,9 +224,18 @@ const APPEND_ROWS: usize = 32;
 /// index's cursors, resetting) as in writing the row.
 #[derive(Default)]
 struct Appends<'a> {
-    /// `(op_id, hash, row_type, row_id, data, key range in keys)`.
-    rows: Vec<(i64, i64, &'a str, &'a str, &'a str, (usize, usize))>,
+    rows: Vec<Append<'a>>,
     keys: String,
+}
+
+/// One PUT of [`Appends`]; its key is `keys[key.0..key.1]`.
+struct Append<'a> {
+    op_id: i64,
+    hash: i64,
+    ty: &'a str,
+    id: &'a str,
+    data: &'a str,
+    key: (usize, usize),
 }
 
 impl<'a> Appends<'a> {
@@ -248,8 +257,14 @@ impl<'a> Appends<'a> {
         self.keys.push_str(id);
         self.keys.push('/');
         self.keys.push_str(subkey.unwrap_or(""));
-        self.rows
-            .push((op_id, hash, ty, id, data, (start, self.keys.len())));
+        self.rows.push(Append {
+            op_id,
+            hash,
+            ty,
+            id,
+            data,
+            key: (start, self.keys.len()),
+        });
         if self.rows.len() == APPEND_ROWS {
             self.flush(tx, bucket)?;
         }
@@ -273,7 +288,15 @@ impl<'a> Appends<'a> {
             sql
         };
         let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(self.rows.len() * 7);
-        for &(op_id, hash, ty, id, data, (ks, ke)) in &self.rows {
+        for &Append {
+            op_id,
+            hash,
+            ty,
+            id,
+            data,
+            key: (ks, ke),
+        } in &self.rows
+        {
             values.extend([
                 ToSqlOutput::Borrowed(ValueRef::Integer(bucket)),
                 ToSqlOutput::Borrowed(ValueRef::Integer(op_id)),

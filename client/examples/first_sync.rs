@@ -18,7 +18,7 @@
 //! `FIRST_SYNC_STOP_BEFORE_APPLY=1` stops before `checkpoint_complete`,
 //! leaving the stored ops to time the apply's statements by hand.
 //! Prints the time split into decoding, storing data lines and applying the
-//! checkpoint, and the process's peak RSS. `make bench` (section `client`)
+//! checkpoint (wall, then this thread's CPU time), and the process's peak RSS. `make bench` (section `client`)
 //! measures the same end to end.
 
 use outpost_client::driver::batch_open;
@@ -74,10 +74,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut machine = store.sync_state(Default::default())?;
     machine.start();
     let (mut parse, mut save, mut apply) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    // CPU time of this (the only) thread per phase: on a shared machine the
+    // wall times above vary with the load, the CPU times much less.
+    let (mut parse_cpu, mut save_cpu, mut apply_cpu) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let start = Instant::now();
     let mut rest = lines.iter().peekable();
     while let Some(text) = rest.next() {
         let t = Instant::now();
+        let c = thread_cpu();
         let Some(line) = parse_line(text)? else {
             continue;
         };
@@ -93,20 +98,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let t2 = Instant::now();
+        let c2 = thread_cpu();
         parse += t2 - t;
+        parse_cpu += c2 - c;
         let effects = store.execute(&mut machine, batch)?;
         if complete {
             apply += t2.elapsed();
+            apply_cpu += thread_cpu() - c2;
             assert!(effects.iter().any(|e| matches!(e, Effect::Applied { .. })));
         } else {
             save += t2.elapsed();
+            save_cpu += thread_cpu() - c2;
         }
     }
     let total = start.elapsed();
     // What `outpost sync` does next (and `--once` leaves to the next change).
     let t = Instant::now();
+    let c = thread_cpu();
     store.finish_bulk()?;
     let index = t.elapsed();
+    let index_cpu = thread_cpu() - c;
     let n: i64 = store
         .connection()
         .query_row("SELECT count(*) FROM todos", [], |r| r.get(0))?;
@@ -124,7 +135,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         apply.as_secs_f64(),
         index.as_secs_f64()
     );
+    println!(
+        "  CPU: decode {:.2} s, store ops {:.2} s, apply {:.2} s, index {:.2} s",
+        parse_cpu.as_secs_f64(),
+        save_cpu.as_secs_f64(),
+        apply_cpu.as_secs_f64(),
+        index_cpu.as_secs_f64()
+    );
     Ok(())
+}
+
+/// This thread's time on a CPU (user + system), from the scheduler's stats.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// The stream a relay sends a fresh client: checkpoint, data lines, complete.

@@ -190,3 +190,75 @@ fn bulk_mode_survives_a_restart_mid_download() {
     drop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bulk mode appends PUTs and writes the winners many rows to a statement
+/// (32 at a time, then the tail row by row): every op and row must land
+/// whole, in its own columns, across those boundaries.
+#[test]
+fn batched_appends_and_winners_keep_every_column() {
+    let mut h = Harness::new();
+    // 75 ops in two lines (40 + 35: full batches and tails); t10 again as op 70.
+    let id = |op: u64| {
+        if op == 70 {
+            "t10".to_string()
+        } else {
+            format!("t{op}")
+        }
+    };
+    let ops: Vec<String> = (1..=75)
+        .map(|op| put(op, &id(op), &format!("title {op}"), op as u32))
+        .collect();
+    let sum: u32 = (1..=75).sum();
+    let effects = h
+        .feed(&format!(
+            "{}\n{}\n{}\n{}",
+            json!({"checkpoint": {"last_op_id": "75", "buckets": [{"bucket": "a[]", "checksum": sum}]}}),
+            data("a[]", &ops[..40]),
+            data("a[]", &ops[40..]),
+            r#"{"checkpoint_complete":{"last_op_id":"75"}}"#
+        ))
+        .unwrap();
+    assert_eq!(effects, vec![applied(75)]);
+    let stored: Vec<(i64, String, String, String, i64)> = {
+        let mut stmt = h
+            .store
+            .connection()
+            .prepare("SELECT op_id, row_type, row_id, key, hash FROM ps_oplog ORDER BY op_id")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let expected: Vec<(i64, String, String, String, i64)> = (1..=75)
+        .map(|op| {
+            let id = id(op);
+            (
+                op as i64,
+                "todos".into(),
+                id.clone(),
+                format!("todos/{id}/s"),
+                op as i64,
+            )
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    let mut rows = h.rows();
+    rows.sort_by_key(|r| r["id"].as_str().unwrap()[1..].parse::<u64>().unwrap());
+    let want: Vec<_> = (1..=75)
+        .filter(|&op| op != 70)
+        .map(|op| {
+            let title = if op == 10 { 70 } else { op };
+            json!({"id": format!("t{op}"), "title": format!("title {title}"), "done": 0})
+        })
+        .collect();
+    assert_eq!(rows, want);
+    h.store.finish_bulk().unwrap();
+    // Op 10 was superseded by op 70: its hash moved to add_checksum.
+    assert_eq!(
+        checksums(&h.store),
+        vec![("a[]".into(), 10, sum as i64 - 10)]
+    );
+}

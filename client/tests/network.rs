@@ -294,9 +294,13 @@ async fn compressed_streams_are_decoded_as_they_arrive() {
         }))
         .await;
         let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
+        // The test server is on loopback, where the client asks for no
+        // compression unless told to.
+        let mut opts = options(true);
+        opts.transport.compress_loopback = true;
         let cp = tokio::time::timeout(
             Duration::from_secs(20),
-            SyncClient::new(db.clone(), connector(&server.endpoint)).run(options(true)),
+            SyncClient::new(db.clone(), connector(&server.endpoint)).run(opts),
         )
         .await
         .unwrap_or_else(|_| panic!("{encoding}: the checkpoint was not decoded incrementally"))
@@ -310,6 +314,26 @@ async fn compressed_streams_are_decoded_as_they_arrive() {
             seen.accept_encoding
         );
     }
+}
+
+#[tokio::test]
+async fn a_loopback_relay_is_asked_for_a_plain_stream() {
+    let server = support::serve(Arc::new(|_: &Seen| {
+        Reply::chunks(vec![Bytes::from(good_stream())], true)
+    }))
+    .await;
+    assert!(server.endpoint.contains("127.0.0.1"), "{}", server.endpoint);
+    let db = Database::open_in_memory(SchemaMode::Fixed(schema())).unwrap();
+    let cp = SyncClient::new(db.clone(), connector(&server.endpoint))
+        .run(options(true))
+        .await
+        .unwrap();
+    assert_eq!(cp.as_deref(), Some("2"));
+    let seen = &server.requests("/sync/stream")[0];
+    assert_eq!(
+        seen.accept_encoding, "",
+        "loopback: no compression asked for"
+    );
 }
 
 #[tokio::test]

@@ -35,6 +35,11 @@ pub struct TransportOptions {
     pub tcp_keepalive: Option<Duration>,
     /// A PEM file of CA certificates to trust besides the public roots (a private CA).
     pub ca_cert: Option<PathBuf>,
+    /// Ask a relay on a loopback address (`127.0.0.0/8`, `::1`, `localhost`)
+    /// for a compressed stream too. Off by default: there the relay's
+    /// compression and the client's decompression are CPU spent to save
+    /// bytes that cost next to nothing, on cores both processes share.
+    pub compress_loopback: bool,
 }
 
 impl Default for TransportOptions {
@@ -44,6 +49,7 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(60),
             tcp_keepalive: Some(Duration::from_secs(30)),
             ca_cert: None,
+            compress_loopback: false,
         }
     }
 }
@@ -66,6 +72,7 @@ impl Credentials {
 pub struct Http {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     idle: Duration,
+    compress_loopback: bool,
 }
 
 impl Default for Http {
@@ -96,6 +103,7 @@ impl Http {
         Ok(Http {
             client: Client::builder(TokioExecutor::new()).build(https),
             idle: o.idle_timeout,
+            compress_loopback: o.compress_loopback,
         })
     }
 
@@ -157,21 +165,18 @@ impl Http {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
-    /// Opens `POST /sync/stream`, accepting a compressed stream.
+    /// Opens `POST /sync/stream`, accepting a compressed stream unless the
+    /// relay is on a loopback address (see [`TransportOptions::compress_loopback`]).
     pub async fn sync_stream(
         &self,
         creds: &Credentials,
         request: &SyncRequest,
     ) -> Result<SyncStream> {
         let body = serde_json::to_vec(request)?;
+        let accept =
+            (self.compress_loopback || !is_loopback(&creds.endpoint)).then_some(ACCEPT_ENCODING);
         let resp = self
-            .send(
-                Method::POST,
-                creds,
-                "/sync/stream",
-                Some(body),
-                Some(ACCEPT_ENCODING),
-            )
+            .send(Method::POST, creds, "/sync/stream", Some(body), accept)
             .await?;
         let encoding = resp
             .headers()
@@ -186,6 +191,21 @@ impl Http {
             idle: self.idle,
         })
     }
+}
+
+/// Whether `endpoint` (a base URL) names this machine: a loopback IP or `localhost`.
+fn is_loopback(endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<hyper::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn read_limited(mut body: Incoming, limit: usize, idle: Duration) -> Result<Vec<u8>> {
@@ -305,6 +325,33 @@ impl SyncStream {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_endpoints_are_recognised() {
+        for e in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3/",
+            "http://localhost:8080/relay",
+            "https://LOCALHOST",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback(e), "{e}");
+        }
+        for e in [
+            "http://10.0.0.1:8080",
+            "https://relay.example.com",
+            "http://[::2]:80",
+            "http://localhost.example.com",
+            "not a url",
+        ] {
+            assert!(!is_loopback(e), "{e}");
         }
     }
 }

@@ -224,7 +224,7 @@ impl Store {
                 if bulk {
                     targets.push(Target {
                         row_type: ty.clone(),
-                        sql: format!("INSERT OR REPLACE INTO {dt}(id, data) VALUES (?1, ?2)"),
+                        insert: format!("INSERT OR REPLACE INTO {dt}(id, data)"),
                         with_type: false,
                     });
                 }
@@ -236,9 +236,7 @@ impl Store {
                 if bulk {
                     targets.push(Target {
                         row_type: ty.clone(),
-                        sql:
-                            "INSERT OR REPLACE INTO ps_untyped(type, id, data) VALUES (?1, ?2, ?3)"
-                                .to_string(),
+                        insert: "INSERT OR REPLACE INTO ps_untyped(type, id, data)".to_string(),
                         with_type: true,
                     });
                 }

@@ -15,13 +15,14 @@
 
 use crate::error::Result;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection};
+use rusqlite::{params_from_iter, Connection};
 
-/// Where one row type's winners go: the `INSERT OR REPLACE` statement and
-/// whether it takes the row type as its first parameter (`ps_untyped`).
+/// Where one row type's winners go: the `INSERT OR REPLACE INTO …(…)` head
+/// of the statement (without `VALUES`) and whether its first column is the
+/// row type (`ps_untyped`).
 pub(super) struct Target {
     pub row_type: String,
-    pub sql: String,
+    pub insert: String,
     pub with_type: bool,
 }
 
@@ -124,7 +125,7 @@ pub(super) fn fill(conn: &Connection, filter: &str, targets: &[Target]) -> Resul
             .then_with(|| bytes(a.id).cmp(bytes(b.id)))
             .then(b.op_id.cmp(&a.op_id))
     });
-    let mut current: Option<(u32, rusqlite::CachedStatement<'_>)> = None;
+    let mut batch: Vec<&Op> = Vec::with_capacity(INSERT_ROWS);
     let mut previous: Option<(u32, (usize, usize))> = None;
     for op in &ops {
         if let Some((ty, id)) = previous {
@@ -133,20 +134,60 @@ pub(super) fn fill(conn: &Connection, filter: &str, targets: &[Target]) -> Resul
             }
         }
         previous = Some((op.ty, op.id));
-        if current.as_ref().is_none_or(|(ty, _)| *ty != op.ty) {
-            current = Some((op.ty, conn.prepare_cached(&targets[op.ty as usize].sql)?));
+        if batch.len() == INSERT_ROWS || batch.first().is_some_and(|b| b.ty != op.ty) {
+            insert(conn, &targets[batch[0].ty as usize], &batch, &bytes)?;
+            batch.clear();
         }
-        let (_, stmt) = current.as_mut().expect("prepared above");
-        let target = &targets[op.ty as usize];
-        let id = ToSqlOutput::Borrowed(ValueRef::Text(bytes(op.id)));
-        let data = match op.data {
+        batch.push(op);
+    }
+    if let Some(first) = batch.first() {
+        insert(conn, &targets[first.ty as usize], &batch, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row `INSERT` of [`fill`]: one statement per row spent a
+/// good part of its time starting and finishing the statement.
+const INSERT_ROWS: usize = 32;
+
+/// Inserts `ops` (winners of `target`'s type), a full batch in one statement.
+fn insert<'a>(
+    conn: &Connection,
+    target: &Target,
+    ops: &[&Op],
+    bytes: &impl Fn((usize, usize)) -> &'a [u8],
+) -> Result<()> {
+    let sql = |n: usize| {
+        let row = if target.with_type { "(?,?,?)" } else { "(?,?)" };
+        let mut sql = format!("{} VALUES {row}", target.insert);
+        for _ in 1..n {
+            sql.push(',');
+            sql.push_str(row);
+        }
+        sql
+    };
+    let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(ops.len() * 3);
+    for op in ops {
+        if target.with_type {
+            values.push(ToSqlOutput::Borrowed(ValueRef::Text(
+                target.row_type.as_bytes(),
+            )));
+        }
+        values.push(ToSqlOutput::Borrowed(ValueRef::Text(bytes(op.id))));
+        values.push(match op.data {
             Some(d) => ToSqlOutput::Borrowed(ValueRef::Text(bytes(d))),
             None => ToSqlOutput::Borrowed(ValueRef::Null),
-        };
-        if target.with_type {
-            stmt.execute(params![target.row_type, id, data])?;
-        } else {
-            stmt.execute(params![id, data])?;
+        });
+    }
+    if ops.len() == INSERT_ROWS {
+        conn.prepare_cached(&sql(INSERT_ROWS))?
+            .execute(params_from_iter(values.iter()))?;
+    } else {
+        // The tail: one row at a time, so only two statements are cached.
+        let per_row = values.len() / ops.len();
+        let mut one = conn.prepare_cached(&sql(1))?;
+        for row in values.chunks(per_row) {
+            one.execute(params_from_iter(row.iter()))?;
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 use super::{bulk, Store};
 use crate::error::{Error, Result};
 use outpost_protocol::{Checksum, DataLine, OpType};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, OptionalExtension};
 
 impl Store {
@@ -96,7 +97,32 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
             "INSERT OR IGNORE INTO ps_updated_rows(row_type, row_id) VALUES (?1, ?2)",
         )?;
         let mut key = String::new();
+        let mut appends = Appends::default();
         for op in &line.data {
+            if bulk && op.op == OpType::Put {
+                // Nothing to supersede without the unique index: append.
+                let (Some(ty), Some(id), Some(data)) = (&op.object_type, &op.object_id, &op.data)
+                else {
+                    return Err(Error::Protocol(format!(
+                        "PUT {} in bucket {:?} has no object_type/object_id/data",
+                        op.op_id, line.bucket
+                    )));
+                };
+                opc += op.checksum;
+                appends.push(
+                    tx,
+                    bucket,
+                    op.op_id.0 as i64,
+                    ty,
+                    id,
+                    op.subkey.as_deref(),
+                    data,
+                    op.checksum.0 as i64,
+                )?;
+                last_op = last_op.max(op.op_id.0 as i64);
+                continue;
+            }
+            appends.flush(tx, bucket)?;
             if bulk && op.op == OpType::Remove {
                 // Dropping superseded ops moves checksums within the stored
                 // totals: store this line's so far, and read them back.
@@ -172,6 +198,7 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
             }
             last_op = last_op.max(op.op_id.0 as i64);
         }
+        appends.flush(tx, bucket)?;
     }
     tx.prepare_cached(
         "UPDATE ps_buckets SET last_op = ?2, add_checksum = ?3, op_checksum = ?4,
@@ -185,4 +212,114 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
         cleared
     ])?;
     Ok(())
+}
+
+/// Rows per multi-row `INSERT` of [`Appends`].
+const APPEND_ROWS: usize = 32;
+
+/// A bulk download's PUTs, inserted [`APPEND_ROWS`] to a statement.
+///
+/// Why: in bulk mode every PUT is an append, and one `INSERT` per op spent as
+/// much in starting and finishing the statement (opening the table's and the
+/// index's cursors, resetting) as in writing the row.
+#[derive(Default)]
+struct Appends<'a> {
+    rows: Vec<Append<'a>>,
+    keys: String,
+}
+
+/// One PUT of [`Appends`]; its key is `keys[key.0..key.1]`.
+struct Append<'a> {
+    op_id: i64,
+    hash: i64,
+    ty: &'a str,
+    id: &'a str,
+    data: &'a str,
+    key: (usize, usize),
+}
+
+impl<'a> Appends<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        tx: &rusqlite::Transaction,
+        bucket: i64,
+        op_id: i64,
+        ty: &'a str,
+        id: &'a str,
+        subkey: Option<&str>,
+        data: &'a str,
+        hash: i64,
+    ) -> Result<()> {
+        let start = self.keys.len();
+        self.keys.push_str(ty);
+        self.keys.push('/');
+        self.keys.push_str(id);
+        self.keys.push('/');
+        self.keys.push_str(subkey.unwrap_or(""));
+        self.rows.push(Append {
+            op_id,
+            hash,
+            ty,
+            id,
+            data,
+            key: (start, self.keys.len()),
+        });
+        if self.rows.len() == APPEND_ROWS {
+            self.flush(tx, bucket)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, tx: &rusqlite::Transaction, bucket: i64) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let sql = |n: usize| {
+            let mut sql = String::from(
+                "INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash) VALUES ",
+            );
+            for i in 0..n {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?,?,?,?)");
+            }
+            sql
+        };
+        let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(self.rows.len() * 7);
+        for &Append {
+            op_id,
+            hash,
+            ty,
+            id,
+            data,
+            key: (ks, ke),
+        } in &self.rows
+        {
+            values.extend([
+                ToSqlOutput::Borrowed(ValueRef::Integer(bucket)),
+                ToSqlOutput::Borrowed(ValueRef::Integer(op_id)),
+                ToSqlOutput::Borrowed(ValueRef::Text(ty.as_bytes())),
+                ToSqlOutput::Borrowed(ValueRef::Text(id.as_bytes())),
+                ToSqlOutput::Borrowed(ValueRef::Text(&self.keys.as_bytes()[ks..ke])),
+                ToSqlOutput::Borrowed(ValueRef::Text(data.as_bytes())),
+                ToSqlOutput::Borrowed(ValueRef::Integer(hash)),
+            ]);
+        }
+        if self.rows.len() == APPEND_ROWS {
+            tx.prepare_cached(&sql(APPEND_ROWS))?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+        } else {
+            // A line's tail: one row at a time, so only two statements are cached.
+            let mut one = tx.prepare_cached(&sql(1))?;
+            for row in values.chunks(7) {
+                one.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        drop(values);
+        self.rows.clear();
+        self.keys.clear();
+        Ok(())
+    }
 }

@@ -15,7 +15,7 @@ use crate::compress::Encoding;
 use crate::listener::Announced;
 use crate::metrics::GaugeGuard;
 use crate::store::CheckpointState;
-use crate::sync::{apply_changes, write_data_line, Download, Progress, Step};
+use crate::sync::{apply_changes, Download, Progress, Step};
 use crate::Error;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -365,8 +365,7 @@ impl Stream {
                     };
                     for line in download.page(&mut self.progress, rows)? {
                         self.state.metrics.ops_sent.inc_by(line.data.len() as u64);
-                        write_data_line(&mut self.pending, &line);
-                        self.queued().await?;
+                        self.queue(&SyncLine::Data(line)).await?;
                     }
                 }
                 Step::Partial(priority) => {
@@ -406,11 +405,6 @@ impl Stream {
     async fn queue(&mut self, line: &SyncLine) -> Result<(), Stop> {
         serde_json::to_writer(&mut self.pending, line).expect("sync lines always serialize");
         self.pending.push(b'\n');
-        self.queued().await
-    }
-
-    /// Counts the line just written to `pending`; sends when enough is queued.
-    async fn queued(&mut self) -> Result<(), Stop> {
         self.pending_lines += 1;
         if self.pending.len() >= COALESCE_BYTES {
             self.flush().await?;

@@ -9,16 +9,13 @@
 //! - [`progress`]: what one stream has sent: per-bucket positions, buckets
 //!   left unfinished by a superseded checkpoint, and [`Download`], the steps
 //!   of sending one checkpoint's data.
-//! - [`wire`]: data lines written straight into the stream's buffer.
 
 pub mod diff;
 pub mod page;
 pub mod progress;
 #[cfg(test)]
 mod test_util;
-pub mod wire;
 
 pub use diff::{apply_changes, diff};
 pub use page::{page, priority_groups, Page};
 pub use progress::{Download, Progress, Step};
-pub use wire::write_data_line;

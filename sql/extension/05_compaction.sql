@@ -83,34 +83,60 @@ $$;
 -- changed by a tick since, are above it), so that a later step folds their
 -- history into one CLEAR and a fresh client downloads about the live rows
 -- alone. Allocates op ids: holds the tick lock to the end of its
--- transaction. Returns the ops written (0: done).
-CREATE FUNCTION outpost._defragment_step(buckets text[], since bigint, batch int) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+-- transaction. `ops`: the ops written. `last`: where the next step's scan
+-- resumes, NULL when this one reached the end of `bucket_rows` (the pass is
+-- done).
+--
+-- A bucket's rows have no index of their own (an index written by every
+-- tick for the sake of this step cost a tenth of a bulk tick), so the step
+-- finds them by a scan of `bucket_rows`, and two things keep that scan off
+-- the ticks' path: it runs before the tick lock is taken (ticks only wait
+-- for the re-PUT of rows found by their ctid), and each step resumes where
+-- the previous one stopped (`ctid > after`, a TID range scan, in physical
+-- order), so a pass reads the table once rather than once per step. Rows a
+-- resumed scan cannot meet again are safe to miss: a row moves only when it
+-- is updated, and every update gives it an op above `since`. A row found
+-- before the lock and changed by a tick before it was taken no longer
+-- passes `op_id <= since` under the statement's newer snapshot.
+CREATE FUNCTION outpost._defragment_step(buckets text[], since bigint, batch int, after tid,
+                                         OUT ops bigint, OUT last tid)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off SET synchronize_seqscans = off AS $$
 DECLARE
     last_cp bigint;
-    n_ops   bigint;
+    found   tid[];
 BEGIN
     PERFORM pg_advisory_xact_lock(outpost._lock_key() + 1);
+    SELECT array_agg(f.ctid), max(f.ctid) INTO found, last
+      FROM (SELECT r.ctid FROM outpost.bucket_rows r
+             WHERE r.ctid > after AND r.bucket = ANY (buckets) AND r.op_id <= since
+             LIMIT batch) f;
+    found := coalesce(found, '{}');
+    -- Rows come in physical order (a TID range scan, never a parallel plan
+    -- under a writing statement), so the largest is where this scan stopped;
+    -- fewer than `batch` means it reached the end.
+    IF cardinality(found) < batch THEN
+        last := NULL;
+    END IF;
+    ops := 0;
+    IF cardinality(found) = 0 THEN
+        RETURN;
+    END IF;
     last_cp := outpost._op_id_base();
-    -- A scan of bucket_rows (a bucket's rows have no index of their own; an
-    -- index written by every tick for the sake of this step cost a tenth of
-    -- a bulk tick), stopping at `batch` rows.
     INSERT INTO outpost.work_ops (op_id, bucket, op, object_type, object_id, subkey, data,
                                   checksum, fingerprint, existed, old_op_id, old_ctid)
     SELECT last_cp + row_number() OVER (), r.bucket, 'PUT', r.object_type, r.object_id,
            r.subkey, o.data, o.checksum, r.fingerprint, true, r.op_id, r.old_ctid
       FROM (SELECT r.*, r.ctid AS old_ctid FROM outpost.bucket_rows r
-             WHERE r.bucket = ANY (buckets) AND r.op_id <= since
-             LIMIT batch) r
+             WHERE r.ctid = ANY (found) AND r.bucket = ANY (buckets) AND r.op_id <= since) r
       JOIN outpost.ops o ON o.bucket = r.bucket AND o.op_id = r.op_id;
-    GET DIAGNOSTICS n_ops = ROW_COUNT;
-    IF n_ops > 0 THEN
-        PERFORM outpost._apply_work_ops(n_ops);
-        INSERT INTO outpost.checkpoints (op_id, ops) VALUES (last_cp + n_ops, n_ops);
-        PERFORM pg_notify('outpost_checkpoint', (last_cp + n_ops)::text);
+    GET DIAGNOSTICS ops = ROW_COUNT;
+    IF ops > 0 THEN
+        PERFORM outpost._apply_work_ops(ops);
+        INSERT INTO outpost.checkpoints (op_id, ops) VALUES (last_cp + ops, ops);
+        PERFORM pg_notify('outpost_checkpoint', (last_cp + ops)::text);
         DELETE FROM outpost.work_ops;
     END IF;
-    RETURN n_ops;
 END
 $$;
 
@@ -156,7 +182,6 @@ DECLARE
     upto     bigint;
     buckets  text[];
     since    bigint;
-    defragged boolean := false;
 BEGIN
     IF NOT outpost._compact_begin() THEN
         RETURN 0;
@@ -172,8 +197,7 @@ BEGIN
         buckets := outpost._defrag_candidates();
         EXIT WHEN cardinality(buckets) = 0;
         since := outpost.checkpoint();
-        WHILE outpost._defragment_step(buckets, since, 1000000000) > 0 LOOP
-        END LOOP;
+        PERFORM outpost._defragment_step(buckets, since, 2147483647, '(0,0)');
     END LOOP;
     RETURN outpost._compact_finish(removed);
 END
@@ -191,6 +215,7 @@ DECLARE
     buckets text[];
     since   bigint;
     batch   int;
+    after   tid;
 BEGIN
     removed := 0;
     IF NOT outpost._compact_begin() THEN
@@ -210,7 +235,9 @@ BEGIN
         EXIT WHEN pg_catalog.cardinality(buckets) OPERATOR(pg_catalog.=) 0;
         since := outpost.checkpoint();
         batch := outpost._setting('outpost.defrag_batch', '2000')::pg_catalog.int4;
-        WHILE outpost._defragment_step(buckets, since, batch) OPERATOR(pg_catalog.>) 0 LOOP
+        after := '(0,0)';
+        WHILE after IS NOT NULL LOOP
+            SELECT d.last INTO after FROM outpost._defragment_step(buckets, since, batch, after) d;
             COMMIT;
         END LOOP;
         COMMIT;

@@ -35,7 +35,7 @@ BEGIN
         outpost.bucket_ops(text[], bigint[], bigint, int), outpost.changes_since(bigint),
         outpost.request_write_checkpoint(text, text), outpost.request_checkpoint(text, text, bigint),
         outpost._compact_begin(), outpost._compact_step(bigint, int), outpost._defrag_candidates(),
-        outpost._defragment_step(text[], bigint, int), outpost._compact_finish(bigint),
+        outpost._defragment_step(text[], bigint, int, tid), outpost._compact_finish(bigint),
         outpost._setting(text, text) TO %I', role);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE outpost.compact_online(bigint) TO %I', role);
 END

@@ -306,7 +306,10 @@ fn compaction_runs_alongside_writers_and_ticks() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            c.batch_execute("SET outpost.defrag_min_ops = 50").unwrap();
+            // Small online steps: each resumes its scan where the last one
+            // stopped, and scans before it takes the tick lock.
+            c.batch_execute("SET outpost.defrag_min_ops = 50; SET outpost.defrag_batch = 3")
+                .unwrap();
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
                 c.query_one(sql, &[]).unwrap();
@@ -317,6 +320,7 @@ fn compaction_runs_alongside_writers_and_ticks() {
     };
     let ticker = background("SELECT outpost.tick()");
     let compactor = background("SELECT outpost.compact()");
+    let online = background("CALL outpost.compact_online()");
     // A reader: in every snapshot, each bucket's ops up to the checkpoint sum to its checksum.
     let reader = {
         let url = db.url.clone();
@@ -356,7 +360,7 @@ fn compaction_runs_alongside_writers_and_ticks() {
     stop.store(true, Ordering::SeqCst);
     let (ticks, compactions, checks) = (
         ticker.join().unwrap(),
-        compactor.join().unwrap(),
+        compactor.join().unwrap() + online.join().unwrap(),
         reader.join().unwrap(),
     );
     assert!(

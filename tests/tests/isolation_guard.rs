@@ -91,7 +91,7 @@ fn every_op_id_allocating_entry_point_refuses_repeatable_read() {
     refused_in(
         &mut c,
         IsolationLevel::RepeatableRead,
-        "SELECT outpost._defragment_step(ARRAY['all_items[]'], outpost.checkpoint(), 10)",
+        "SELECT outpost._defragment_step(ARRAY['all_items[]'], outpost.checkpoint(), 10, '(0,0)')",
     );
     // In READ COMMITTED every one of them works.
     for sql in entry_points {

@@ -345,7 +345,7 @@ const RELAY_MAY: &[&str] = &[
     "outpost._compact_begin(): EXECUTE",
     "outpost._compact_step(bigint,integer): EXECUTE",
     "outpost._defrag_candidates(): EXECUTE",
-    "outpost._defragment_step(text[],bigint,integer): EXECUTE",
+    "outpost._defragment_step(text[],bigint,integer,tid): EXECUTE",
     "outpost._compact_finish(bigint): EXECUTE",
     "outpost._setting(text,text): EXECUTE",
 ];

@@ -105,7 +105,7 @@ BEGIN
       JOIN outpost.ops o ON o.bucket = r.bucket AND o.op_id = r.op_id;
     GET DIAGNOSTICS n_ops = ROW_COUNT;
     IF n_ops > 0 THEN
-        PERFORM outpost._apply_work_ops(n_ops);
+        PERFORM outpost._apply_work_ops();
         INSERT INTO outpost.checkpoints (op_id, ops) VALUES (last_cp + n_ops, n_ops);
         PERFORM pg_notify('outpost_checkpoint', (last_cp + n_ops)::text);
         DELETE FROM outpost.work_ops;

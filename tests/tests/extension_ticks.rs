@@ -230,7 +230,8 @@ fn ticks_of_many_removed_keys_stay_fast() {
     // TRUNCATE of them: one PUT, then one REMOVE each.
     c.batch_execute(&insert).unwrap();
     let cp2 = tick(&mut c);
-    c.batch_execute("UPDATE todos SET title = title || '!'").unwrap();
+    c.batch_execute("UPDATE todos SET title = title || '!'")
+        .unwrap();
     assert_eq!(timed_tick(&mut c), cp2 + N);
     assert_eq!(count(&mut c, todo_rows), N);
     assert_eq!(

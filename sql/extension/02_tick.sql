@@ -109,31 +109,25 @@ $$;
 
 -- Brings the bucket_rows entries that outpost.work_ops names by ctid
 -- (`existed`) up to date: changed rows get their new op id and fingerprint,
--- removed ones are deleted. n_ops is the number of such ops. Caller holds
+-- removed ones are deleted. Caller holds
 -- the tick lock.
-CREATE FUNCTION outpost._update_bucket_rows(n_ops bigint) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+--
+-- Existing rows are found by the ctid the op's statement read them at: every
+-- writer of bucket_rows holds the tick lock, and the caller has held it since
+-- that read. Sequential scans are off so that both statements are a scan of
+-- work_ops with one TID probe per op, whatever the statistics of either table
+-- say: no ANALYZE is needed to keep them linear (the ANALYZEs of work_ops and
+-- bucket_rows this replaced were ~5% of a 100k-row update tick), and a tick's
+-- cost follows its ops, not the size of bucket_rows (a hash join read all of
+-- it). With statistics of bucket_rows taken while it was nearly empty (pages
+-- kept), the planner had joined work_ops to it as a scan of work_ops per row
+-- of bucket_rows: minutes for 30k ops.
+CREATE FUNCTION outpost._update_bucket_rows() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+SET enable_seqscan = off AS $$
 BEGIN
-    IF n_ops > 5000 THEN
-        -- The row count and the op/existed split are what the joins below
-        -- plan by (a TID scan per op or a hash join on ctid); the wide text
-        -- columns (data, subkey, ...) would cost most of the ANALYZE:
-        -- ~190 ms of 10,000 ops against ~25 ms for a few narrow columns.
-        ANALYZE outpost.work_ops (op, existed, old_ctid);
-        -- Statistics of bucket_rows taken while it held fewer rows than this
-        -- step touches (typically analyzed empty after a big removal, pages
-        -- kept) make the planner expect one row and run the joins below as
-        -- a scan of work_ops per row of bucket_rows: minutes for 30k ops.
-        IF (SELECT c.reltuples FROM pg_catalog.pg_class c
-             WHERE c.oid = 'outpost.bucket_rows'::pg_catalog.regclass) < n_ops THEN
-            ANALYZE outpost.bucket_rows;
-        END IF;
-    END IF;
     -- Changed rows are updated in place (HOT where the page has room),
-    -- removed ones deleted. Existing rows are found by the ctid the op's
-    -- statement read them at (a TID scan per op, or a hash join on ctid for
-    -- big ticks): every writer of bucket_rows holds the tick lock, and the
-    -- caller has held it since that read.
+    -- removed ones deleted.
     UPDATE outpost.bucket_rows b SET op_id = w.op_id, fingerprint = w.fingerprint
       FROM outpost.work_ops w
      WHERE w.op = 'PUT' AND w.existed AND b.ctid = w.old_ctid;
@@ -147,10 +141,10 @@ $$;
 -- bucket_state and the superseded list up to date (compaction's
 -- defragmentation; the tick's statement does all but the bucket_rows
 -- update itself). Caller holds the tick lock.
-CREATE FUNCTION outpost._apply_work_ops(n_ops bigint) RETURNS void
+CREATE FUNCTION outpost._apply_work_ops() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
-    PERFORM outpost._update_bucket_rows(n_ops);
+    PERFORM outpost._update_bucket_rows();
     INSERT INTO outpost.bucket_rows (src_key, op_id, fingerprint, bucket, object_type, object_id, subkey)
     SELECT outpost._src_key(relid, pk), op_id, fingerprint, bucket, object_type, object_id, subkey
       FROM outpost.work_ops WHERE op = 'PUT' AND NOT existed;
@@ -186,6 +180,8 @@ DECLARE
     small          boolean;
     hashagg        text := pg_catalog.current_setting('enable_hashagg');
     hashjoin       text := pg_catalog.current_setting('enable_hashjoin');
+    mergejoin      text := pg_catalog.current_setting('enable_mergejoin');
+    bitmapscan     text := pg_catalog.current_setting('enable_bitmapscan');
 BEGIN
     SELECT r.tick_sql INTO stmt FROM outpost.rules r WHERE r.active;
     IF stmt IS NULL THEN
@@ -225,9 +221,19 @@ BEGIN
                  AND NOT EXISTS (SELECT FROM outpost.bucket_defs d,
                                              pg_catalog.jsonb_array_elements(d.compiled -> 'data_queries') dq
                                   WHERE dq ? 'joined');
+        -- A big one gets the plan its size wants, which the planner,
+        -- estimating the keys from the queue's statistics (a few keys),
+        -- does not pick: the diff's full join as a hash join on row_key
+        -- rather than a merge join that sorted both sides (and compared the
+        -- four texts of every matched pair), and each key's bucket_rows probe
+        -- as a plain index scan rather than a bitmap per key. Both were ~3%
+        -- and ~8% of the backend CPU of a 100k-row update / insert tick.
         IF small THEN
             PERFORM pg_catalog.set_config('enable_hashagg', 'off', true),
                     pg_catalog.set_config('enable_hashjoin', 'off', true);
+        ELSE
+            PERFORM pg_catalog.set_config('enable_mergejoin', 'off', true),
+                    pg_catalog.set_config('enable_bitmapscan', 'off', true);
         END IF;
         BEGIN
             EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
@@ -247,6 +253,9 @@ BEGIN
         IF small THEN
             PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true),
                     pg_catalog.set_config('enable_hashjoin', hashjoin, true);
+        ELSE
+            PERFORM pg_catalog.set_config('enable_mergejoin', mergejoin, true),
+                    pg_catalog.set_config('enable_bitmapscan', bitmapscan, true);
         END IF;
     END IF;
 
@@ -256,7 +265,7 @@ BEGIN
     END IF;
 
     IF n_old > 0 THEN
-        PERFORM outpost._update_bucket_rows(n_old);
+        PERFORM outpost._update_bucket_rows();
     END IF;
 
     -- Parameter lookups of the touched rows: replace, and note whether any changed.

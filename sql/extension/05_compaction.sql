@@ -132,7 +132,7 @@ BEGIN
       JOIN outpost.ops o ON o.bucket = r.bucket AND o.op_id = r.op_id;
     GET DIAGNOSTICS ops = ROW_COUNT;
     IF ops > 0 THEN
-        PERFORM outpost._apply_work_ops(ops);
+        PERFORM outpost._apply_work_ops();
         INSERT INTO outpost.checkpoints (op_id, ops) VALUES (last_cp + ops, ops);
         PERFORM pg_notify('outpost_checkpoint', (last_cp + ops)::text);
         DELETE FROM outpost.work_ops;

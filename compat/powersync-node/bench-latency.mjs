@@ -8,7 +8,7 @@
 // bench's user), BENCH_DIR (directory for the SDK's SQLite file), BENCH_ROWS
 // (todos the first sync must bring), BENCH_FIRST_SYNC_MS (its timeout).
 //
-// Out, once connected: {"ready":…,"first_sync_ms":…,"versions":…}
+// Out, once connected: {"ready":…,"first_sync_ms":…,"versions":…,"client_id":…}
 // In {"cmd":"expect","id":X} → out {"armed":X}: X is not local yet; the
 //   bench then INSERTs X in Postgres. Out {"seen":X,"query_ms":…} when the
 //   SDK's table-change event for todos is followed by a read that finds X
@@ -16,7 +16,8 @@
 // In {"cmd":"write","id":X,"list_id":L} → the SDK writes X locally; its
 //   connector uploads it (POST /crud); out {"confirmed":X,"upload_ms":…,
 //   "posted_ms":…,"confirmed_ms":…}, all from just before the local write:
-//   uploadData called, /crud answered, and the server's copy applied — the
+//   uploadData called, /crud answered, the SDK's GET /write-checkpoint2.json
+//   sent and answered ("wc_asked_ms", "wc_answered_ms"), and the server's copy applied — the
 //   upload queue empty and the row's op from the relay in ps_oplog, seen at the
 //   SDK's first todos change event after the upload (the checkpoint that
 //   carries the write checkpoint rewrites the row).
@@ -69,6 +70,19 @@ class Connector {
   }
 }
 
+// When the SDK asks for its write checkpoint after an upload, and when the
+// relay answers: the SDK's fetch is the global one, looked up at each call.
+const wcRequests = [];
+const realFetch = globalThis.fetch;
+globalThis.fetch = async (resource, init) => {
+  if (!String(resource?.url ?? resource).includes('/write-checkpoint2.json')) return realFetch(resource, init);
+  const e = { at: performance.now() };
+  wcRequests.push(e);
+  const res = await realFetch(resource, init);
+  e.done = performance.now();
+  return res;
+};
+
 const db = new PowerSyncDatabase({ schema, database: { dbFilename: 'bench.db', dbLocation: DIR }, logger });
 await db.init();
 const t = performance.now();
@@ -120,7 +134,16 @@ async function check() {
         if (r.pending === 0 && r.server > 0) {
           const now = performance.now();
           const u = uploads.get(writing.id);
-          out({ confirmed: writing.id, upload_ms: u.at - writing.t0, posted_ms: u.posted - writing.t0, confirmed_ms: now - writing.t0 });
+          const wc = wcRequests.filter((e) => e.at >= u.posted && e.done).at(-1);
+          out({
+            confirmed: writing.id,
+            upload_ms: u.at - writing.t0,
+            posted_ms: u.posted - writing.t0,
+            wc_asked_ms: wc ? wc.at - writing.t0 : null,
+            wc_answered_ms: wc ? wc.done - writing.t0 : null,
+            confirmed_ms: now - writing.t0
+          });
+          wcRequests.length = 0;
           uploads.delete(writing.id);
           writing = null;
         }
@@ -137,7 +160,8 @@ function fatal(e) {
   process.exit(1);
 }
 
-out({ ready: true, first_sync_ms: firstSync, rows: n, versions });
+const clientId = (await db.get('SELECT powersync_client_id() AS id')).id;
+out({ ready: true, first_sync_ms: firstSync, rows: n, versions, client_id: clientId });
 
 for await (const line of createInterface({ input: process.stdin })) {
   const c = JSON.parse(line);

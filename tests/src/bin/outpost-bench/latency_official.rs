@@ -17,9 +17,11 @@
 //!
 //! A raw stream of the same user on the same relay waits for each row's data
 //! line, which splits every sample: up to the data line is Postgres (the
-//! tick) and the relay, after it the SDK (and, for writes, the write
-//! checkpoint's round trip). The SDK's CPU time per write comes from
-//! /proc/<pid>/stat. `OUTPOST_BENCH_LATENCY_ROWS` lists the sizes (default
+//! tick) and the relay, after it the SDK. A write is also split at the SDK's
+//! `GET /write-checkpoint2.json` (timed by the child around the global
+//! `fetch` the SDK calls) and at the checkpoint carrying that write
+//! checkpoint on a second raw stream opened with the SDK's client id. The
+//! SDK's CPU time per write comes from /proc/<pid>/stat. `OUTPOST_BENCH_LATENCY_ROWS` lists the sizes (default
 //! `100000,1000000`), `OUTPOST_BENCH_LATENCY_WRITES` the writes per size and
 //! direction (default 200). Without node/npm, or when the SDK cannot be
 //! installed, the section writes one row saying it was skipped and why.
@@ -112,12 +114,15 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
                 "latency-official: the SDK's local write → uploaded (POST /crud) → server-confirmed (its upload queue empty, the relay's op applied), {n} rows, {writes} writes one at a time (median / p95)"
             ),
             value: format!(
-                "{:.1} / {:.1} ms (uploadData called p50 {:.1} ms, /crud answered {:.1} ms, raw stream's data line {:.1} ms; SDK CPU {:.1} ms per write)",
+                "{:.1} / {:.1} ms (p50s: uploadData called {:.1} ms, /crud answered {:.1} ms, raw stream's data line {:.1} ms, write checkpoint asked {:.1} ms, answered {:.1} ms, on the relay's stream {:.1} ms; SDK CPU {:.1} ms per write)",
                 p(&m.confirmed, 0.5),
                 p(&m.confirmed, 0.95),
                 p(&m.upload, 0.5),
                 p(&m.posted, 0.5),
                 p(&m.write_line, 0.5),
+                p_or_nan(&m.wc_asked),
+                p_or_nan(&m.wc_answered),
+                p(&m.wc_line, 0.5),
                 m.sdk_cpu_write
             ),
             goal: format!("median ≤ {GOAL_WRITE_MS} ms"),
@@ -137,9 +142,10 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
                     big.rows, small.rows
                 ),
                 value: format!(
-                    "{r_seen:.2}x; {r_conf:.2}x (data lines {:.2}x; {:.2}x)",
+                    "{r_seen:.2}x; {r_conf:.2}x (data lines {:.2}x; {:.2}x; write checkpoint on the relay's stream {:.2}x)",
                     r(|m| &m.seen_line),
-                    r(|m| &m.write_line)
+                    r(|m| &m.write_line),
+                    r(|m| &m.wc_line)
                 ),
                 goal: format!("flat (≤ {FLAT}x)"),
                 ratio: ratio(FLAT, r_seen.max(r_conf), false),
@@ -162,6 +168,11 @@ struct Measured {
     upload: Vec<Duration>,
     posted: Vec<Duration>,
     write_line: Vec<Duration>,
+    /// The SDK's GET /write-checkpoint2.json sent, answered, and the
+    /// checkpoint carrying it on a raw stream with the SDK's client id.
+    wc_asked: Vec<Duration>,
+    wc_answered: Vec<Duration>,
+    wc_line: Vec<Duration>,
     sdk_cpu_write: f64,
 }
 
@@ -254,6 +265,39 @@ async fn data_line(raw: &mut Stream, id: &str, t0: Instant) -> Result<Duration> 
     }
 }
 
+/// Reads `s` until a checkpoint line carries a write checkpoint above
+/// `*last`; the time since `t0`.
+async fn write_checkpoint_line(s: &mut Stream, last: &mut u64, t0: Instant) -> Result<Duration> {
+    loop {
+        let l = s.line().await?;
+        if !l.starts_with(br#"{"checkpoint"#) || count(&l, b"write_checkpoint") == 0 {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&l)?;
+        let wc = v
+            .as_object()
+            .and_then(|o| o.values().next())
+            .map(|c| &c["write_checkpoint"]);
+        let n = match wc {
+            Some(Value::String(s)) => s.parse().unwrap_or(0),
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+            _ => 0,
+        };
+        if n > *last {
+            *last = n;
+            return Ok(t0.elapsed());
+        }
+    }
+}
+
+fn p_or_nan(v: &[Duration]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        ms(percentile(v, 0.5))
+    }
+}
+
 fn millis(v: &Value, key: &str) -> Result<Duration> {
     let f = v[key]
         .as_f64()
@@ -297,6 +341,18 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
         Ok::<_, anyhow::Error>(s)
     })?;
 
+    // The SDK's client id: this stream's checkpoints carry its write
+    // checkpoints, as the relay sends them to the SDK.
+    let client_id = ready["client_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no client_id in {ready}"))?;
+    let body = json!({"buckets": [], "raw_data": true, "client_id": client_id}).to_string();
+    let mut wc_stream = rt.block_on(async {
+        let mut s = Stream::open_with(relay.addr, "bench", None, body.into()).await?;
+        s.until_complete().await?;
+        Ok::<_, anyhow::Error>(s)
+    })?;
+
     eprintln!("bench latency-official: {writes} single-row inserts in Postgres");
     let (mut seen, mut seen_line, mut seen_share, mut seen_query) = (vec![], vec![], vec![], vec![]);
     let cpu0 = sdk.cpu_ms()?;
@@ -328,15 +384,18 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
 
     eprintln!("bench latency-official: {writes} writes through the SDK");
     let (mut confirmed, mut upload, mut posted, mut write_line) = (vec![], vec![], vec![], vec![]);
+    let (mut wc_asked, mut wc_answered, mut wc_line) = (vec![], vec![], vec![]);
+    let mut last_wc = 0u64;
     let cpu0 = sdk.cpu_ms()?;
     for i in 0..writes {
         let id = format!("w{i}");
         let t0 = Instant::now();
         sdk.send(json!({"cmd": "write", "id": id, "list_id": "l0"}))?;
-        let (a, line) = rt.block_on(async {
+        let (a, line, wc) = rt.block_on(async {
             tokio::try_join!(
                 sdk.answer("confirmed", ONE_WRITE),
-                data_line(&mut raw, &id, t0)
+                data_line(&mut raw, &id, t0),
+                write_checkpoint_line(&mut wc_stream, &mut last_wc, t0)
             )
         })?;
         if a["confirmed"] != json!(id) {
@@ -346,6 +405,12 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
         upload.push(millis(&a, "upload_ms")?);
         posted.push(millis(&a, "posted_ms")?);
         write_line.push(line);
+        // Absent when the SDK asked for none after this upload.
+        if let (Ok(asked), Ok(answered)) = (millis(&a, "wc_asked_ms"), millis(&a, "wc_answered_ms")) {
+            wc_asked.push(asked);
+            wc_answered.push(answered);
+        }
+        wc_line.push(wc);
     }
     let sdk_cpu_write = (sdk.cpu_ms()? - cpu0) / writes as f64;
     let got: i64 = pg
@@ -366,6 +431,9 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
         &mut upload,
         &mut posted,
         &mut write_line,
+        &mut wc_asked,
+        &mut wc_answered,
+        &mut wc_line,
     ] {
         v.sort();
     }
@@ -381,6 +449,9 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
         upload,
         posted,
         write_line,
+        wc_asked,
+        wc_answered,
+        wc_line,
         sdk_cpu_write,
     })
 }

@@ -324,10 +324,8 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
     let relay = RelayProc::start_env(&db, &[("OUTPOST_WRITE_ROLE", WRITE_ROLE.to_string())])?;
 
     eprintln!("bench latency-official: the SDK's first sync of {n} rows");
-    let dir = std::env::temp_dir().join(format!(
-        "outpost-bench-official-{}-{n}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("outpost-bench-official-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut sdk = start_sdk(&relay, n, &dir)?;
@@ -354,7 +352,8 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
     })?;
 
     eprintln!("bench latency-official: {writes} single-row inserts in Postgres");
-    let (mut seen, mut seen_line, mut seen_share, mut seen_query) = (vec![], vec![], vec![], vec![]);
+    let (mut seen, mut seen_line, mut seen_share, mut seen_query) =
+        (vec![], vec![], vec![], vec![]);
     let cpu0 = sdk.cpu_ms()?;
     for i in 0..writes {
         let id = format!("probe{i}");
@@ -399,14 +398,18 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, lists: i64, writes: usize) -> R
             )
         })?;
         if a["confirmed"] != json!(id) {
-            bail!("the SDK confirmed {} while {id} was awaited", a["confirmed"]);
+            bail!(
+                "the SDK confirmed {} while {id} was awaited",
+                a["confirmed"]
+            );
         }
         confirmed.push(millis(&a, "confirmed_ms")?);
         upload.push(millis(&a, "upload_ms")?);
         posted.push(millis(&a, "posted_ms")?);
         write_line.push(line);
         // Absent when the SDK asked for none after this upload.
-        if let (Ok(asked), Ok(answered)) = (millis(&a, "wc_asked_ms"), millis(&a, "wc_answered_ms")) {
+        if let (Ok(asked), Ok(answered)) = (millis(&a, "wc_asked_ms"), millis(&a, "wc_answered_ms"))
+        {
             wc_asked.push(asked);
             wc_answered.push(answered);
         }

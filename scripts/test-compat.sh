@@ -81,14 +81,8 @@ trap cleanup EXIT
 
 # ------------------------------------------------------------- 1. the SDK --
 step "SDK: npm ci in $PKG (if needed)"
-if [ ! -f "$PKG/node_modules/.package-lock.json" ] || ! cmp -s "$PKG/package-lock.json" "$PKG/node_modules/.outpost-lock" ||
-  [ ! -f "$PKG/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
-  (cd "$PKG" && npm ci --no-audit --no-fund)
-  [ -f "$PKG/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ] ||
-    die "better-sqlite3 was not built (its install script must run; needs python3, make, g++)"
-  cp "$PKG/package-lock.json" "$PKG/node_modules/.outpost-lock"
-fi
-echo "    @powersync/node $(node -p "require('./$PKG/node_modules/@powersync/node/package.json').version"), @powersync/common $(node -p "require('./$PKG/node_modules/@powersync/common/package.json').version"), better-sqlite3 $(node -p "require('./$PKG/node_modules/better-sqlite3/package.json').version"), node $(node -v)"
+sdk_versions=$(scripts/compat-deps.sh) || die "the SDK's packages could not be installed"
+echo "    $sdk_versions"
 
 # ------------------------------------------------------------ 2. the relay --
 step "Building outpost-relay (debug)"

@@ -39,7 +39,7 @@ const FIRST_SYNC: Duration = Duration::from_secs(900);
 /// One write's wait, before the bench gives up on it.
 const ONE_WRITE: Duration = Duration::from_secs(60);
 
-fn sizes() -> Result<Vec<i64>> {
+pub(crate) fn sizes() -> Result<Vec<i64>> {
     let list =
         std::env::var("OUTPOST_BENCH_LATENCY_ROWS").unwrap_or_else(|_| "100000,1000000".into());
     list.split(',')

@@ -5,7 +5,8 @@
 //! snapshot throughput), `compaction` (op-log shrinkage, fresh download;
 //! `compaction_latency`: ticks while compaction runs), `client`, `latency`
 //! (INSERT → Outpost's client live query at 100k and 1M rows in the
-//! bucket), `relay`,
+//! bucket), `latency-official` (the same, and local writes → confirmed,
+//! with PowerSync's own Node SDK as the client), `relay`,
 //! `relay-connect`, `replica` (hot standbys), `rules`, `streams` (Sync
 //! Streams: rows moved through a subquery's table, a joined column renamed,
 //! fan-out to parameterized subscriptions), `storage` (schema `outpost`'s
@@ -15,6 +16,7 @@ mod client;
 mod compaction;
 mod extension;
 mod latency;
+mod latency_official;
 mod relay;
 mod relay_connect;
 mod relay_proc;
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
         ("compaction_latency", compaction::run_latency),
         ("client", client::run),
         ("latency", latency::run),
+        ("latency-official", latency_official::run),
         ("relay", relay::run),
         ("relay-connect", relay_connect::run),
         ("replica", replica::run),

@@ -10,15 +10,19 @@ use golden_support::*;
 use outpost_client::store::{SchemaMode, Store};
 use serde_json::json;
 
-fn has_row_index(h: &Harness) -> bool {
+fn has_index(h: &Harness, name: &str) -> bool {
     h.store
         .connection()
         .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ps_oplog_row')",
-            [],
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+            [name],
             |r| r.get(0),
         )
         .unwrap()
+}
+
+fn has_row_index(h: &Harness) -> bool {
+    has_index(h, "ps_oplog_row")
 }
 
 fn journal_mode(h: &Harness) -> String {
@@ -50,8 +54,9 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
         data("b[]", &[put(3, "t2", "two in b", 8)]),
     ))
     .unwrap();
-    // Appended without the index while the download runs.
+    // Appended without the indexes while the download runs.
     assert!(!has_row_index(&h));
+    assert!(!has_index(&h, "ps_oplog_opid"));
     assert_eq!(h.store.kv("oplog_bulk").unwrap().as_deref(), Some("1"));
     let effects = h
         .feed(&format!(
@@ -77,6 +82,7 @@ fn first_download_builds_the_index_at_the_checkpoint_and_drops_superseded_ops() 
     assert_eq!(h.oplog_count(), 5);
     h.store.finish_bulk().unwrap();
     assert!(has_row_index(&h));
+    assert!(has_index(&h, "ps_oplog_opid"));
     assert_eq!(h.store.kv("oplog_bulk").unwrap(), None);
     // Op 1 is gone; its checksum moved from op_checksum to add_checksum.
     assert_eq!(h.oplog_count(), 4);

@@ -22,7 +22,8 @@ impl LineSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>> {
         let mut out = vec![];
         let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        // memchr: a byte-by-byte `position` was ~3% of a first sync's client CPU.
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             self.buf.extend_from_slice(&rest[..pos]);
             rest = &rest[pos + 1..];
             if self.buf.len() > self.max {

@@ -167,7 +167,27 @@ impl Store {
                 )?;
             }
         }
-        let types: Vec<String> = {
+        // A bulk download's ops are read now: the same scan gives the row types.
+        let scanned = if bulk {
+            Some(bulk_winners::scan(&tx, &f)?)
+        } else {
+            None
+        };
+        let types: Vec<String> = if let Some(scanned) = &scanned {
+            let mut types = scanned.types.clone();
+            if full {
+                let mut stmt = tx.prepare(
+                    "SELECT DISTINCT row_type FROM ps_updated_rows WHERE row_type IS NOT NULL",
+                )?;
+                for ty in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                    let ty = ty?;
+                    if !types.contains(&ty) {
+                        types.push(ty);
+                    }
+                }
+            }
+            types
+        } else {
             let sql = if !fresh {
                 "SELECT DISTINCT row_type FROM temp.ps_changed".to_string()
             } else if full {
@@ -254,8 +274,8 @@ impl Store {
         }
         // A bulk download's winners by one scan and a sort in Rust (the
         // statements above would sort in SQLite); the rest looks rows up by key.
-        if bulk {
-            bulk_winners::fill(&tx, &f, &targets)?;
+        if let Some(scanned) = scanned {
+            bulk_winners::fill(&tx, scanned, &targets)?;
             // The index is needed here only to find the rows left without an
             // op; otherwise it is built after this checkpoint is visible
             // (`Store::finish_bulk`) or when the next change needs it.

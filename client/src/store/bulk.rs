@@ -14,7 +14,8 @@
 //! an interrupted download goes on appending). Without the index a PUT cannot
 //! find the op it supersedes, so every PUT is appended and the duplicates are
 //! resolved when the mode ends; a REMOVE needs the op it removes, so it ends
-//! the mode first. Lookups by bucket (`ps_oplog_opid`) stay indexed. The
+//! the mode first. The by-bucket index `ps_oplog_opid` is left out too (see
+//! [`OPID_INDEX`]). The
 //! checksums are right throughout: a superseded op's hash only moves from the
 //! bucket's `op_checksum` to its `add_checksum`, which leaves their sum alone.
 //!
@@ -43,6 +44,14 @@ pub(super) const BULK_KEY: &str = "oplog_bulk";
 const ROW_INDEX: &str =
     "CREATE UNIQUE INDEX ps_oplog_row ON ps_oplog(row_type, row_id, bucket, key)";
 
+/// The by-bucket index (migration 1), also left out while in bulk mode: a
+/// first download interleaves op ids across buckets, so keeping it cost a
+/// b-tree insert per op at one of several places, and nothing in bulk mode
+/// needs it (a CLEAR or a forgotten bucket scans instead; the first apply
+/// scans anyway). `IF NOT EXISTS`: a file that entered bulk mode before this
+/// index was dropped still has it.
+const OPID_INDEX: &str = "CREATE INDEX IF NOT EXISTS ps_oplog_opid ON ps_oplog(bucket, op_id)";
+
 pub(super) fn in_bulk(conn: &Connection) -> Result<bool> {
     Ok(get_kv(conn, BULK_KEY)?.is_some())
 }
@@ -53,7 +62,9 @@ pub(super) fn enter_if_empty(conn: &Connection) -> Result<bool> {
         r.get(0)
     })?;
     if empty {
-        conn.execute_batch("DROP INDEX IF EXISTS ps_oplog_row")?;
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS ps_oplog_row; DROP INDEX IF EXISTS ps_oplog_opid;",
+        )?;
         set_kv(conn, BULK_KEY, "1")?;
     }
     Ok(empty)
@@ -76,6 +87,7 @@ pub(super) fn finish(conn: &Connection) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
+    conn.execute_batch(OPID_INDEX)?;
     conn.execute("DELETE FROM ps_kv WHERE key = ?1", [BULK_KEY])?;
     Ok(())
 }

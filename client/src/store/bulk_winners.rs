@@ -13,7 +13,7 @@
 //! Memory: the op log's rows are held once (one byte arena plus 40 bytes per
 //! op), which is what the sorter held too (`temp_store = MEMORY`).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection};
 
@@ -64,58 +64,92 @@ fn prefix(id: &[u8]) -> u64 {
     u64::from_be_bytes(p)
 }
 
-/// Writes the winner of every row of `targets`' types among the ops matching
-/// `filter` (an expression over `o`), as the set-based statement of
-/// `Store::sync_local` does: the op with the highest `op_id`.
-pub(super) fn fill(conn: &Connection, filter: &str, targets: &[Target]) -> Result<()> {
-    if targets.is_empty() {
-        return Ok(());
-    }
+/// A bulk download's ops read by [`scan`], grouped by row type later.
+pub(super) struct Scanned {
+    all: Ops,
+    /// The row types seen, in the order first seen; `Op::ty` indexes it.
+    pub types: Vec<String>,
+}
+
+/// Reads every op matching `filter` (an expression over `o`) in one scan of
+/// the op log (rowid order: sequential pages). The row types come out of the
+/// same scan: without `ps_oplog_row`, a `SELECT DISTINCT row_type` was a
+/// scan of the whole op log of its own.
+pub(super) fn scan(conn: &Connection, filter: &str) -> Result<Scanned> {
     let mut all = Ops {
         arena: Vec::new(),
         ops: Vec::new(),
     };
-    {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT o.row_type, o.row_id, o.op_id, o.data FROM ps_oplog o
-             WHERE o.row_type IS NOT NULL AND {filter}"
-        ))?;
-        let mut rows = stmt.query([])?;
-        // Ops come grouped by type in practice: remember the last one's index.
-        let mut last: Option<(Vec<u8>, Option<u32>)> = None;
-        while let Some(r) = rows.next()? {
-            let Some(ty) = text(r.get_ref(0)?) else {
-                continue;
-            };
-            let ty_index = match &last {
-                Some((name, index)) if name.as_slice() == ty => *index,
-                _ => {
-                    let index = targets
-                        .iter()
-                        .position(|t| t.row_type.as_bytes() == ty)
-                        .map(|i| i as u32);
-                    last = Some((ty.to_vec(), index));
-                    index
-                }
-            };
-            let Some(ty_index) = ty_index else { continue };
-            let Some(id) = text(r.get_ref(1)?) else {
-                continue;
-            };
-            let op_id: i64 = r.get(2)?;
-            let p = prefix(id);
-            let id = all.push_bytes(id);
-            let data = text(r.get_ref(3)?).map(|d| all.push_bytes(d));
-            all.ops.push(Op {
-                prefix: p,
-                op_id,
-                ty: ty_index,
-                id,
-                data,
-            });
-        }
+    let mut types: Vec<String> = Vec::new();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT o.row_type, o.row_id, o.op_id, o.data FROM ps_oplog o
+         WHERE o.row_type IS NOT NULL AND {filter}"
+    ))?;
+    let mut rows = stmt.query([])?;
+    // Ops come grouped by type in practice: remember the last one's index.
+    let mut last: Option<u32> = None;
+    while let Some(r) = rows.next()? {
+        let Some(ty) = text(r.get_ref(0)?) else {
+            continue;
+        };
+        let ty_index = match last {
+            Some(i) if types[i as usize].as_bytes() == ty => i,
+            _ => {
+                let i = match types.iter().position(|t| t.as_bytes() == ty) {
+                    Some(i) => i,
+                    None => {
+                        let name = std::str::from_utf8(ty).map_err(|_| {
+                            Error::Protocol("a row type in ps_oplog is not UTF-8".into())
+                        })?;
+                        types.push(name.to_string());
+                        types.len() - 1
+                    }
+                } as u32;
+                last = Some(i);
+                i
+            }
+        };
+        let Some(id) = text(r.get_ref(1)?) else {
+            continue;
+        };
+        let op_id: i64 = r.get(2)?;
+        let p = prefix(id);
+        let id = all.push_bytes(id);
+        let data = text(r.get_ref(3)?).map(|d| all.push_bytes(d));
+        all.ops.push(Op {
+            prefix: p,
+            op_id,
+            ty: ty_index,
+            id,
+            data,
+        });
     }
+    Ok(Scanned { all, types })
+}
+
+/// Writes the winner of every row of `targets`' types among the scanned ops,
+/// as the set-based statement of `Store::sync_local` does: the op with the
+/// highest `op_id`. Ops of a type without a target are left out.
+pub(super) fn fill(conn: &Connection, scanned: Scanned, targets: &[Target]) -> Result<()> {
+    let Scanned { all, types } = scanned;
+    // Scan order of types → index into `targets`.
+    let to_target: Vec<Option<u32>> = types
+        .iter()
+        .map(|t| {
+            targets
+                .iter()
+                .position(|x| &x.row_type == t)
+                .map(|i| i as u32)
+        })
+        .collect();
     let Ops { arena, mut ops } = all;
+    ops.retain_mut(|op| match to_target[op.ty as usize] {
+        Some(t) => {
+            op.ty = t;
+            true
+        }
+        None => false,
+    });
     let bytes = |(start, len): (usize, usize)| &arena[start..start + len];
     // By type, then row id as SQLite's BINARY collation orders TEXT (bytes),
     // then the highest op id first: each row's first entry is its winner.

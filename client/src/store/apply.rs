@@ -173,37 +173,33 @@ impl Store {
         } else {
             None
         };
-        let types: Vec<String> = if let Some(scanned) = &scanned {
-            let mut types = scanned.types.clone();
-            if full {
-                let mut stmt = tx.prepare(
-                    "SELECT DISTINCT row_type FROM ps_updated_rows WHERE row_type IS NOT NULL",
-                )?;
-                for ty in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                    let ty = ty?;
-                    if !types.contains(&ty) {
-                        types.push(ty);
-                    }
-                }
-            }
-            types
+        let mut types: Vec<String> = if let Some(scanned) = &scanned {
+            scanned.types.clone()
         } else {
-            let sql = if !fresh {
-                "SELECT DISTINCT row_type FROM temp.ps_changed".to_string()
-            } else if full {
-                format!(
-                    "SELECT DISTINCT o.row_type FROM ps_oplog o WHERE o.row_type IS NOT NULL AND {f}
-                     UNION SELECT row_type FROM ps_updated_rows WHERE row_type IS NOT NULL"
-                )
-            } else {
+            let sql = if fresh {
                 format!(
                     "SELECT DISTINCT o.row_type FROM ps_oplog o WHERE o.row_type IS NOT NULL AND {f}"
                 )
+            } else {
+                "SELECT DISTINCT row_type FROM temp.ps_changed".to_string()
             };
             let mut stmt = tx.prepare(&sql)?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        // A full apply also revisits rows marked updated (`temp.ps_changed`
+        // already holds them when the apply is not fresh).
+        if fresh && full {
+            let mut stmt = tx.prepare(
+                "SELECT DISTINCT row_type FROM ps_updated_rows WHERE row_type IS NOT NULL",
+            )?;
+            for ty in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                let ty = ty?;
+                if !types.contains(&ty) {
+                    types.push(ty);
+                }
+            }
+        }
 
         // Per type, set-based: each row's winner is its op with the highest op_id
         // across the involved buckets (SQLite takes the bare columns of a

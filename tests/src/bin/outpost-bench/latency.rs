@@ -21,7 +21,7 @@
 //! inserts per size (default 200).
 
 use crate::client::{Keys, TempDb};
-use crate::relay_proc::{client_runtime, count, ms, percentile, ratio, token, RelayProc, Stream};
+use crate::relay_proc::{client_runtime, ms, percentile, ratio, token, RelayProc, Stream};
 use crate::Row;
 use anyhow::{anyhow, bail, Result};
 use outpost_client::watch::Watch;
@@ -178,12 +178,8 @@ fn measure(rt: &tokio::runtime::Runtime, n: i64, writes: usize) -> Result<Measur
                 Ok::<_, anyhow::Error>(t0.elapsed())
             };
             let line = async {
-                loop {
-                    let l = raw.line().await?;
-                    if l.starts_with(br#"{"data""#) && count(&l, quoted.as_bytes()) > 0 {
-                        return Ok::<_, anyhow::Error>(t0.elapsed());
-                    }
-                }
+                raw.until_data_with(quoted.as_bytes()).await?;
+                Ok::<_, anyhow::Error>(t0.elapsed())
             };
             tokio::try_join!(seen, line)
         })?;

@@ -27,7 +27,9 @@
 //! installed, the section writes one row saying it was skipped and why.
 
 use crate::client::Keys;
-use crate::relay_proc::{count, ms, percentile, process_cpu, ratio, token, RelayProc, Stream};
+use crate::relay_proc::{
+    client_runtime, count, ms, percentile, process_cpu, ratio, token, RelayProc, Stream,
+};
 use crate::Row;
 use anyhow::{anyhow, bail, Context, Result};
 use outpost_tests::{TestDb, LIST_TODOS_RULES};
@@ -84,10 +86,7 @@ pub fn run(rows: &mut Vec<Row>) -> Result<()> {
     eprintln!("bench latency-official: {versions}");
     let writes: usize = crate::env_num("OUTPOST_BENCH_LATENCY_WRITES", 200usize).max(1);
     let lists: i64 = crate::env_num("OUTPOST_BENCH_LATENCY_LISTS", 1i64).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = client_runtime()?;
     let mut all = Vec::new();
     for n in crate::latency::sizes()? {
         let m = measure(&rt, n, lists, writes)?;
@@ -256,13 +255,8 @@ fn start_sdk(relay: &RelayProc, n: i64, dir: &Path) -> Result<Sdk> {
 
 /// Reads `raw` until a data line naming `id`; the time since `t0`.
 async fn data_line(raw: &mut Stream, id: &str, t0: Instant) -> Result<Duration> {
-    let quoted = format!("\"{id}\"");
-    loop {
-        let l = raw.line().await?;
-        if l.starts_with(br#"{"data""#) && count(&l, quoted.as_bytes()) > 0 {
-            return Ok(t0.elapsed());
-        }
-    }
+    raw.until_data_with(format!("\"{id}\"").as_bytes()).await?;
+    Ok(t0.elapsed())
 }
 
 /// Reads `s` until a checkpoint line carries a write checkpoint above

@@ -310,6 +310,17 @@ impl Stream {
         }
     }
 
+    /// Reads up to the next data line that contains `needle` (a row's id,
+    /// quoted as it appears in the line).
+    pub(crate) async fn until_data_with(&mut self, needle: &[u8]) -> Result<()> {
+        loop {
+            let l = self.line().await?;
+            if l.starts_with(br#"{"data""#) && count(&l, needle) > 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads up to the next `checkpoint_complete`; returns the ops seen.
     pub(crate) async fn until_complete(&mut self) -> Result<u64> {
         let mut ops = 0u64;

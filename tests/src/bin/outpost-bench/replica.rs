@@ -149,14 +149,7 @@ fn measure(
         let needle = format!(r#""object_id":"{id}""#);
         let t = Instant::now();
         c.execute("INSERT INTO live VALUES ($1, 'w')", &[&id])?;
-        rt.block_on(async {
-            loop {
-                let l = watcher.line().await?;
-                if l.starts_with(br#"{"data""#) && String::from_utf8_lossy(&l).contains(&needle) {
-                    return Ok::<_, anyhow::Error>(());
-                }
-            }
-        })?;
+        rt.block_on(watcher.until_data_with(needle.as_bytes()))?;
         lat.push(t.elapsed());
     }
     lat.sort();

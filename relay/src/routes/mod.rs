@@ -6,6 +6,7 @@
 pub mod cors;
 mod crud;
 mod health;
+mod page_read;
 mod request_body;
 mod schema;
 mod stream_body;

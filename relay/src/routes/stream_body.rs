@@ -44,6 +44,22 @@ impl Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
+        // Uncompressed, each chunk is a frame as it is: gathering them would
+        // copy every byte of a download once more (hyper writes the queued
+        // frames together anyway).
+        if matches!(this.encoder, Some(Encoder::Identity)) {
+            return match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(b)) => {
+                    this.metrics.wire_bytes_sent.inc_by(b.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Poll::Ready(None) => {
+                    this.encoder = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let mut chunks = Vec::new();
         let mut size = 0;
         let mut ended = false;

@@ -5,6 +5,7 @@
 //!   validation, checksums, row fingerprints), each a wrapper over a Postgres-free crate
 //!   (`outpost-rules`, `outpost-protocol`);
 //! - `capture.rs`: the capture trigger on the writer's path (`outpost._capture()`);
+//! - `tick_plan.rs`: the small tick's statement from a kept plan (`outpost._tick_kept`);
 //! - `sql/extension/*.sql` (repository root): everything else — plain SQL and
 //!   PL/pgSQL, because it is set-based work Postgres plans best. One file per
 //!   concern, loaded in the order below (each `requires` the one before, so the
@@ -25,6 +26,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 mod capture;
+mod tick_plan;
 
 ::pgrx::pg_module_magic!();
 
@@ -41,7 +43,8 @@ extension_sql_file!(
         _empty_tick_sql,
         _op_checksum,
         _fingerprint,
-        _capture
+        _capture,
+        _tick_kept
     ]
 );
 extension_sql_file!(

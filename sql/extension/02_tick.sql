@@ -164,6 +164,87 @@ BEGIN
 END
 $$;
 
+-- Whether the capture queue is empty; if so, moves every queued write
+-- checkpoint request to work_write_checkpoints, for the checkpoint the caller
+-- publishes next (it holds the tick lock). Both in one statement, one
+-- snapshot, which is what makes it safe: a request's writes committed before
+-- the request did (the client asks after its upload was answered), so a
+-- snapshot that sees the request sees them too, and with the queue empty in
+-- it they were consumed by a tick that committed before it — their ops are
+-- at or below the last checkpoint, which the caller's next checkpoint
+-- follows. A request whose writes are still queued (or that sees its own
+-- uncommitted ones) finds the queue not empty and waits for the tick
+-- statement, which moves requests in the snapshot it reads the queue in.
+CREATE FUNCTION outpost._take_write_checkpoints_if_idle() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    idle boolean;
+BEGIN
+    WITH i AS MATERIALIZED (SELECT NOT EXISTS (SELECT FROM outpost.changes) AS v),
+    r AS (DELETE FROM outpost.write_checkpoint_requests q WHERE (SELECT i.v FROM i)
+          RETURNING q.user_id, q.client_id, q.seq),
+    w AS (INSERT INTO outpost.work_write_checkpoints (user_id, client_id, seq)
+          SELECT r.user_id, r.client_id, pg_catalog.max(r.seq) FROM r GROUP BY r.user_id, r.client_id)
+    SELECT i.v INTO idle FROM i;
+    RETURN idle;
+END
+$$;
+
+-- Publishes checkpoint last_cp + max(n_ops, 1) with the write checkpoints in
+-- work_write_checkpoints, when there is anything to publish (ops, changed
+-- parameter lookups or write checkpoints), and NOTIFYs it; returns the
+-- latest checkpoint. Caller holds the tick lock and empties the work table.
+CREATE FUNCTION outpost._publish_checkpoint(last_cp bigint, n_ops bigint, params_changed boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cp bigint;
+BEGIN
+    IF n_ops > 0 OR params_changed OR EXISTS (SELECT FROM outpost.work_write_checkpoints) THEN
+        cp := last_cp + greatest(n_ops, 1);
+        INSERT INTO outpost.checkpoints (op_id, ops, params_changed) VALUES (cp, n_ops, params_changed);
+        INSERT INTO outpost.write_checkpoints AS w (user_id, client_id, seq, checkpoint)
+        SELECT x.user_id, x.client_id, x.seq, cp FROM outpost.work_write_checkpoints x
+        ON CONFLICT (user_id, client_id) DO UPDATE
+           SET seq = greatest(w.seq, excluded.seq), checkpoint = excluded.checkpoint;
+        PERFORM pg_catalog.pg_notify('outpost_checkpoint', cp::text);
+        RETURN cp;
+    END IF;
+    RETURN last_cp;
+END
+$$;
+
+-- A write checkpoint request (request_write_checkpoint, request_checkpoint)
+-- published at once, with a checkpoint of its own, when that is safe and
+-- cheap: nothing is queued for a tick (see _take_write_checkpoints_if_idle)
+-- and no tick is running (the tick lock is free; it is then held to the end
+-- of the caller's transaction, as by outpost.tick(): the relay's request is a
+-- transaction of its own). Otherwise the request waits for the next tick as
+-- before, and this returns false. It saves the request's tick: the
+-- official client asks for a write checkpoint after its upload was answered,
+-- when the upload's own tick has mostly run already, so the write checkpoint
+-- used to wait for a second tick in series (CONTRIBUTING.md, "PowerSync's
+-- own client").
+CREATE FUNCTION outpost._publish_write_checkpoints_now() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- _op_id_base refuses other isolation levels; here the request simply
+    -- waits for a tick.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RETURN false;
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(outpost._lock_key()) THEN
+        RETURN false;
+    END IF;
+    IF NOT outpost._take_write_checkpoints_if_idle() THEN
+        RETURN false;
+    END IF;
+    PERFORM outpost._publish_checkpoint(outpost._op_id_base(), 0, false);
+    DELETE FROM outpost.work_write_checkpoints;
+    RETURN true;
+END
+$$;
+
 -- The body of a tick; the caller holds the tick lock (outpost._op_id_base).
 CREATE FUNCTION outpost._tick_locked() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '64MB' SET jit = off AS $$
@@ -172,7 +253,6 @@ DECLARE
     last_cp        bigint;
     n_ops          bigint;
     n_old          bigint;
-    n_wc           bigint;
     params_changed boolean;
     cp             bigint;
     n_changes      bigint;
@@ -197,11 +277,13 @@ BEGIN
     --
     -- With nothing queued it has nothing to read, and planning it is most
     -- of a tick: the trailing tick after every wake-up (and the idle
-    -- fallback) is then two probes instead of ~3 ms of CPU competing with
-    -- the write that woke it. A commit after this look wakes a later tick
-    -- (its NOTIFY, or the ticker's trailing tick), as one after the
-    -- statement's snapshot would.
-    IF NOT EXISTS (SELECT FROM outpost.changes) AND NOT EXISTS (SELECT FROM outpost.write_checkpoint_requests) THEN
+    -- fallback) is then one small statement instead of ~3 ms of CPU
+    -- competing with the write that woke it, and so is a tick for write
+    -- checkpoint requests alone (they are taken in that statement's
+    -- snapshot). A commit after this look wakes a later tick (its NOTIFY, or
+    -- the ticker's trailing tick), as one after the statement's snapshot
+    -- would.
+    IF outpost._take_write_checkpoints_if_idle() THEN
         n_changes := 0;
         n_ops := 0;
         n_old := 0;
@@ -235,8 +317,16 @@ BEGIN
             PERFORM pg_catalog.set_config('enable_mergejoin', 'off', true),
                     pg_catalog.set_config('enable_bitmapscan', 'off', true);
         END IF;
+        -- A small tick runs the statement from a plan this connection keeps
+        -- (planning it was half of a one-row tick's CPU; pg_ext/src/tick_plan.rs);
+        -- a big one plans it for its size.
         BEGIN
-            EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
+            IF small THEN
+                SELECT k.r[1], k.r[2], k.r[3] INTO n_changes, n_ops, n_old
+                  FROM outpost._tick_kept(stmt, last_cp) AS k(r);
+            ELSE
+                EXECUTE stmt INTO n_changes, n_ops, n_old USING last_cp;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             IF outpost._quarantine_keys() = 0 THEN
                 PERFORM outpost._raise_tick_error(SQLERRM, SQLSTATE);
@@ -296,19 +386,7 @@ BEGIN
         SELECT query_id, relid, pk, lookup, bucket FROM outpost.work_params;
     END IF;
 
-    SELECT count(*) INTO n_wc FROM outpost.work_write_checkpoints;
-
-    IF n_ops > 0 OR params_changed OR n_wc > 0 THEN
-        cp := last_cp + greatest(n_ops, 1);
-        INSERT INTO outpost.checkpoints (op_id, ops, params_changed) VALUES (cp, n_ops, params_changed);
-        INSERT INTO outpost.write_checkpoints AS w (user_id, client_id, seq, checkpoint)
-        SELECT user_id, client_id, seq, cp FROM outpost.work_write_checkpoints
-        ON CONFLICT (user_id, client_id) DO UPDATE
-           SET seq = greatest(w.seq, excluded.seq), checkpoint = excluded.checkpoint;
-        PERFORM pg_notify('outpost_checkpoint', cp::text);
-    ELSE
-        cp := last_cp;
-    END IF;
+    cp := outpost._publish_checkpoint(last_cp, n_ops, params_changed);
 
     -- TRUNCATE leaves no dead rows to scan but rewrites catalog entries, so
     -- it is reserved for big ticks.

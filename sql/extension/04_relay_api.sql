@@ -359,7 +359,10 @@ BEGIN
     RETURNING c.seq INTO s;
     INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
     VALUES (request_write_checkpoint.user_id, request_write_checkpoint.client_id, s);
-    PERFORM pg_notify('outpost_changes', '');
+    -- Published now when nothing is queued, else by the next tick.
+    IF NOT outpost._publish_write_checkpoints_now() THEN
+        PERFORM pg_notify('outpost_changes', '');
+    END IF;
     RETURN s;
 END
 $$;
@@ -372,8 +375,9 @@ $$;
 --
 -- outpost.request_checkpoint(user_id, client_id, request_id) stores
 -- greatest(stored, request_id) and returns it. When request_id is (again) the
--- stored value, it is queued like a write checkpoint: the next tick publishes
--- it with the checkpoint that includes everything committed before, and the
+-- stored value, it is handled like a write checkpoint: published (at once
+-- when nothing is queued, else by the next tick) with a checkpoint that
+-- includes everything committed before, and the
 -- user's stream carries it in `write_checkpoint`. A stale id (below the
 -- stored one) changes nothing; the caller learns the stored value instead.
 -- A retry of the current id queues it again, so an idle database still ticks
@@ -397,7 +401,9 @@ BEGIN
     IF s = request_id THEN
         INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
         VALUES (request_checkpoint.user_id, request_checkpoint.client_id, s);
-        PERFORM pg_catalog.pg_notify('outpost_changes', '');
+        IF NOT outpost._publish_write_checkpoints_now() THEN
+            PERFORM pg_catalog.pg_notify('outpost_changes', '');
+        END IF;
     END IF;
     RETURN s;
 END

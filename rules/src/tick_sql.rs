@@ -189,8 +189,9 @@ fn only_with_keys(sql: &str, relid: u32, def: &str) -> String {
 /// bucket by bucket: a bucket's ops then sit together in the op log's heap,
 /// and a relay's 1000-op page of one bucket touches 34 buffers instead of
 /// 228 when op ids followed the source rows across buckets (each of 10
-/// buckets every 10th op; CONTRIBUTING.md, "Relay streaming"). Other ticks keep their order: the sort key is NULL for them, so the
-/// sort finds its input sorted.
+/// buckets every 10th op; CONTRIBUTING.md, "Relay streaming"). Other
+/// ticks keep their order: the sort key is NULL for them, so the sort finds
+/// its input sorted.
 ///
 /// The ops are written from here rather than parked in a scratch table and
 /// copied by later statements: that copy (a wide heap insert, three scans

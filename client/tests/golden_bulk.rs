@@ -244,8 +244,8 @@ fn batched_appends_and_winners_keep_every_column() {
             (
                 op as i64,
                 "todos".into(),
-                id.clone(),
-                format!("todos/{id}/s"),
+                id,
+                "s".into(),
                 op as i64,
             )
         })

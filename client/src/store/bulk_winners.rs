@@ -302,8 +302,11 @@ mod tests {
             "object_id": id, "subkey": "s", "checksum": op, "data": format!("{{\"id\":\"{id}\"}}")})
     }
 
+    /// One op of a [`Scanned`]: type, id, op id, data.
+    type Entry = (String, Vec<u8>, i64, Option<Vec<u8>>);
+
     /// What [`Scanned`] holds, comparable.
-    fn contents(s: &Scanned) -> Vec<(String, Vec<u8>, i64, Option<Vec<u8>>)> {
+    fn contents(s: &Scanned) -> Vec<Entry> {
         let b = |(start, len): (usize, usize)| s.all.arena[start..start + len].to_vec();
         s.all
             .ops
@@ -326,10 +329,16 @@ mod tests {
     fn collected_ops_equal_the_scan_until_something_else_changes_the_op_log() {
         let mut store = Store::open_in_memory(SchemaMode::Inferred).unwrap();
         store
-            .save_data(&line("a[]", serde_json::json!([put(1, "todos", "t1"), put(3, "lists", "l1")])))
+            .save_data(&line(
+                "a[]",
+                serde_json::json!([put(1, "todos", "t1"), put(3, "lists", "l1")]),
+            ))
             .unwrap();
         store
-            .save_data(&line("b[]", serde_json::json!([put(2, "todos", "t1"), put(4, "todos", "t2")])))
+            .save_data(&line(
+                "b[]",
+                serde_json::json!([put(2, "todos", "t1"), put(4, "todos", "t2")]),
+            ))
             .unwrap();
         let collected = store.collected.take().expect("collected in bulk mode");
         let got = collected.into_scanned(store.connection()).unwrap().unwrap();
@@ -363,7 +372,10 @@ mod tests {
             .unwrap();
         let collected = store.collected.take().unwrap();
         assert!(
-            collected.into_scanned(store.connection()).unwrap().is_none(),
+            collected
+                .into_scanned(store.connection())
+                .unwrap()
+                .is_none(),
             "another connection committed"
         );
         drop((store, other));

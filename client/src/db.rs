@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::status::SyncStatus;
 use crate::store::{json_to_sql, query_json, SchemaMode, Store};
 use crate::subscriptions::StreamsState;
-use crate::watch::{tables_read, Counters, Watch};
+use crate::watch::{tables_read, Counters, Touched, Watch};
 use outpost_protocol::http::CrudBatch;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Map, Value};
@@ -34,7 +34,7 @@ struct Inner {
     store: Mutex<Store>,
     /// Read-only connection to the same file (`None` for in-memory databases).
     reader: Option<Mutex<Connection>>,
-    touched: Arc<Mutex<BTreeMap<String, u64>>>,
+    touched: Touched,
     changes: tokio::sync::watch::Sender<Counters>,
     status: tokio::sync::watch::Sender<SyncStatus>,
     crud_changed: tokio::sync::Notify,
@@ -58,21 +58,8 @@ impl Database {
     }
 
     fn from_store(mut store: Store, reader: Option<Connection>) -> Result<Database> {
-        let touched = Arc::new(Mutex::new(BTreeMap::new()));
-        let sink = touched.clone();
-        store.connection_mut().update_hook(Some(
-            move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
-                // Called for every row written (a million on an initial sync): no
-                // allocation unless the table is new in this batch.
-                let mut t = sink.lock().unwrap();
-                match t.get_mut(table) {
-                    Some(n) => *n += 1,
-                    None => {
-                        t.insert(table.to_string(), 1);
-                    }
-                }
-            },
-        ))?;
+        let touched = Touched::default();
+        store.connection_mut().update_hook(Some(touched.hook()))?;
         let status = SyncStatus {
             upload_pending: store.crud_count()?,
             last_checkpoint: store.kv("last_checkpoint")?,
@@ -128,7 +115,7 @@ impl Database {
         let out = f(&mut store);
         let pending = store.crud_count().ok();
         drop(store);
-        let touched = std::mem::take(&mut *self.inner.touched.lock().unwrap());
+        let touched = self.inner.touched.take();
         if !touched.is_empty() {
             if touched.contains_key("ps_crud") {
                 if let Some(n) = pending {

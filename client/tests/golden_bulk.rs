@@ -241,13 +241,7 @@ fn batched_appends_and_winners_keep_every_column() {
     let expected: Vec<(i64, String, String, String, i64)> = (1..=75)
         .map(|op| {
             let id = id(op);
-            (
-                op as i64,
-                "todos".into(),
-                id.clone(),
-                format!("todos/{id}/s"),
-                op as i64,
-            )
+            (op as i64, "todos".into(), id, "s".into(), op as i64)
         })
         .collect();
     assert_eq!(stored, expected);

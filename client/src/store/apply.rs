@@ -49,6 +49,7 @@ impl Store {
     /// first checkpoint is visible; anything that needs the index earlier
     /// builds it itself.
     pub fn finish_bulk(&mut self) -> Result<()> {
+        self.collected = None;
         if !bulk::in_bulk(&self.conn)? {
             return Ok(());
         }
@@ -168,10 +169,21 @@ impl Store {
             }
         }
         // A bulk download's ops are read now: the same scan gives the row types.
-        let scanned = if bulk {
-            Some(bulk_winners::scan(&tx, &f)?)
-        } else {
-            None
+        // Collected while they were stored if nothing else changed the op
+        // log since (only an apply of every bucket can take them: they are
+        // all of its ops).
+        let collected = match self.collected.take() {
+            Some(c) if bulk && all => c.into_scanned(&tx)?,
+            Some(c) if bulk => {
+                self.collected = Some(c);
+                None
+            }
+            _ => None,
+        };
+        let scanned = match collected {
+            Some(c) => Some(c),
+            None if bulk => Some(bulk_winners::scan(&tx, &f)?),
+            None => None,
         };
         let mut types: Vec<String> = if let Some(scanned) = &scanned {
             scanned.types.clone()

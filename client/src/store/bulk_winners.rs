@@ -64,11 +64,58 @@ fn prefix(id: &[u8]) -> u64 {
     u64::from_be_bytes(p)
 }
 
-/// A bulk download's ops read by [`scan`], grouped by row type later.
+/// A bulk download's ops read by [`scan`] (or collected as they were stored,
+/// see [`Collected`]), grouped by row type later.
 pub(super) struct Scanned {
     all: Ops,
     /// The row types seen, in the order first seen; `Op::ty` indexes it.
     pub types: Vec<String>,
+    /// The index of the last op's type: ops come grouped by type in practice.
+    last: Option<u32>,
+}
+
+impl Scanned {
+    fn new() -> Scanned {
+        Scanned {
+            all: Ops {
+                arena: Vec::new(),
+                ops: Vec::new(),
+            },
+            types: Vec::new(),
+            last: None,
+        }
+    }
+
+    fn push(&mut self, ty: &[u8], id: &[u8], op_id: i64, data: Option<&[u8]>) -> Result<()> {
+        let ty_index = match self.last {
+            Some(i) if self.types[i as usize].as_bytes() == ty => i,
+            _ => {
+                let i = match self.types.iter().position(|t| t.as_bytes() == ty) {
+                    Some(i) => i,
+                    None => {
+                        let name = std::str::from_utf8(ty).map_err(|_| {
+                            Error::Protocol("a row type in ps_oplog is not UTF-8".into())
+                        })?;
+                        self.types.push(name.to_string());
+                        self.types.len() - 1
+                    }
+                } as u32;
+                self.last = Some(i);
+                i
+            }
+        };
+        let p = prefix(id);
+        let id = self.all.push_bytes(id);
+        let data = data.map(|d| self.all.push_bytes(d));
+        self.all.ops.push(Op {
+            prefix: p,
+            op_id,
+            ty: ty_index,
+            id,
+            data,
+        });
+        Ok(())
+    }
 }
 
 /// Reads every op matching `filter` (an expression over `o`) in one scan of
@@ -76,62 +123,75 @@ pub(super) struct Scanned {
 /// same scan: without `ps_oplog_row`, a `SELECT DISTINCT row_type` was a
 /// scan of the whole op log of its own.
 pub(super) fn scan(conn: &Connection, filter: &str) -> Result<Scanned> {
-    let mut all = Ops {
-        arena: Vec::new(),
-        ops: Vec::new(),
-    };
-    let mut types: Vec<String> = Vec::new();
+    let mut out = Scanned::new();
     let mut stmt = conn.prepare(&format!(
         "SELECT o.row_type, o.row_id, o.op_id, o.data FROM ps_oplog o
          WHERE o.row_type IS NOT NULL AND {filter}"
     ))?;
     let mut rows = stmt.query([])?;
-    // Ops come grouped by type in practice: remember the last one's index.
-    let mut last: Option<u32> = None;
     while let Some(r) = rows.next()? {
-        let Some(ty) = text(r.get_ref(0)?) else {
+        let (Some(ty), Some(id)) = (text(r.get_ref(0)?), text(r.get_ref(1)?)) else {
             continue;
         };
-        let ty_index = match last {
-            Some(i) if types[i as usize].as_bytes() == ty => i,
-            _ => {
-                let i = match types.iter().position(|t| t.as_bytes() == ty) {
-                    Some(i) => i,
-                    None => {
-                        let name = std::str::from_utf8(ty).map_err(|_| {
-                            Error::Protocol("a row type in ps_oplog is not UTF-8".into())
-                        })?;
-                        types.push(name.to_string());
-                        types.len() - 1
-                    }
-                } as u32;
-                last = Some(i);
-                i
-            }
-        };
-        let Some(id) = text(r.get_ref(1)?) else {
-            continue;
-        };
-        let op_id: i64 = r.get(2)?;
-        let p = prefix(id);
-        let id = all.push_bytes(id);
-        let data = text(r.get_ref(3)?).map(|d| all.push_bytes(d));
-        all.ops.push(Op {
-            prefix: p,
-            op_id,
-            ty: ty_index,
-            id,
-            data,
-        });
+        out.push(ty, id, r.get(2)?, text(r.get_ref(3)?))?;
     }
-    Ok(Scanned { all, types })
+    Ok(out)
+}
+
+/// A bulk download's ops collected in memory as they are stored, so that its
+/// first apply need not read them back from the file ([`scan`]).
+///
+/// Why: that scan is part of the apply, which nothing overlaps (the download
+/// is over when it starts); collecting costs a copy of each op's id and data
+/// while the stream is still arriving. Memory: what the scan allocates at the
+/// apply anyway (the arena of [`Ops`]), held from the first data line on.
+///
+/// Valid only while it holds exactly the op log's ops: it starts with bulk
+/// mode on an empty op log, each append is added, and anything else that
+/// changes the op log (a REMOVE, a CLEAR, a forgotten bucket, the end of bulk
+/// mode) or fails to (an error, so a transaction rolled back) drops it. Another connection's commit is
+/// noticed by `PRAGMA data_version`; the apply then scans as before.
+pub(super) struct Collected {
+    ops: Scanned,
+    /// This connection's `data_version` when collecting started: it changes
+    /// only when another connection commits to the file.
+    data_version: i64,
+}
+
+fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+impl Collected {
+    /// Starts collecting (bulk mode was just entered on an empty op log).
+    pub(super) fn start(conn: &Connection) -> Result<Collected> {
+        Ok(Collected {
+            ops: Scanned::new(),
+            data_version: data_version(conn)?,
+        })
+    }
+
+    /// One PUT appended to the op log.
+    pub(super) fn push(&mut self, ty: &str, id: &str, op_id: i64, data: &str) -> Result<()> {
+        self.ops
+            .push(ty.as_bytes(), id.as_bytes(), op_id, Some(data.as_bytes()))
+    }
+
+    /// The ops, what [`scan`] with no filter would read now; `None` if
+    /// another connection committed meanwhile.
+    pub(super) fn into_scanned(self, conn: &Connection) -> Result<Option<Scanned>> {
+        if data_version(conn)? != self.data_version {
+            return Ok(None);
+        }
+        Ok(Some(self.ops))
+    }
 }
 
 /// Writes the winner of every row of `targets`' types among the scanned ops,
 /// as the set-based statement of `Store::sync_local` does: the op with the
 /// highest `op_id`. Ops of a type without a target are left out.
 pub(super) fn fill(conn: &Connection, scanned: Scanned, targets: &[Target]) -> Result<()> {
-    let Scanned { all, types } = scanned;
+    let Scanned { all, types, .. } = scanned;
     // Scan order of types → index into `targets`.
     let to_target: Vec<Option<u32>> = types
         .iter()
@@ -225,4 +285,100 @@ fn insert<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SchemaMode, Store};
+    use super::*;
+    use outpost_protocol::DataLine;
+
+    fn line(bucket: &str, ops: serde_json::Value) -> DataLine {
+        serde_json::from_value(serde_json::json!({"bucket": bucket, "data": ops})).unwrap()
+    }
+
+    fn put(op: u64, ty: &str, id: &str) -> serde_json::Value {
+        serde_json::json!({"op_id": op.to_string(), "op": "PUT", "object_type": ty,
+            "object_id": id, "subkey": "s", "checksum": op, "data": format!("{{\"id\":\"{id}\"}}")})
+    }
+
+    /// One op of a [`Scanned`]: type, id, op id, data.
+    type Entry = (String, Vec<u8>, i64, Option<Vec<u8>>);
+
+    /// What [`Scanned`] holds, comparable.
+    fn contents(s: &Scanned) -> Vec<Entry> {
+        let b = |(start, len): (usize, usize)| s.all.arena[start..start + len].to_vec();
+        s.all
+            .ops
+            .iter()
+            .map(|op| {
+                (
+                    s.types[op.ty as usize].clone(),
+                    b(op.id),
+                    op.op_id,
+                    op.data.map(b),
+                )
+            })
+            .collect()
+    }
+
+    /// The ops collected while a first download is stored are what a scan
+    /// of the op log reads; a REMOVE (or anything else that is not an
+    /// append) drops them, and so does another connection's commit.
+    #[test]
+    fn collected_ops_equal_the_scan_until_something_else_changes_the_op_log() {
+        let mut store = Store::open_in_memory(SchemaMode::Inferred).unwrap();
+        store
+            .save_data(&line(
+                "a[]",
+                serde_json::json!([put(1, "todos", "t1"), put(3, "lists", "l1")]),
+            ))
+            .unwrap();
+        store
+            .save_data(&line(
+                "b[]",
+                serde_json::json!([put(2, "todos", "t1"), put(4, "todos", "t2")]),
+            ))
+            .unwrap();
+        let collected = store.collected.take().expect("collected in bulk mode");
+        let got = collected.into_scanned(store.connection()).unwrap().unwrap();
+        let scanned = scan(store.connection(), "1").unwrap();
+        assert_eq!(contents(&got), contents(&scanned));
+        assert_eq!(got.types, scanned.types);
+        assert_eq!(contents(&got).len(), 4);
+
+        let mut store = Store::open_in_memory(SchemaMode::Inferred).unwrap();
+        store
+            .save_data(&line("a[]", serde_json::json!([put(1, "todos", "t1")])))
+            .unwrap();
+        assert!(store.collected.is_some());
+        let remove = serde_json::json!({"op_id": "2", "op": "REMOVE", "object_type": "todos",
+            "object_id": "t1", "subkey": "s", "checksum": 2});
+        store
+            .save_data(&line("a[]", serde_json::json!([remove])))
+            .unwrap();
+        assert!(store.collected.is_none(), "a REMOVE drops the collection");
+
+        let dir = std::env::temp_dir().join(format!("outpost-collected-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        let mut store = Store::open(&path, SchemaMode::Inferred).unwrap();
+        store
+            .save_data(&line("a[]", serde_json::json!([put(1, "todos", "t1")])))
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute("INSERT INTO ps_kv(key, value) VALUES ('x', 'y')", [])
+            .unwrap();
+        let collected = store.collected.take().unwrap();
+        assert!(
+            collected
+                .into_scanned(store.connection())
+                .unwrap()
+                .is_none(),
+            "another connection committed"
+        );
+        drop((store, other));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

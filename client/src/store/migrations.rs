@@ -47,6 +47,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         active INTEGER NOT NULL DEFAULT 0, is_default INTEGER NOT NULL DEFAULT 0, local_priority INTEGER,
         local_params TEXT NOT NULL DEFAULT 'null', ttl INTEGER, expires_at INTEGER, last_active_at INTEGER,
         last_synced_at INTEGER, UNIQUE(stream_name, local_params));",
+    // 6: `ps_oplog.key` holds the subkey alone. It held `type/id/subkey`,
+    // repeating the two columns that precede it in `ps_oplog_row`: ~45 bytes
+    // of ~330 per op with UUID keys, written with every op and sorted by the
+    // index build of a first download. Only keys of that form are rewritten.
+    "UPDATE ps_oplog SET key = substr(key, length(row_type) + length(row_id) + 3)
+       WHERE substr(key, 1, length(row_type) + length(row_id) + 2) = row_type || '/' || row_id || '/'",
 ];
 
 /// The layout a fresh database gets in one step; must equal running every migration.
@@ -253,5 +259,45 @@ mod tests {
         let subs = store.requested_streams(&Default::default(), 1).unwrap();
         assert_eq!(subs[0].stream, "s");
         assert_eq!(store.bucket_positions().unwrap()[0].last_op, OpId(7));
+    }
+
+    /// Layout 6 keeps only the subkey in `ps_oplog.key`: an op stored by an
+    /// older client is still found (and superseded) by its key afterwards.
+    #[test]
+    fn a_layout_5_op_log_keeps_its_subkeys() {
+        use outpost_protocol::DataLine;
+        let conn = Connection::open_in_memory().unwrap();
+        migrate_to(&conn, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO ps_buckets(name, last_op, last_applied_op, op_checksum) VALUES ('b[]', 1, 1, 5);
+             INSERT INTO ps_oplog(bucket, op_id, row_type, row_id, key, data, hash)
+               VALUES (1, 1, 'todos', 'a/b', 'todos/a/b/s', '{}', 5),
+                      (1, 1, 'todos', 'x', 'todos/x/', '{}', 0);",
+        )
+        .unwrap();
+        let mut store = Store::with_connection(conn, SchemaMode::Existing).unwrap();
+        let keys: Vec<String> = store
+            .connection()
+            .prepare("SELECT key FROM ps_oplog ORDER BY row_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, ["s", ""]);
+        let line: DataLine = serde_json::from_value(serde_json::json!({"bucket": "b[]", "data": [
+            {"op_id": "2", "op": "PUT", "object_type": "todos", "object_id": "a/b", "subkey": "s",
+             "checksum": 7, "data": "{}"}]}))
+        .unwrap();
+        store.save_data(&line).unwrap();
+        let (n, add, opc): (i64, i64, i64) = store
+            .connection()
+            .query_row(
+                "SELECT (SELECT count(*) FROM ps_oplog), add_checksum, op_checksum FROM ps_buckets",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((n, add, opc), (2, 5, 7), "the old op was superseded");
     }
 }

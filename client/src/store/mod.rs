@@ -5,8 +5,9 @@
 //! - `ps_buckets`: one row per bucket: `last_op` (download position),
 //!   `last_applied_op`, `add_checksum` + `op_checksum` (their sum must equal the
 //!   checkpoint's), `count_at_last` (progress).
-//! - `ps_oplog`: the current PUT of each `(bucket, key)`; superseded ops live on only
-//!   as checksums in `add_checksum`. Indexed by `(row_type, row_id, bucket, key)`
+//! - `ps_oplog`: the current PUT of each `(row_type, row_id, bucket, key)`, `key`
+//!   being the op's subkey (`""` for none); superseded ops live on only as
+//!   checksums in `add_checksum`. Indexed by `(row_type, row_id, bucket, key)`
 //!   (unique: a PUT's insert finds the op it supersedes) and `(bucket, op_id)`.
 //!
 //! Applying a checkpoint is set-based SQL per row type (the winner of each
@@ -57,7 +58,6 @@ use crate::schema::{quote_ident, Schema};
 use crate::sync::{BucketPosition, Instruction, SyncLocalOutcome, SyncState};
 use infer::refresh_inferred_views;
 use migrations::migrate;
-use oplog::save_line;
 use outpost_protocol::OpId;
 use query::{get_kv, set_kv};
 use rusqlite::Connection;
@@ -101,6 +101,8 @@ const WAL_AUTOCHECKPOINT_BYTES: i64 = 100_000 * 4096;
 pub struct Store {
     conn: Connection,
     mode: SchemaMode,
+    /// A first download's ops, kept for its apply (see [`bulk_winners::Collected`]).
+    collected: Option<bulk_winners::Collected>,
 }
 
 impl Store {
@@ -145,7 +147,11 @@ impl Store {
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&conn)?;
-        let mut store = Store { conn, mode };
+        let mut store = Store {
+            conn,
+            mode,
+            collected: None,
+        };
         store.install_schema()?;
         Ok(store)
     }
@@ -243,13 +249,14 @@ impl Store {
                     // Consecutive data lines (the driver passes those already
                     // received together) share one transaction: fewer commits,
                     // and index pages are written to the WAL once per batch.
-                    let tx = self.conn.transaction()?;
-                    save_line(&tx, &line)?;
-                    while let Some(Instruction::SaveData(next)) = queue.front() {
-                        save_line(&tx, next)?;
-                        queue.pop_front();
+                    let mut lines = vec![line];
+                    while let Some(Instruction::SaveData(_)) = queue.front() {
+                        let Some(Instruction::SaveData(next)) = queue.pop_front() else {
+                            unreachable!()
+                        };
+                        lines.push(next);
                     }
-                    tx.commit()?;
+                    self.save_lines(&lines.iter().collect::<Vec<_>>())?;
                 }
                 Instruction::DeleteBuckets(b) => self.delete_buckets(&b)?,
                 Instruction::SyncLocal {
@@ -283,7 +290,6 @@ impl Store {
         Ok(effects)
     }
 
-    /// Stores a data line's ops in one transaction (see [`save_line`]).
     /// Runs a query and returns rows as JSON objects (column name → value).
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Map<String, Value>>> {
         query_json(&self.conn, sql, params)

@@ -1,6 +1,7 @@
 //! Storing downloaded ops: data lines into `ps_oplog` (with the bucket's
 //! checksums), and forgetting buckets.
 
+use super::bulk_winners::Collected;
 use super::{bulk, Store};
 use crate::error::{Error, Result};
 use outpost_protocol::{Checksum, DataLine, OpType};
@@ -10,14 +11,30 @@ use rusqlite::{params, OptionalExtension};
 impl Store {
     /// Stores a data line's ops in one transaction (see [`save_line`]).
     pub fn save_data(&mut self, line: &DataLine) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        save_line(&tx, line)?;
-        tx.commit()?;
-        Ok(())
+        self.save_lines(&[line])
+    }
+
+    /// Stores data lines in one transaction. The ops of a first download are
+    /// also collected for its apply ([`Collected`]); a failure drops them.
+    pub(super) fn save_lines(&mut self, lines: &[&DataLine]) -> Result<()> {
+        let collected = &mut self.collected;
+        let r = (|| {
+            let tx = self.conn.transaction()?;
+            for line in lines {
+                save_line(&tx, line, collected)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if r.is_err() {
+            *collected = None;
+        }
+        r
     }
 
     /// Forgets buckets. Their rows stay visible until the next apply re-derives them.
     pub fn delete_buckets(&mut self, names: &[String]) -> Result<()> {
+        self.collected = None;
         let tx = self.conn.transaction()?;
         for name in names {
             let id: Option<i64> = tx
@@ -47,8 +64,14 @@ impl Store {
 ///
 /// The first download into an empty op log runs in [`bulk`] mode (no unique
 /// index: every PUT appends, the index is built at the checkpoint); a REMOVE
-/// ends that mode before it looks up the op it removes.
-pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<()> {
+/// ends that mode before it looks up the op it removes. A bulk download's
+/// appends also go to `collect` while it is `Some`; any other change to the
+/// op log sets it to `None`.
+fn save_line(
+    tx: &rusqlite::Transaction,
+    line: &DataLine,
+    collect: &mut Option<Collected>,
+) -> Result<()> {
     tx.prepare_cached("INSERT INTO ps_buckets(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
         .execute([&line.bucket])?;
     let mut bulk = bulk::in_bulk(tx)?;
@@ -77,6 +100,12 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
     let mut cleared = false;
     if !bulk && fresh && line.data.iter().any(|op| op.op == OpType::Put) {
         bulk = bulk::enter_if_empty(tx)?;
+        if bulk {
+            *collect = Some(Collected::start(tx)?);
+        }
+    }
+    if !bulk {
+        *collect = None;
     }
     {
         let mut insert = tx.prepare_cached(
@@ -96,7 +125,6 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
         let mut mark = tx.prepare_cached(
             "INSERT OR IGNORE INTO ps_updated_rows(row_type, row_id) VALUES (?1, ?2)",
         )?;
-        let mut key = String::new();
         let mut appends = Appends::default();
         for op in &line.data {
             if bulk && op.op == OpType::Put {
@@ -109,6 +137,9 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
                     )));
                 };
                 opc += op.checksum;
+                if let Some(c) = collect {
+                    c.push(ty, id, op.op_id.0 as i64, data)?;
+                }
                 appends.push(
                     tx,
                     bucket,
@@ -123,6 +154,9 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
                 continue;
             }
             appends.flush(tx, bucket)?;
+            if op.op != OpType::Move {
+                *collect = None;
+            }
             if bulk && op.op == OpType::Remove {
                 // Dropping superseded ops moves checksums within the stored
                 // totals: store this line's so far, and read them back.
@@ -148,12 +182,8 @@ pub(super) fn save_line(tx: &rusqlite::Transaction, line: &DataLine) -> Result<(
                             op.op_id, line.bucket
                         )));
                     };
-                    key.clear();
-                    key.push_str(ty);
-                    key.push('/');
-                    key.push_str(id);
-                    key.push('/');
-                    key.push_str(op.subkey.as_deref().unwrap_or(""));
+                    // The subkey alone: type and id are columns beside it.
+                    let key = op.subkey.as_deref().unwrap_or("");
                     let op_id = op.op_id.0 as i64;
                     let hash = op.checksum.0 as i64;
                     let superseded: Option<i64> = if op.op == OpType::Put {
@@ -225,17 +255,17 @@ const APPEND_ROWS: usize = 32;
 #[derive(Default)]
 struct Appends<'a> {
     rows: Vec<Append<'a>>,
-    keys: String,
 }
 
-/// One PUT of [`Appends`]; its key is `keys[key.0..key.1]`.
+/// One PUT of [`Appends`].
 struct Append<'a> {
     op_id: i64,
     hash: i64,
     ty: &'a str,
     id: &'a str,
+    /// `ps_oplog.key`: the subkey, `""` for none.
+    key: &'a str,
     data: &'a str,
-    key: (usize, usize),
 }
 
 impl<'a> Appends<'a> {
@@ -247,23 +277,17 @@ impl<'a> Appends<'a> {
         op_id: i64,
         ty: &'a str,
         id: &'a str,
-        subkey: Option<&str>,
+        subkey: Option<&'a str>,
         data: &'a str,
         hash: i64,
     ) -> Result<()> {
-        let start = self.keys.len();
-        self.keys.push_str(ty);
-        self.keys.push('/');
-        self.keys.push_str(id);
-        self.keys.push('/');
-        self.keys.push_str(subkey.unwrap_or(""));
         self.rows.push(Append {
             op_id,
             hash,
             ty,
             id,
+            key: subkey.unwrap_or(""),
             data,
-            key: (start, self.keys.len()),
         });
         if self.rows.len() == APPEND_ROWS {
             self.flush(tx, bucket)?;
@@ -293,8 +317,8 @@ impl<'a> Appends<'a> {
             hash,
             ty,
             id,
+            key,
             data,
-            key: (ks, ke),
         } in &self.rows
         {
             values.extend([
@@ -302,7 +326,7 @@ impl<'a> Appends<'a> {
                 ToSqlOutput::Borrowed(ValueRef::Integer(op_id)),
                 ToSqlOutput::Borrowed(ValueRef::Text(ty.as_bytes())),
                 ToSqlOutput::Borrowed(ValueRef::Text(id.as_bytes())),
-                ToSqlOutput::Borrowed(ValueRef::Text(&self.keys.as_bytes()[ks..ke])),
+                ToSqlOutput::Borrowed(ValueRef::Text(key.as_bytes())),
                 ToSqlOutput::Borrowed(ValueRef::Text(data.as_bytes())),
                 ToSqlOutput::Borrowed(ValueRef::Integer(hash)),
             ]);
@@ -319,7 +343,6 @@ impl<'a> Appends<'a> {
         }
         drop(values);
         self.rows.clear();
-        self.keys.clear();
         Ok(())
     }
 }

@@ -114,8 +114,10 @@ impl Database {
         let mut store = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
         let out = f(&mut store);
         let pending = store.crud_count().ok();
-        drop(store);
+        // Taken under the store lock: the hook fires only while the lock is
+        // held, so another thread's write cannot claim these rows as its own.
         let touched = self.inner.touched.take();
+        drop(store);
         if !touched.is_empty() {
             if touched.contains_key("ps_crud") {
                 if let Some(n) = pending {

@@ -214,34 +214,35 @@ BEGIN
 END
 $$;
 
--- A write checkpoint request (request_write_checkpoint, request_checkpoint)
--- published at once, with a checkpoint of its own, when that is safe and
--- cheap: nothing is queued for a tick (see _take_write_checkpoints_if_idle)
--- and no tick is running (the tick lock is free; it is then held to the end
--- of the caller's transaction, as by outpost.tick(): the relay's request is a
--- transaction of its own). Otherwise the request waits for the next tick as
--- before, and this returns false. It saves the request's tick: the
--- official client asks for a write checkpoint after its upload was answered,
--- when the upload's own tick has mostly run already, so the write checkpoint
--- used to wait for a second tick in series (CONTRIBUTING.md, "PowerSync's
--- own client").
-CREATE FUNCTION outpost._publish_write_checkpoints_now() RETURNS boolean
+-- Queues a write checkpoint request (request_write_checkpoint,
+-- request_checkpoint) and publishes it at once, with a checkpoint of its
+-- own, when that is safe and cheap: nothing is queued for a tick (see
+-- _take_write_checkpoints_if_idle) and no tick is running (the tick lock is
+-- free; it is then held to the end of the caller's transaction, as by
+-- outpost.tick(): the relay's request is a transaction of its own).
+-- Otherwise the request waits for the next tick, which the NOTIFY wakes. It
+-- saves the request's tick: the official client asks for a write checkpoint
+-- after its upload was answered, when the upload's own tick has mostly run
+-- already, so the write checkpoint used to wait for a second tick in series
+-- (CONTRIBUTING.md, "PowerSync's own client").
+CREATE FUNCTION outpost._queue_write_checkpoint(user_id text, client_id text, seq bigint)
+RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- _op_id_base refuses other isolation levels; here the request simply
-    -- waits for a tick.
-    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
-        RETURN false;
+    INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
+    VALUES (_queue_write_checkpoint.user_id, _queue_write_checkpoint.client_id,
+            _queue_write_checkpoint.seq);
+    -- _op_id_base refuses other isolation levels; there the request simply
+    -- waits for a tick. The queue is looked at only under the tick lock.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
+       AND pg_catalog.pg_try_advisory_xact_lock(outpost._lock_key()) THEN
+        IF outpost._take_write_checkpoints_if_idle() THEN
+            PERFORM outpost._publish_checkpoint(outpost._op_id_base(), 0, false);
+            DELETE FROM outpost.work_write_checkpoints;
+            RETURN;
+        END IF;
     END IF;
-    IF NOT pg_catalog.pg_try_advisory_xact_lock(outpost._lock_key()) THEN
-        RETURN false;
-    END IF;
-    IF NOT outpost._take_write_checkpoints_if_idle() THEN
-        RETURN false;
-    END IF;
-    PERFORM outpost._publish_checkpoint(outpost._op_id_base(), 0, false);
-    DELETE FROM outpost.work_write_checkpoints;
-    RETURN true;
+    PERFORM pg_catalog.pg_notify('outpost_changes', '');
 END
 $$;
 

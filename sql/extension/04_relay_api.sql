@@ -357,12 +357,9 @@ BEGIN
     VALUES (request_write_checkpoint.user_id, request_write_checkpoint.client_id, 1)
     ON CONFLICT ON CONSTRAINT write_checkpoint_counters_pkey DO UPDATE SET seq = c.seq + 1
     RETURNING c.seq INTO s;
-    INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
-    VALUES (request_write_checkpoint.user_id, request_write_checkpoint.client_id, s);
     -- Published now when nothing is queued, else by the next tick.
-    IF NOT outpost._publish_write_checkpoints_now() THEN
-        PERFORM pg_notify('outpost_changes', '');
-    END IF;
+    PERFORM outpost._queue_write_checkpoint(request_write_checkpoint.user_id,
+                                            request_write_checkpoint.client_id, s);
     RETURN s;
 END
 $$;
@@ -399,11 +396,8 @@ BEGIN
        DO UPDATE SET seq = greatest(c.seq, excluded.seq)
     RETURNING c.seq INTO s;
     IF s = request_id THEN
-        INSERT INTO outpost.write_checkpoint_requests (user_id, client_id, seq)
-        VALUES (request_checkpoint.user_id, request_checkpoint.client_id, s);
-        IF NOT outpost._publish_write_checkpoints_now() THEN
-            PERFORM pg_catalog.pg_notify('outpost_changes', '');
-        END IF;
+        PERFORM outpost._queue_write_checkpoint(request_checkpoint.user_id,
+                                                request_checkpoint.client_id, s);
     END IF;
     RETURN s;
 END
